@@ -1,0 +1,50 @@
+"""One error hierarchy: each error knows its CLI exit code and its HTTP status."""
+
+
+class AeguardError(Exception):
+    """Base of every error aeguard reports to a user."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class UsageError(AeguardError):
+    """A bad option value or argument."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class DataNotFoundError(AeguardError):
+    """A data set or input path is missing."""
+
+    exit_code = 3
+    http_status = 404
+
+
+class DataFormatError(AeguardError):
+    """A data file exists but is not what it claims to be (bad IDX header, truncated, wrong checksum)."""
+
+    exit_code = 3
+    http_status = 422
+
+
+class ImageError(AeguardError):
+    """One image could not be read or converted; batch jobs record it and go on."""
+
+    exit_code = 3
+    http_status = 400
+
+
+class BundleError(AeguardError):
+    """A model bundle is missing, unreadable, tampered with or of an unknown schema."""
+
+    exit_code = 4
+    http_status = 503
+
+
+class ParityError(AeguardError):
+    """torch and onnxruntime disagree on the exported graph; the bundle is not written."""
+
+    exit_code = 5
+    http_status = 500

@@ -1,0 +1,73 @@
+"""Score a labelled set with a bundle's ONNX graph, compute metrics, write the report. No torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aeguard import report as reports
+from aeguard.artifact import VALIDATION_SCORES_NAME
+from aeguard.calibrate import evaluate_scores
+from aeguard.data.sources import EvalSet
+from aeguard.runtime import Scorer
+
+GRID_EXAMPLES_PER_GROUP = 8
+
+
+def _grid_indices(is_anomaly: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = []
+    for value in (0, 1):
+        members = np.flatnonzero(is_anomaly == value)
+        picks.append(rng.choice(members, size=min(GRID_EXAMPLES_PER_GROUP, len(members)), replace=False))
+    return np.concatenate(picks)
+
+
+def validation_scores(bundle_dir: Path) -> np.ndarray | None:
+    path = Path(bundle_dir) / VALIDATION_SCORES_NAME
+    return np.load(path, allow_pickle=False) if path.is_file() else None
+
+
+def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
+                    bundle_label: Path | None = None) -> dict:
+    """Write report.json/.md and plots for `scorer`'s bundle; metrics only when `eval_set` is given."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    manifest = scorer.manifest
+    report = {
+        "model_name": manifest.get("name") or scorer.bundle_dir.name,
+        "bundle": str(bundle_label or scorer.bundle_dir),
+        "evaluation": eval_set.description if eval_set else "none",
+        "threshold": scorer.threshold,
+        "calibration": manifest["calibration"],
+        "parity": manifest.get("parity"),
+        "metrics": None,
+        "plots": [],
+    }
+    val_scores = validation_scores(scorer.bundle_dir)
+    if eval_set is None:
+        if val_scores is not None:
+            reports.plot_histogram({"normal (validation)": val_scores}, scorer.threshold,
+                                   report_dir / reports.HISTOGRAM_PLOT)
+            report["plots"].append(reports.HISTOGRAM_PLOT)
+        reports.write_report(report_dir, report)
+        return report
+
+    scores = scorer.score_many(eval_set.images)
+    truth = eval_set.is_anomaly
+    metrics = evaluate_scores(scores, truth, scorer.threshold)
+    report["metrics"] = metrics
+    reports.plot_roc(scores, truth, metrics, report_dir / reports.ROC_PLOT)
+    reports.plot_histogram({"normal": scores[truth == 0], "anomalous": scores[truth == 1]}, scorer.threshold,
+                           report_dir / reports.HISTOGRAM_PLOT)
+    picks = _grid_indices(truth)
+    detail = scorer.score(eval_set.images[picks], error_maps=True, reconstructions=True)
+    titles = ["anomaly" if truth[i] else "normal" for i in picks]
+    if eval_set.class_labels is not None:
+        titles = [f"{t} ({eval_set.class_labels[i]})" for t, i in zip(titles, picks)]
+    reports.plot_grid(eval_set.images[picks], detail.reconstructions, detail.error_maps, detail.scores, titles,
+                      report_dir / reports.GRID_PLOT)
+    report["plots"] += [reports.ROC_PLOT, reports.HISTOGRAM_PLOT, reports.GRID_PLOT]
+    reports.write_report(report_dir, report)
+    return report

@@ -1,0 +1,107 @@
+"""Evaluation reports: report.json, a readable report.md, and PNG plots. No torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from aeguard.artifact import write_json_atomic  # noqa: E402
+
+ROC_PLOT = "roc.png"
+HISTOGRAM_PLOT = "score_histogram.png"
+GRID_PLOT = "reconstructions.png"
+
+
+def plot_roc(scores: np.ndarray, is_anomaly: np.ndarray, metrics: dict, path: Path) -> None:
+    fpr, tpr, _ = roc_curve(is_anomaly, scores)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUROC {metrics['auroc']:.4f}")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.scatter([metrics["fpr_at_threshold"]], [metrics["recall"]], color="red", zorder=3, label="threshold")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) -> None:
+    """Score histograms per group (normal / anomalous) on shared log-spaced bins, with the threshold."""
+    everything = np.concatenate([g for g in groups.values() if len(g)])
+    low, high = max(float(everything.min()), 1e-8), float(everything.max()) * 1.01
+    bins = np.geomspace(low, max(high, low * 1.01), 60)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, scores in groups.items():
+        ax.hist(np.clip(scores, low, None), bins=bins, alpha=0.55, density=True, label=f"{name} ({len(scores)})")
+    ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set(xscale="log", xlabel="anomaly score (reconstruction MSE)", ylabel="density", title="Score distribution")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_grid(images: np.ndarray, reconstructions: np.ndarray, error_maps: np.ndarray,
+              scores: np.ndarray, titles: list[str], path: Path) -> None:
+    """Rows: originals, reconstructions, per-pixel error maps; one column per example."""
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    vmax = float(error_maps.max()) or 1.0
+    for col in range(n):
+        for row, (data, kwargs) in enumerate((
+            (images[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
+            (reconstructions[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
+            (error_maps[col, 0], {"cmap": "inferno", "vmin": 0, "vmax": vmax}),
+        )):
+            axes[row, col].imshow(data, **kwargs)
+            axes[row, col].axis("off")
+        axes[0, col].set_title(f"{titles[col]}\n{scores[col]:.4f}", fontsize=7)
+    for row, label in enumerate(("original", "reconstruction", "error")):
+        axes[row, 0].text(-0.15, 0.5, label, transform=axes[row, 0].transAxes, rotation=90,
+                          va="center", ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# aeguard report: {report['model_name']}", ""]
+    lines += [f"- bundle: `{report['bundle']}`", f"- evaluated on: {report['evaluation']}",
+              f"- threshold: {report['threshold']:.6g} (target FPR {report['calibration']['target_fpr']}, "
+              f"validation FPR {report['calibration']['validation_fpr']:.4f} on "
+              f"{report['calibration']['n_normal_validation']} held-out normal images)"]
+    if report.get("parity"):
+        lines.append(f"- torch vs onnxruntime max |score difference|: {report['parity']['max_abs_diff']:.3g}")
+    metrics = report.get("metrics")
+    if metrics:
+        lines += ["", "## Metrics (anomaly = positive class)", "", "| metric | value |", "| --- | --- |"]
+        for key in ("auroc", "auprc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "fpr_at_tpr_95pct",
+                    "precision", "recall", "f1", "fpr_at_threshold", "n_normal", "n_anomalous"):
+            lines.append(f"| {key} | {_fmt(metrics[key])} |")
+        cm = metrics["confusion_matrix"]
+        lines += ["", "## Confusion matrix at the threshold", "",
+                  "| | predicted normal | predicted anomaly |", "| --- | --- | --- |",
+                  f"| normal | {cm['tn']} | {cm['fp']} |", f"| anomaly | {cm['fn']} | {cm['tp']} |"]
+    else:
+        lines += ["", "No labelled evaluation data: only the calibration is reported."]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report_dir: Path, report: dict) -> Path:
+    """Write report.json and report.md (plots are written by the caller into the same folder)."""
+    report_dir = Path(report_dir)
+    write_json_atomic(report_dir / "report.json", report)
+    (report_dir / "report.md").write_text(render_markdown(report))
+    return report_dir / "report.md"

@@ -1,0 +1,166 @@
+"""The fit pipeline: data -> train -> export with parity check -> calibrate -> evaluate -> bundle + report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aeguard import __version__
+from aeguard.artifact import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, write_manifest
+from aeguard.calibrate import calibration_summary
+from aeguard.data.images import preprocessing_spec
+from aeguard.data.sources import TrainingData, dataset_training_data, folder_training_data
+from aeguard.errors import UsageError
+from aeguard.evaluate import evaluate_bundle
+from aeguard.runtime import Scorer, open_session, score_array
+from aeguard.train.export import (
+    INPUT_NAME, OPSET, SCORE_DEFINITION, check_parity, export_onnx, parity_max_abs_diff,
+)
+from aeguard.train.loop import BatchCallback, EpochCallback, TrainConfig, TrainResult, train
+from aeguard.train.models import build_model, default_config
+
+PARITY_IMAGES = 512
+REPORT_DIR = "report"
+
+
+@dataclass
+class FitOptions:
+    out: Path
+    dataset: str = "mnist"
+    normal: str = "0"
+    data: Path | None = None  # a folder of the user's own normal images, instead of --dataset
+    data_dir: Path | None = None
+    image_size: str | None = None
+    model: str = "conv"
+    latent: int | None = None
+    hidden: list[int] | None = None  # dense widths, or conv channels
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    val_fraction: float = 0.1
+    target_fpr: float = 0.01
+    force: bool = False
+    allow_download: bool = True
+
+
+def load_training_data(options: FitOptions) -> TrainingData:
+    if options.data is not None:
+        return folder_training_data(options.data, options.image_size, options.val_fraction, options.train.seed)
+    if options.image_size is not None:
+        raise UsageError("--image-size applies to --data folders; IDX data sets keep their native size")
+    return dataset_training_data(options.dataset, options.normal, options.data_dir, options.val_fraction,
+                                 options.train.seed, options.allow_download)
+
+
+def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict:
+    config = default_config(options.model, *input_shape)
+    if options.latent is not None:
+        config["latent"] = options.latent
+    if options.hidden:
+        config["hidden" if options.model == "dense" else "conv_channels"] = list(options.hidden)
+    return config
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} already holds files; pass --force to replace it, or choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is built in a hidden sibling and moved into place at the end: a failed or
+    # interrupted fit never leaves a half-written bundle, nor destroys the previous one.
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+    os.replace(staging, out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _training_record(config: TrainConfig, result: TrainResult) -> dict:
+    return {
+        "config": dataclasses.asdict(config),
+        "device": result.device,
+        "torch_version": torch.__version__,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "stopped_early": result.stopped_early,
+        "history": [dataclasses.asdict(r) for r in result.history],
+    }
+
+
+def fit(
+    options: FitOptions,
+    on_batch: BatchCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the whole pipeline and return the written manifest; the bundle lands in options.out."""
+    out = Path(options.out)
+    data = load_training_data(options)
+    config = model_config(options, data.input_shape)
+    model = build_model(config)
+    log(f"training {config['kind']} autoencoder on {len(data.train)} normal images "
+        f"({len(data.validation)} held out), input {data.input_shape}")
+    result = train(model, data.train, data.validation, options.train, on_batch, on_epoch)
+    log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}")
+
+    staging = _prepare_out(out, options.force)
+    try:
+        torch.save(model.state_dict(), staging / WEIGHTS_NAME)
+        export_onnx(model, data.input_shape, staging / MODEL_NAME)
+        parity_source = data.evaluation.images if data.evaluation is not None else data.validation
+        parity = parity_max_abs_diff(model, staging / MODEL_NAME, parity_source[:PARITY_IMAGES])
+        check_parity(parity)
+        log(f"parity torch vs onnxruntime: max |score diff| {parity['max_abs_diff']:.3g}")
+
+        manifest = {
+            "name": out.name,
+            "aeguard_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input": preprocessing_spec(*data.input_shape[1:]),
+            "model": config,
+            "score": {
+                "definition": SCORE_DEFINITION,
+                "higher_is_anomalous": True,
+                "is_anomaly": "score > threshold",
+            },
+            "onnx": {"opset": OPSET, "input": INPUT_NAME, "outputs": ["score", "error_map", "reconstruction"]},
+            "data": data.source,
+            "normal_classes": data.source.get("normal_classes"),
+            "threshold": None,
+            "calibration": None,
+            "metrics": None,
+            "parity": parity,
+            "training": _training_record(options.train, result),
+        }
+        # Calibrate on the exported graph itself, so the threshold matches what runtimes compute.
+        val_scores = score_array(open_session(staging / MODEL_NAME), data.validation)
+        np.save(staging / VALIDATION_SCORES_NAME, val_scores.astype(np.float32), allow_pickle=False)
+        manifest["calibration"] = calibration_summary(val_scores, options.target_fpr)
+        manifest["threshold"] = manifest["calibration"]["threshold"]
+        files = [MODEL_NAME, WEIGHTS_NAME, VALIDATION_SCORES_NAME]
+        manifest = write_manifest(staging, manifest, files)
+        report = evaluate_bundle(Scorer(staging), data.evaluation, staging / REPORT_DIR, bundle_label=out)
+        if report["metrics"] is not None:
+            manifest["metrics"] = report["metrics"]
+            manifest = write_manifest(staging, manifest, files)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"bundle written to {out}")
+    return manifest

@@ -1,0 +1,61 @@
+"""`aeguard evaluate`: ROC metrics of a bundle on a labelled set, through onnxruntime (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import reports_errors
+
+
+@reports_errors
+def evaluate(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by `aeguard fit`."),
+    dataset: Optional[str] = typer.Option(None, help="Data set to evaluate on [default: the one the bundle was fitted on]."),
+    normal: Optional[str] = typer.Option(None, help="Normal classes [default: the bundle's]."),
+    data: Optional[Path] = typer.Option(None, help="A folder with normal/ and anomaly/ subfolders instead of a data set.", file_okay=False),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
+    report_dir: Optional[Path] = typer.Option(None, help="Where to write the report [default: BUNDLE/report]."),
+    no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
+) -> None:
+    """Score a labelled test set with the bundle and write report.json, report.md and plots."""
+    from aeguard.data.catalog import get_spec, parse_classes
+    from aeguard.data.sources import dataset_eval_set, folder_eval_set
+    from aeguard.errors import DataNotFoundError, UsageError
+    from aeguard.evaluate import evaluate_bundle
+    from aeguard.runtime import Scorer
+
+    scorer = Scorer(bundle)
+    fitted_on = scorer.manifest.get("data", {})
+    if data is not None:
+        eval_set, bad = folder_eval_set(data, scorer.height, scorer.width)
+        for message in bad:
+            typer.echo(f"warning: skipped {message}", err=True)
+        if eval_set is None:
+            raise DataNotFoundError(f"{data} needs normal/ and anomaly/ subfolders that hold images")
+    else:
+        name = dataset or fitted_on.get("dataset")
+        if name is None:
+            raise UsageError("this bundle was fitted on a folder: pass --data DIR or --dataset NAME")
+        spec = get_spec(name)
+        if normal is not None:
+            classes = parse_classes(spec, normal)
+        elif fitted_on.get("dataset") == spec.name:
+            classes = tuple(fitted_on["normal_classes"])
+        else:
+            raise UsageError(f"pass --normal: the bundle's normal classes are not classes of {spec.name}")
+        if (spec_shape := (scorer.height, scorer.width)) != (28, 28):
+            raise UsageError(f"{spec.name} images are 28x28 but the bundle expects {spec_shape[0]}x{spec_shape[1]}")
+        eval_set = dataset_eval_set(spec.name, classes, data_dir, allow_download=not no_download)
+    report = evaluate_bundle(scorer, eval_set, report_dir or bundle / "report")
+    metrics = report["metrics"]
+    typer.echo(f"evaluated on {report['evaluation']}")
+    for key in ("auroc", "auprc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "fpr_at_tpr_95pct",
+                "precision", "recall", "f1", "fpr_at_threshold"):
+        typer.echo(f"{key:>18}: {metrics[key]:.4f}")
+    cm = metrics["confusion_matrix"]
+    typer.echo(f"{'confusion':>18}: tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']} "
+               f"at threshold {report['threshold']:.6g}")
+    typer.echo(f"report: {Path(report_dir or bundle / 'report') / 'report.md'}")

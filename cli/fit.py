@@ -1,0 +1,96 @@
+"""`aeguard fit`: train on normal images, calibrate, export the bundle, write the report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import parse_int_list, reports_errors
+
+
+class _Progress:
+    """A live bar (loss, images/s) on a terminal; one line per epoch in logs and pipes."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(),
+                                MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("train", total=None, epoch=1, info="")
+            self.bar.start()
+
+    def on_batch(self, epoch: int, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total, epoch=epoch)
+
+    def on_epoch(self, record) -> None:
+        line = (f"epoch {record.epoch:3d}/{self.epochs}  train loss {record.train_loss:.6f}  "
+                f"val loss {record.val_loss:.6f}  {record.images_per_second:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.console.print(line)
+            self.bar.update(self.task, info=f"val {record.val_loss:.5f}  {record.images_per_second:,.0f} img/s")
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@reports_errors
+def fit(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write [default: runs/<dataset>-<normal>-<model>]."),
+    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
+    normal: str = typer.Option("0", help="Normal classes: indices or names, comma-separated (0,1 / sneaker,sandal)."),
+    data: Optional[Path] = typer.Option(None, help="A folder of your own normal images instead of --dataset; DIR/normal and DIR/anomaly are used for evaluation.", file_okay=False),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
+    image_size: Optional[str] = typer.Option(None, help="Model input size for --data folders, 28 or HxW [default: the first image's size]."),
+    model: str = typer.Option("conv", help="dense or conv."),
+    latent: Optional[int] = typer.Option(None, min=1, help="Size of the code [default: 32]."),
+    hidden: Optional[str] = typer.Option(None, help="Hidden widths (dense, default 128) or conv channels (conv, default 32,64), comma-separated."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(1e-3, min=0.0, help="Adam learning rate."),
+    patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better validation loss."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed for the split, initialisation and batch order."),
+    val_fraction: float = typer.Option(0.1, help="Share of the normal training images held out for validation and calibration."),
+    target_fpr: float = typer.Option(0.01, help="False-positive rate on held-out normal images that sets the threshold."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
+) -> None:
+    """Train an autoencoder on normal images, calibrate its threshold and export an ONNX bundle."""
+    from aeguard.train.fit import FitOptions, fit as run_fit
+    from aeguard.train.loop import TrainConfig
+
+    if out is None:
+        source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
+        out = Path("runs") / f"{source}-{model}"
+    options = FitOptions(
+        out=out, dataset=dataset, normal=normal, data=data, data_dir=data_dir, image_size=image_size,
+        model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"),
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
+                          device=device, seed=seed),
+        val_fraction=val_fraction, target_fpr=target_fpr, force=force, allow_download=not no_download,
+    )
+    progress = _Progress(epochs)
+    try:
+        manifest = run_fit(options, progress.on_batch, progress.on_epoch,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        progress.close()
+    metrics = manifest.get("metrics")
+    print(f"bundle:    {out}")
+    print(f"threshold: {manifest['threshold']:.6g} (target FPR {target_fpr})")
+    if metrics:
+        print(f"AUROC:     {metrics['auroc']:.4f}   AUPRC: {metrics['auprc']:.4f}   "
+              f"TPR@1%FPR: {metrics['tpr_at_fpr_1pct']:.4f}")
+    print(f"report:    {out / 'report' / 'report.md'}")

@@ -1,0 +1,25 @@
+"""The `aeguard` console script: one typer app, one small module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from . import evaluate, fit, score
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, score.",
+)
+app.command()(fit.fit)
+app.command()(evaluate.evaluate)
+app.command()(score.score)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
