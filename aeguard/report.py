@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
@@ -38,9 +39,13 @@ def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) 
     bins = np.geomspace(low, max(high, low * 1.01), 60)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, scores in groups.items():
-        ax.hist(np.clip(scores, low, None), bins=bins, alpha=0.55, density=True, label=f"{name} ({len(scores)})")
+        # Fractions, not densities: on log-spaced bins a density would inflate the narrow low bins.
+        ax.hist(np.clip(scores, low, None), bins=bins, alpha=0.55, weights=np.full(len(scores), 1 / len(scores)),
+                label=f"{name} ({len(scores)})")
     ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
-    ax.set(xscale="log", xlabel="anomaly score (reconstruction MSE)", ylabel="density", title="Score distribution")
+    ax.set(xscale="log", xlabel="anomaly score (reconstruction MSE)", ylabel="fraction of group",
+           title="Score distribution")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

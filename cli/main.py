@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import evaluate, fit, score
+from . import dump_images, evaluate, fit, score
 
 app = typer.Typer(
     add_completion=False,
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.command()(fit.fit)
 app.command()(evaluate.evaluate)
 app.command()(score.score)
+app.command("dump-images")(dump_images.dump_images)
 
 
 def main() -> None:

@@ -63,6 +63,8 @@ def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MA
     """Read one image file as (1, height, width) float32; any failure becomes an ImageError naming the file."""
     path = Path(path)
     try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
         with Image.open(path) as image:
             if image.width * image.height > max_pixels:
                 raise ImageError(

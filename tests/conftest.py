@@ -1,0 +1,51 @@
+"""Shared fixtures: where the real IDX files are, and small generated data for unit tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def real_data_dir() -> Path | None:
+    value = os.environ.get("AEGUARD_DATA_DIR")
+    if not value:
+        return None
+    path = Path(value).resolve()
+    return path if (path / "mnist" / "t10k-images-idx3-ubyte.gz").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real MNIST / Fashion-MNIST files. Missing data fails the run in CI and skips elsewhere."""
+    path = real_data_dir()
+    if path is None:
+        message = "AEGUARD_DATA_DIR does not point at the MNIST / Fashion-MNIST files"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory, request):
+    """No test may download, and none sees the developer's own cache."""
+    monkeypatch.setenv("AEGUARD_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    resolved = real_data_dir()
+    if resolved is not None:
+        monkeypatch.setenv("AEGUARD_DATA_DIR", str(resolved))
+
+
+@pytest.fixture
+def blobs() -> np.ndarray:
+    """64 small 'normal' images: a bright disc at varying places, float32 NCHW in [0, 1]."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:12, :12]
+    images = []
+    for _ in range(64):
+        cy, cx = rng.uniform(4, 8, size=2)
+        images.append(((yy - cy) ** 2 + (xx - cx) ** 2 < 9).astype(np.float32))
+    return np.stack(images)[:, None]
