@@ -24,6 +24,7 @@ def score(
     """Write one row per input: path, score, threshold, is_anomaly, error. Unreadable files are reported, not fatal."""
     from aeguard.batch import score_paths
     from aeguard.data.images import iter_image_paths
+    from aeguard.errors import ImageError
     from aeguard.outputs import RowWriter, infer_format
     from aeguard.runtime import Scorer
 
@@ -44,3 +45,6 @@ def score(
     print(f"scored {summary.scored} images in {seconds:.1f}s ({summary.scored / max(seconds, 1e-9):,.0f} img/s): "
           f"{summary.anomalies} anomalies, {summary.errors} unreadable; threshold {scorer.threshold:.6g}"
           + (f"; rows in {output}" if output else ""), file=sys.stderr)
+    if summary.errors:
+        # Every row was written; the exit code still tells a script that some inputs were unreadable.
+        raise typer.Exit(ImageError.exit_code)

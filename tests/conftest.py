@@ -49,3 +49,19 @@ def blobs() -> np.ndarray:
         cy, cx = rng.uniform(4, 8, size=2)
         images.append(((yy - cy) ** 2 + (xx - cx) ** 2 < 9).astype(np.float32))
     return np.stack(images)[:, None]
+
+
+@pytest.fixture(scope="session")
+def mnist_bundle(data_dir, tmp_path_factory) -> Path:
+    """A conv bundle fitted through the CLI on real MNIST digit 0 (short training)."""
+    from typer.testing import CliRunner
+
+    from aeguard.cli.main import app
+
+    out = tmp_path_factory.mktemp("runs") / "mnist0"
+    result = CliRunner().invoke(app, [
+        "fit", "--dataset", "mnist", "--normal", "0", "--model", "conv", "--epochs", "3",
+        "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,26 @@
+"""The scoring path (runtime, batch scoring, evaluation, the score/evaluate commands) never imports torch."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_scoring_never_imports_torch(mnist_bundle, data_dir, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        from typer.testing import CliRunner
+        from aeguard.cli.main import app
+        import aeguard.runtime, aeguard.batch, aeguard.evaluate, aeguard.data.sources, aeguard.calibrate
+        runner = CliRunner()
+        for args in (["dump-images", {str(tmp_path / "p")!r}, "--count", "20"],
+                     ["score", {str(mnist_bundle)!r}, {str(tmp_path / "p")!r}, "-o", {str(tmp_path / "s.csv")!r}],
+                     ["evaluate", {str(mnist_bundle)!r}, "--report-dir", {str(tmp_path / "r")!r}]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+        loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+        print("TORCH_MODULES", loaded)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "TORCH_MODULES []" in done.stdout
+    assert (tmp_path / "s.csv").read_text().count("\n") == 21

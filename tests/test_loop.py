@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from aeguard.train.loop import TrainConfig, reconstruction_loss, resolve_device, train
+from aeguard.train.models import build_model, default_config
+from aeguard.errors import UsageError
+
+
+def fit_blobs(blobs, **overrides):
+    model = build_model(default_config("dense", 1, 12, 12) | {"hidden": [32], "latent": 4})
+    config = TrainConfig(**({"epochs": 15, "batch_size": 16, "device": "cpu", "seed": 3} | overrides))
+    result = train(model, blobs[:48], blobs[48:], config)
+    return model, result
+
+
+def test_training_lowers_the_validation_loss(blobs):
+    untrained = build_model(default_config("dense", 1, 12, 12) | {"hidden": [32], "latent": 4})
+    before = reconstruction_loss(untrained, torch.from_numpy(blobs[48:]))
+    model, result = fit_blobs(blobs, epochs=40, learning_rate=1e-2)
+    assert result.best_val_loss < 0.5 * before
+    assert result.best_val_loss == pytest.approx(reconstruction_loss(model, torch.from_numpy(blobs[48:])))
+
+
+def test_same_seed_same_weights(blobs):
+    first, _ = fit_blobs(blobs, epochs=3)
+    second, _ = fit_blobs(blobs, epochs=3)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_early_stopping_restores_the_best_epoch(blobs):
+    # A learning rate this large makes the loss bounce, so patience runs out well before 200 epochs.
+    model, result = fit_blobs(blobs, epochs=200, learning_rate=0.5, patience=2)
+    assert result.stopped_early
+    assert len(result.history) < 200
+    best = min(r.val_loss for r in result.history)
+    assert result.best_val_loss == best
+    assert reconstruction_loss(model, torch.from_numpy(blobs[48:])) == pytest.approx(best)
+
+
+def test_callbacks_see_every_batch_and_epoch(blobs):
+    batches, epochs = [], []
+    model = build_model(default_config("conv", 1, 12, 12))
+    train(model, blobs[:48], blobs[48:], TrainConfig(epochs=2, batch_size=20, device="cpu"),
+          on_batch=lambda e, done, total: batches.append((e, done, total)), on_epoch=epochs.append)
+    assert batches[-1] == (2, 3, 3) and len(batches) == 6
+    assert [r.epoch for r in epochs] == [1, 2]
+    assert all(np.isfinite(r.train_loss) and r.images_per_second > 0 for r in epochs)
+
+
+def test_device_names():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UsageError, match="--device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA"):
+            resolve_device("cuda")
