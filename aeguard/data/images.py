@@ -112,7 +112,7 @@ def iter_image_paths(inputs: Iterable[str | Path], exclude: Iterable[Path] = ())
             yield from _walk_images(path, excluded)
         elif path.is_file():
             yield path
-        elif glob.has_magic(str(item)):
+        elif any(char in str(item) for char in "*?["):
             matches = sorted(glob.glob(str(item), recursive=True))
             if not matches:
                 raise DataNotFoundError(f"pattern {item!r} matches no file")
