@@ -164,3 +164,19 @@ def test_score_of_one_corrupt_image(mnist_bundle, tmp_path):
 def test_score_of_a_missing_input(mnist_bundle, tmp_path):
     result = runner.invoke(app, ["score", str(mnist_bundle), str(tmp_path / "absent")])
     assert result.exit_code == 3 and "does not exist" in result.stderr
+
+
+def test_same_seed_gives_the_same_bundle(data_dir, tmp_path):
+    from aeguard.train.fit import FitOptions, fit
+    from aeguard.train.loop import TrainConfig
+
+    manifests, models = [], []
+    for run in ("a", "b"):
+        options = FitOptions(out=tmp_path / run, dataset="mnist", normal="1", model="dense", data_dir=data_dir,
+                             train=TrainConfig(epochs=1, device="cpu", seed=7), allow_download=False)
+        manifests.append(fit(options, log=lambda line: None))
+        models.append(load_bundle_model(tmp_path / run))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert manifests[0]["metrics"]["auroc"] == manifests[1]["metrics"]["auroc"]
+    assert manifests[0]["threshold"] == manifests[1]["threshold"]

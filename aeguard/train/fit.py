@@ -25,7 +25,7 @@ from aeguard.runtime import Scorer, open_session, score_array
 from aeguard.train.export import (
     INPUT_NAME, OPSET, SCORE_DEFINITION, check_parity, export_onnx, parity_max_abs_diff,
 )
-from aeguard.train.loop import BatchCallback, EpochCallback, TrainConfig, TrainResult, train
+from aeguard.train.loop import BatchCallback, EpochCallback, TrainConfig, TrainResult, seed_everything, train
 from aeguard.train.models import build_model, default_config
 
 PARITY_IMAGES = 512
@@ -112,6 +112,7 @@ def fit(
     out = Path(options.out)
     data = load_training_data(options)
     config = model_config(options, data.input_shape)
+    seed_everything(options.train.seed)  # before the model exists: initial weights are part of the run
     model = build_model(config)
     log(f"training {config['kind']} autoencoder on {len(data.train)} normal images "
         f"({len(data.validation)} held out), input {data.input_shape}")
