@@ -48,3 +48,40 @@ class ParityError(AeguardError):
 
     exit_code = 5
     http_status = 500
+
+
+class RequestError(AeguardError):
+    """A daemon request that cannot be served as sent: bad JSON, bad base64, wrong shape or type."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class PayloadTooLargeError(RequestError):
+    """A body, image count or image size over the daemon's configured limits."""
+
+    http_status = 413
+
+
+class UnauthorizedError(RequestError):
+    """A missing or wrong bearer token."""
+
+    http_status = 401
+
+
+class ModelNotFoundError(RequestError):
+    """A request named a model this daemon does not serve."""
+
+    http_status = 404
+
+
+class NotReadyError(AeguardError):
+    """No model is loaded yet, or the daemon is draining."""
+
+    http_status = 503
+
+
+class RequestTimeoutError(AeguardError):
+    """Scoring did not finish within the request timeout."""
+
+    http_status = 504

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from . import dump_images, evaluate, fit, score
+from . import dump_images, evaluate, fit, score, serve
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, score.",
+    help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve.",
 )
 app.command()(fit.fit)
 app.command()(evaluate.evaluate)
 app.command()(score.score)
 app.command("dump-images")(dump_images.dump_images)
+app.command()(serve.serve)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The scoring daemon: onnxruntime + numpy + Starlette/uvicorn. Never imports torch."""

@@ -1,0 +1,342 @@
+"""The daemon's HTTP app: /v1 scoring, Open Inference Protocol v2, health, metrics, admin reload.
+
+Every handler runs inside `_endpoint`, the one place where errors become JSON responses with their
+HTTP status, and where request metrics and the structured request log are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aeguard import __version__
+from aeguard.errors import (
+    AeguardError, ModelNotFoundError, PayloadTooLargeError, RequestError, RequestTimeoutError, UnauthorizedError,
+)
+from aeguard.serve import payloads
+from aeguard.serve.batching import BatchingScorer
+from aeguard.serve.metrics import Metrics
+from aeguard.serve.model_store import LoadedModel, ModelStore
+from aeguard.serve.openapi import openapi_document
+from aeguard.serve.settings import ServeSettings
+
+log = logging.getLogger("aeguard.serve")
+
+Handler = Callable[[Request, "RequestInfo"], Awaitable[Response]]
+
+
+@dataclass
+class RequestInfo:
+    request_id: str
+    images: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class DaemonState:
+    """Everything the handlers share; built by create_app, started by the lifespan."""
+
+    def __init__(self, settings: ServeSettings, registry: CollectorRegistry | None):
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.store = ModelStore(settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics)
+        self.scorer = BatchingScorer(self.store, self.metrics, settings.max_batch_size,
+                                     settings.max_wait_ms / 1000.0, settings.batching)
+        self.draining = False
+        self._watch_task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.store.loaded and not self.draining
+
+    def begin_drain(self) -> None:
+        """Readiness turns false first, so load balancers stop sending before the listener closes."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        log.info("draining: readiness is now false")
+
+    async def reload(self, reason: str) -> LoadedModel:
+        model = await asyncio.get_running_loop().run_in_executor(None, self.store.reload, reason)
+        self.metrics.ready.set(1 if self.ready else 0)
+        return model
+
+    async def _reload_quietly(self, reason: str) -> None:
+        try:
+            await self.reload(reason)
+        except AeguardError:
+            pass  # logged and counted by the store; the old model keeps serving
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            if self.store.changed_on_disk():
+                await self._reload_quietly("bundle changed on disk")
+
+    async def start(self) -> None:
+        await self._reload_quietly("startup")
+        await self.scorer.start()
+        if self.settings.watch_interval_s > 0:
+            self._watch_task = asyncio.create_task(self._watch())
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_quietly("SIGHUP")))
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        await self.scorer.stop()
+
+
+def error_body(exc: Exception, request_id: str) -> dict:
+    kind = type(exc).__name__ if isinstance(exc, AeguardError) else "InternalError"
+    message = str(exc) if isinstance(exc, AeguardError) else "internal error; see the daemon log for this request id"
+    return {"error": {"type": kind, "message": message}, "request_id": request_id}
+
+
+def _check_token(request: Request, expected: str | None) -> None:
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's own cache: lets request.form() parse what was already read
+    return body
+
+
+def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> Starlette:
+    state = DaemonState(settings, registry)
+    metrics = state.metrics
+
+    def _endpoint(name: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            info = RequestInfo(request.headers.get("x-request-id") or uuid.uuid4().hex)
+            started = time.perf_counter()
+            metrics.in_flight.inc()
+            try:
+                response = await handler(request, info)
+            except AeguardError as exc:
+                response = JSONResponse(error_body(exc, info.request_id), status_code=exc.http_status)
+            except Exception as exc:  # a fault of ours: 500, logged with its traceback, daemon lives on
+                log.exception("request failed", extra={"fields": {"request_id": info.request_id}})
+                response = JSONResponse(error_body(exc, info.request_id), status_code=500)
+            finally:
+                metrics.in_flight.dec()
+            seconds = time.perf_counter() - started
+            metrics.requests.labels(endpoint=name, code=str(response.status_code)).inc()
+            metrics.request_seconds.labels(endpoint=name).observe(seconds)
+            response.headers["x-request-id"] = info.request_id
+            if log.isEnabledFor(logging.INFO) and name != "metrics":
+                log.info("request", extra={"fields": {
+                    "request_id": info.request_id, "endpoint": name, "method": request.method,
+                    "path": request.url.path, "status": response.status_code,
+                    "duration_ms": round(seconds * 1000, 3), "images": info.images, **info.extra}})
+            return response
+
+        return wrapped
+
+    async def score_arrays(arrays: list[np.ndarray]) -> tuple[np.ndarray, LoadedModel]:
+        try:
+            return await asyncio.wait_for(state.scorer.score(np.stack(arrays)), settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(f"scoring took longer than {settings.request_timeout_s}s") from None
+
+    async def score_items(items: list, labels: list[str], info: RequestInfo, names: list[str] | None = None) -> Response:
+        model = state.store.current
+        height, width = model.scorer.height, model.scorer.width
+        decode = lambda: payloads.decode_items(items, labels, height, width, settings.max_pixels)  # noqa: E731
+        # Decoding many images is CPU work: keep it off the event loop.
+        arrays, errors = decode() if len(items) <= 8 else await asyncio.to_thread(decode)
+        good = [a for a in arrays if a is not None]
+        if not good:
+            raise RequestError(errors[0] if len(errors) == 1 else
+                               f"none of the {len(errors)} images could be read; first: {errors[0]}")
+        scores, model = await score_arrays(good)
+        info.images = len(good)
+        results, it = [], iter(scores.tolist())
+        for index, error in enumerate(errors):
+            row = {"error": error} if error else (lambda s: {"score": s, "is_anomaly": s > model.threshold})(next(it))
+            if names is not None:
+                row = {"filename": names[index], **row}
+            results.append(row)
+        return JSONResponse({
+            "model": {"name": model.name, "version": model.version}, "threshold": model.threshold,
+            "results": results, "n_scored": len(good), "n_errors": len(items) - len(good),
+        })
+
+    async def v1_score(request: Request, info: RequestInfo) -> Response:
+        _check_token(request, settings.api_token)
+        payload = payloads.parse_json(await read_body(request, settings.max_body_bytes))
+        items = payloads.score_request_items(payload, settings.max_images_per_request)
+        return await score_items(items, [f"images[{i}]" for i in range(len(items))], info)
+
+    async def v1_score_image(request: Request, info: RequestInfo) -> Response:
+        _check_token(request, settings.api_token)
+        body = await read_body(request, settings.max_body_bytes)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            async with request.form(max_files=settings.max_images_per_request + 1,
+                                    max_part_size=settings.max_body_bytes) as form:
+                uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
+                if not uploads:
+                    raise RequestError("multipart body holds no file parts")
+                if len(uploads) > settings.max_images_per_request:
+                    raise PayloadTooLargeError(
+                        f"{len(uploads)} files in one request; the limit is {settings.max_images_per_request}")
+                names = [upload.filename or f"file[{i}]" for i, upload in enumerate(uploads)]
+                items = [await upload.read() for upload in uploads]
+            return await score_items(items, names, info, names=names)
+        return await score_items([body], ["body"], info)
+
+    def model_for(name: str) -> LoadedModel:
+        model = state.store.current
+        if name != model.name:
+            raise ModelNotFoundError(f"unknown model {name!r}; this daemon serves {model.name!r}")
+        return model
+
+    async def oip_infer(request: Request, info: RequestInfo) -> Response:
+        _check_token(request, settings.api_token)
+        model = model_for(request.path_params["name"])
+        version = request.path_params.get("version")
+        if version is not None and version != model.version:
+            raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
+        payload = payloads.parse_json(await read_body(request, settings.max_body_bytes))
+        images = payloads.oip_input_tensor(payload, model.scorer.input_name, model.scorer.input_shape,
+                                           settings.max_images_per_request)
+        wanted = [o.get("name") for o in payload.get("outputs") or [] if isinstance(o, dict)] or ["score", "is_anomaly"]
+        unknown = set(wanted) - {"score", "is_anomaly"}
+        if unknown:
+            raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
+        scores, model = await score_arrays(list(images))
+        info.images = len(images)
+        outputs = {
+            "score": {"name": "score", "datatype": "FP32", "shape": [len(scores)], "data": scores.tolist()},
+            "is_anomaly": {"name": "is_anomaly", "datatype": "BOOL", "shape": [len(scores)],
+                           "data": (scores > model.threshold).tolist()},
+        }
+        body = {"model_name": model.name, "model_version": model.version,
+                "parameters": {"threshold": model.threshold}, "outputs": [outputs[n] for n in wanted]}
+        if "id" in payload:
+            body["id"] = payload["id"]
+        return JSONResponse(body)
+
+    async def oip_model_metadata(request: Request, info: RequestInfo) -> Response:
+        model = model_for(request.path_params["name"])
+        c, h, w = model.scorer.input_shape
+        return JSONResponse({
+            "name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": model.scorer.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
+            "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]},
+                        {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]}],
+            "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
+        })
+
+    async def oip_model_ready(request: Request, info: RequestInfo) -> Response:
+        model_for(request.path_params["name"])
+        return JSONResponse({"name": request.path_params["name"], "ready": state.ready},
+                            status_code=200 if state.ready else 503)
+
+    async def server_metadata(request: Request, info: RequestInfo) -> Response:
+        return JSONResponse({"name": "aeguard", "version": __version__, "extensions": []})
+
+    async def live(request: Request, info: RequestInfo) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request, info: RequestInfo) -> Response:
+        body = {"ready": state.ready}
+        if state.store.last_error:
+            body["last_reload_error"] = state.store.last_error
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    async def metrics_endpoint(request: Request, info: RequestInfo) -> Response:
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    async def admin_reload(request: Request, info: RequestInfo) -> Response:
+        if settings.admin_token is None:
+            raise ModelNotFoundError("admin endpoint is disabled; set AEGUARD_ADMIN_TOKEN to enable it")
+        _check_token(request, settings.admin_token)
+        try:
+            model = await state.reload("admin request")
+        except AeguardError as exc:
+            still = state.store._current
+            return JSONResponse({"reloaded": False, "error": str(exc),
+                                 "serving": still.version if still else None}, status_code=422)
+        return JSONResponse({"reloaded": True, "model": model.name, "version": model.version})
+
+    async def openapi(request: Request, info: RequestInfo) -> Response:
+        return JSONResponse(openapi_document())
+
+    routes = [
+        ("/v1/score", "score", v1_score, ["POST"]),
+        ("/v1/score/image", "score_image", v1_score_image, ["POST"]),
+        ("/v2", "server_metadata", server_metadata, ["GET"]),
+        ("/v2/health/live", "live", live, ["GET"]),
+        ("/v2/health/ready", "ready", ready, ["GET"]),
+        ("/v2/models/{name}", "model_metadata", oip_model_metadata, ["GET"]),
+        ("/v2/models/{name}/ready", "model_ready", oip_model_ready, ["GET"]),
+        ("/v2/models/{name}/infer", "infer", oip_infer, ["POST"]),
+        ("/v2/models/{name}/versions/{version}/infer", "infer", oip_infer, ["POST"]),
+        ("/metrics", "metrics", metrics_endpoint, ["GET"]),
+        ("/openapi.json", "openapi", openapi, ["GET"]),
+        ("/admin/reload", "admin_reload", admin_reload, ["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await state.start()
+        metrics.ready.set(1 if state.ready else 0)
+        yield
+        await state.stop()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        metrics.requests.labels(endpoint="unknown", code=str(status)).inc()
+        message = "no such endpoint; see /openapi.json" if status == 404 else f"method {request.method} not allowed"
+        return JSONResponse({"error": {"type": "NotFound" if status == 404 else "MethodNotAllowed",
+                                       "message": message}}, status_code=status)
+
+    app = Starlette(
+        routes=[Route(path, _endpoint(name, handler), methods=methods) for path, name, handler, methods in routes],
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_found},
+    )
+    app.state.aeguard = state
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for uvicorn worker processes, which get their settings through the environment."""
+    from aeguard.serve.logs import configure_logging
+
+    settings = ServeSettings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)

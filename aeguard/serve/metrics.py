@@ -1,0 +1,85 @@
+"""Prometheus metrics of the daemon, named per the Prometheus guide: aeguard_ prefix, base units, _total counters."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
+)
+from prometheus_client import multiprocess
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
+
+# Millisecond work: from half a millisecond to a few seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Scores are recorded relative to the threshold (1.0 = the threshold), so the buckets stay
+# around the decision point even after a reload changes the threshold.
+SCORE_RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 8.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+class Metrics:
+    """All daemon metrics on one registry (a fresh one per app, so tests never share state)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        if multiprocess_dir() is None:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter("aeguard_http_requests", "HTTP requests by endpoint and status code.",
+                                ["endpoint", "code"], registry=r)
+        self.request_seconds = Histogram("aeguard_http_request_duration_seconds", "Request latency, whole request.",
+                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("aeguard_inference_duration_seconds",
+                                           "onnxruntime time per batch.", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("aeguard_batch_size_images", "Images per onnxruntime call.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.images = Counter("aeguard_images_scored", "Images scored.", registry=r)
+        self.anomalies = Counter("aeguard_anomalies", "Images flagged as anomalous.", registry=r)
+        self.score_ratio = Histogram("aeguard_anomaly_score_ratio",
+                                     "Anomaly score divided by the model's threshold (above 1 = anomalous).",
+                                     buckets=SCORE_RATIO_BUCKETS, registry=r)
+        self.in_flight = Gauge("aeguard_http_requests_in_flight", "Requests being served.",
+                               multiprocess_mode="livesum", registry=r)
+        self.reloads = Counter("aeguard_model_reloads", "Model reloads by result.", ["result"], registry=r)
+        self.threshold = Gauge("aeguard_model_threshold", "The served model's anomaly threshold.",
+                               multiprocess_mode="mostrecent", registry=r)
+        self.model_info = Gauge("aeguard_model_info", "The served model (value 1; labels say which).",
+                                ["model", "version", "bundle_sha256", "aeguard_version"],
+                                multiprocess_mode="mostrecent", registry=r)
+        self.ready = Gauge("aeguard_ready", "1 while the daemon accepts scoring requests.",
+                           multiprocess_mode="livemin", registry=r)
+        self._info_labels: tuple | None = None
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)  # both series exist from the start, at 0
+
+    def set_model(self, name: str, version: str, bundle_sha256: str, aeguard_version: str, threshold: float) -> None:
+        labels = (name, version, bundle_sha256, aeguard_version)
+        if self._info_labels is not None and self._info_labels != labels:
+            self.model_info.labels(*self._info_labels).set(0)
+        self.model_info.labels(*labels).set(1)
+        self._info_labels = labels
+        self.threshold.set(threshold)
+
+    def observe_scores(self, scores, threshold: float) -> None:
+        self.images.inc(len(scores))
+        flagged = 0
+        for score in scores:
+            self.score_ratio.observe(score / threshold if threshold > 0 else float("inf"))
+            flagged += score > threshold
+        self.anomalies.inc(int(flagged))
+
+    def exposition(self) -> tuple[bytes, str]:
+        if multiprocess_dir() is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

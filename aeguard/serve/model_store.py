@@ -1,0 +1,105 @@
+"""The served model: load, check beside the old one, swap atomically; a bad bundle never replaces a good one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aeguard import __version__
+from aeguard.artifact import MANIFEST_NAME, MODEL_NAME, sha256_file
+from aeguard.errors import AeguardError, BundleError, NotReadyError
+from aeguard.runtime import Scorer
+from aeguard.serve.metrics import Metrics
+
+log = logging.getLogger("aeguard.serve")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    scorer: Scorer
+    name: str
+    version: str  # first 12 hex digits of model.onnx's sha256: changes whenever the graph does
+    bundle_sha256: str  # sha256 of manifest.json, which itself pins every bundle file
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold
+
+
+def load_model(bundle: Path, name: str | None, intra_op_threads: int) -> LoadedModel:
+    scorer = Scorer(bundle, intra_op_threads=intra_op_threads)
+    probe = scorer.score(np.zeros((1, *scorer.input_shape), np.float32)).scores
+    if probe.shape != (1,) or not np.isfinite(probe).all():
+        raise BundleError(f"{bundle}: the model gives no finite score for a blank image ({probe!r})")
+    return LoadedModel(
+        scorer=scorer,
+        name=name or scorer.manifest.get("name") or Path(bundle).resolve().name,
+        version=scorer.manifest["files"][MODEL_NAME]["sha256"][:12],
+        bundle_sha256=sha256_file(Path(bundle) / MANIFEST_NAME),
+    )
+
+
+def manifest_signature(bundle: Path) -> tuple | None:
+    """Cheap change detector: identity, size and mtime of manifest.json (fit swaps whole directories)."""
+    try:
+        stat = (Path(bundle) / MANIFEST_NAME).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class ModelStore:
+    def __init__(self, bundle: Path, name: str | None, intra_op_threads: int, metrics: Metrics):
+        self.bundle = Path(bundle)
+        self.name = name
+        self.intra_op_threads = intra_op_threads
+        self.metrics = metrics
+        self._current: LoadedModel | None = None
+        self._reload_lock = threading.Lock()
+        self.signature: tuple | None = None
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise NotReadyError("no model is loaded")
+        return model
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def reload(self, reason: str) -> LoadedModel:
+        """Load the bundle beside the served model and swap; on failure keep serving the old one and raise."""
+        with self._reload_lock:
+            signature = manifest_signature(self.bundle)
+            try:
+                candidate = load_model(self.bundle, self.name, self.intra_op_threads)
+            except AeguardError as exc:
+                self.signature = signature  # do not retry the same broken files on every poll
+                self.last_error = str(exc)
+                self.metrics.reloads.labels(result="failure").inc()
+                log.error("model reload refused", extra={"fields": {"reason": reason, "error": str(exc),
+                                                                    "still_serving": self._version()}})
+                raise
+            previous = self._version()
+            self._current = candidate  # one reference assignment: requests see the old or the new model
+            self.signature = signature
+            self.last_error = None
+            self.metrics.reloads.labels(result="success").inc()
+            self.metrics.set_model(candidate.name, candidate.version, candidate.bundle_sha256, __version__,
+                                   candidate.threshold)
+            log.info("model loaded", extra={"fields": {"reason": reason, "model": candidate.name,
+                                                       "version": candidate.version, "previous": previous}})
+            return candidate
+
+    def changed_on_disk(self) -> bool:
+        return manifest_signature(self.bundle) != self.signature
+
+    def _version(self) -> str | None:
+        return self._current.version if self._current is not None else None

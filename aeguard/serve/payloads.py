@@ -1,0 +1,151 @@
+"""Request bodies -> model input arrays, with limits. Every failure is a RequestError naming the problem."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from aeguard.data.images import image_to_array
+from aeguard.errors import ImageError, PayloadTooLargeError, RequestError
+
+OIP_DATATYPES = {"FP32": np.float32, "UINT8": np.uint8}
+
+
+def parse_json(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError("body must be a JSON object")
+    return payload
+
+
+def decode_image_bytes(data: bytes, height: int, width: int, max_pixels: int, label: str) -> np.ndarray:
+    """Encoded PNG/JPEG/... bytes -> (1, H, W) float32 through the same conversion as `aeguard score`."""
+    if not data:
+        raise RequestError(f"{label}: empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > max_pixels:
+                raise PayloadTooLargeError(
+                    f"{label}: {image.width}x{image.height} is over the limit of {max_pixels} pixels per image"
+                )
+            image.load()
+            return image_to_array(image, height, width)
+    except UnidentifiedImageError:
+        raise RequestError(f"{label}: not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise RequestError(f"{label}: cannot decode image ({exc})") from None
+
+
+def decode_base64(text: str, label: str) -> bytes:
+    if text.startswith("data:"):  # accept data URLs as browsers produce them
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"{label}: invalid base64 ({exc})") from None
+
+
+def array_image(value: list, height: int, width: int, label: str) -> np.ndarray:
+    """A nested list of pixel values in [0, 1], shaped (H, W) or (1, H, W)."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise RequestError(f"{label}: nested array is ragged or holds non-numbers") from None
+    if array.shape == (height, width):
+        array = array[None]
+    if array.shape != (1, height, width):
+        raise RequestError(f"{label}: array shape {list(array.shape)}, expected [{height}, {width}] or [1, {height}, {width}]")
+    if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        raise RequestError(f"{label}: pixel values must be finite and within [0, 1]")
+    return array
+
+
+def decode_item(item, height: int, width: int, max_pixels: int, label: str) -> np.ndarray:
+    if isinstance(item, str):
+        return decode_image_bytes(decode_base64(item, label), height, width, max_pixels, label)
+    if isinstance(item, list):
+        return array_image(item, height, width, label)
+    raise RequestError(f"{label}: expected a base64 string or a nested array, got {type(item).__name__}")
+
+
+def score_request_items(payload: dict, max_images: int) -> list:
+    """The images of a /v1/score body: {"images": [...]} or {"image": ...}."""
+    if "images" in payload:
+        items = payload["images"]
+        if not isinstance(items, list):
+            raise RequestError('"images" must be a list')
+    elif "image" in payload:
+        items = [payload["image"]]
+    else:
+        raise RequestError('body needs "images" (a list) or "image"')
+    if not items:
+        raise RequestError('"images" is empty')
+    if len(items) > max_images:
+        raise PayloadTooLargeError(f"{len(items)} images in one request; the limit is {max_images}")
+    return items
+
+
+def decode_items(items: list, labels: list[str], height: int, width: int, max_pixels: int
+                 ) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Decode each item on its own: one bad image never costs the others their scores."""
+    arrays: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    for item, label in zip(items, labels):
+        try:
+            arrays.append(decode_item(item, height, width, max_pixels, label) if not isinstance(item, bytes)
+                          else decode_image_bytes(item, height, width, max_pixels, label))
+            errors.append(None)
+        except (RequestError, ImageError) as exc:
+            if isinstance(exc, PayloadTooLargeError) and len(items) == 1:
+                raise
+            arrays.append(None)
+            errors.append(str(exc))
+    return arrays, errors
+
+
+def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+    """The one input tensor of an Open Inference Protocol v2 infer request, as float32 NCHW in [0, 1]."""
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError('"inputs" must be a list holding exactly one tensor')
+    tensor = inputs[0]
+    if tensor.get("name") not in (input_name, None):
+        raise RequestError(f"unknown input {tensor.get('name')!r}; this model's input is {input_name!r}")
+    datatype = tensor.get("datatype")
+    if datatype not in OIP_DATATYPES:
+        raise RequestError(f"datatype {datatype!r} is not supported; send FP32 (values in [0, 1]) or UINT8 (0-255)")
+    dims = tensor.get("shape")
+    channels, height, width = shape
+    if not (isinstance(dims, list) and all(isinstance(d, int) and d >= 0 for d in dims)):
+        raise RequestError('"shape" must be a list of non-negative integers')
+    if len(dims) == 3 and channels == 1:
+        dims = [dims[0], 1, dims[1], dims[2]]
+    if len(dims) != 4 or tuple(dims[1:]) != shape:
+        raise RequestError(f"shape {tensor.get('shape')} does not fit this model; expected [N, {channels}, {height}, {width}]")
+    if dims[0] < 1:
+        raise RequestError("the batch holds no image")
+    if dims[0] > max_images:
+        raise PayloadTooLargeError(f"{dims[0]} images in one request; the limit is {max_images}")
+    data = tensor.get("data")
+    try:
+        array = np.asarray(data, dtype=np.float64).reshape(-1)
+    except (ValueError, TypeError):
+        raise RequestError('"data" must be a flat or nested list of numbers') from None
+    if array.size != math.prod(dims):
+        raise RequestError(f'"data" holds {array.size} values; shape {dims} needs {math.prod(dims)}')
+    if datatype == "UINT8":
+        if not np.array_equal(array, np.round(array)) or array.min() < 0 or array.max() > 255:
+            raise RequestError("UINT8 data must be integers in 0-255")
+        array = array / 255.0
+    elif not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        raise RequestError("FP32 data must be finite and within [0, 1]")
+    return array.astype(np.float32).reshape(dims)

@@ -1,0 +1,70 @@
+"""Run the daemon under uvicorn: one process, or several workers with shared Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+
+import uvicorn
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+from aeguard.serve.logs import configure_logging
+from aeguard.serve.settings import SETTINGS_ENV, ServeSettings
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: readiness false first, then (after drain_seconds) uvicorn's graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, begin_drain, drain_seconds: float):
+        super().__init__(config)
+        self._begin_drain = begin_drain
+        self._drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig, frame) -> None:
+        if sig == signal.SIGTERM and not self._draining:
+            self._draining = True
+            self._begin_drain()
+            if self._drain_seconds > 0:
+                threading.Timer(self._drain_seconds, super().handle_exit, (sig, frame)).start()
+                return
+        super().handle_exit(sig, frame)
+
+
+def _uvicorn_options(settings: ServeSettings) -> dict:
+    return {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+            "timeout_graceful_shutdown": settings.graceful_timeout_s, "lifespan": "on",
+            "limit_concurrency": None, "server_header": False}
+
+
+def run(settings: ServeSettings) -> None:
+    configure_logging(settings.log_level)
+    if settings.workers == 1:
+        from aeguard.serve.app import create_app
+
+        app = create_app(settings)
+        state = app.state.aeguard
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.host, registry=state.metrics.registry)
+        server = DrainingServer(uvicorn.Config(app, **_uvicorn_options(settings)), state.begin_drain,
+                                settings.drain_seconds)
+        server.run()
+        return
+
+    # Several workers: each writes its metrics to files in a shared folder, and every scrape
+    # (of any worker's /metrics, or of --metrics-port here) adds them up.
+    metrics_dir = tempfile.mkdtemp(prefix="aeguard-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    try:
+        if settings.metrics_port:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        uvicorn.run("aeguard.serve.app:create_app_from_env", factory=True, workers=settings.workers,
+                    **_uvicorn_options(settings))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

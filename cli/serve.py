@@ -1,0 +1,49 @@
+"""`aeguard serve`: the scoring daemon (onnxruntime, no torch). Every flag falls back to an AEGUARD_* variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import reports_errors
+
+
+@reports_errors
+def serve(
+    bundle: Path = typer.Argument(..., envvar="AEGUARD_BUNDLE", help="Bundle folder to serve."),
+    host: str = typer.Option("127.0.0.1", envvar="AEGUARD_HOST"),
+    port: int = typer.Option(8080, envvar="AEGUARD_PORT"),
+    metrics_port: Optional[int] = typer.Option(None, envvar="AEGUARD_METRICS_PORT", help="Also serve /metrics on this port."),
+    model_name: Optional[str] = typer.Option(None, envvar="AEGUARD_MODEL_NAME", help="Name in the API [default: the bundle's]."),
+    workers: int = typer.Option(1, envvar="AEGUARD_WORKERS", help="Worker processes; metrics are summed across them."),
+    max_batch_size: int = typer.Option(64, envvar="AEGUARD_MAX_BATCH_SIZE", help="Images per onnxruntime call when micro-batching."),
+    max_wait_ms: float = typer.Option(2.0, envvar="AEGUARD_MAX_WAIT_MS", help="Longest wait for a batch to fill; 0 turns micro-batching off."),
+    threads: int = typer.Option(0, envvar="AEGUARD_THREADS", help="onnxruntime intra-op threads (0: its default)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, envvar="AEGUARD_MAX_BODY_BYTES"),
+    max_images: int = typer.Option(256, envvar="AEGUARD_MAX_IMAGES", help="Images per request."),
+    max_pixels: int = typer.Option(16_000_000, envvar="AEGUARD_MAX_PIXELS", help="Pixels per decoded image."),
+    request_timeout: float = typer.Option(30.0, envvar="AEGUARD_REQUEST_TIMEOUT", help="Seconds before a scoring request fails with 504."),
+    api_token: Optional[str] = typer.Option(None, envvar="AEGUARD_API_TOKEN", help="Bearer token the scoring endpoints require."),
+    admin_token: Optional[str] = typer.Option(None, envvar="AEGUARD_ADMIN_TOKEN", help="Bearer token for POST /admin/reload (unset: disabled)."),
+    watch_interval: float = typer.Option(2.0, envvar="AEGUARD_WATCH_INTERVAL", help="Seconds between checks of the bundle on disk; 0 disables."),
+    drain_seconds: float = typer.Option(0.0, envvar="AEGUARD_DRAIN_SECONDS", help="After SIGTERM, stay up not-ready this long before closing."),
+    graceful_timeout: float = typer.Option(30.0, envvar="AEGUARD_GRACEFUL_TIMEOUT", help="Longest wait for in-flight requests at shutdown."),
+    log_level: str = typer.Option("info", envvar="AEGUARD_LOG_LEVEL"),
+) -> None:
+    """Serve a bundle over HTTP: /v1/score, Open Inference Protocol v2, /metrics. Reloads on SIGHUP or bundle change."""
+    from aeguard.serve.model_store import load_model
+    from aeguard.serve.server import run
+    from aeguard.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        bundle=bundle, host=host, port=port, metrics_port=metrics_port, model_name=model_name, workers=workers,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, intra_op_threads=threads,
+        max_body_bytes=max_body_bytes, max_images_per_request=max_images, max_pixels=max_pixels,
+        request_timeout_s=request_timeout, api_token=api_token or None, admin_token=admin_token or None,
+        watch_interval_s=watch_interval, drain_seconds=drain_seconds, graceful_timeout_s=graceful_timeout,
+        log_level=log_level,
+    )
+    load_model(bundle, model_name, threads)  # fail fast, with a clear message, on a bad bundle
+    run(settings)
