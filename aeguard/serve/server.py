@@ -25,13 +25,19 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig, frame) -> None:
-        if sig == signal.SIGTERM and not self._draining:
-            self._draining = True
-            self._begin_drain()
-            if self._drain_seconds > 0:
-                threading.Timer(self._drain_seconds, super().handle_exit, (sig, frame)).start()
-                return
-        super().handle_exit(sig, frame)
+        if sig != signal.SIGTERM:
+            super().handle_exit(sig, frame)  # SIGINT keeps uvicorn's behaviour (twice = force)
+            return
+        # SIGTERM is handled here in full, not recorded for uvicorn to re-raise after shutdown:
+        # a completed drain is a clean exit, status 0.
+        if self._draining:
+            return
+        self._draining = True
+        self._begin_drain()
+        threading.Timer(self._drain_seconds, self._close).start()
+
+    def _close(self) -> None:
+        self.should_exit = True
 
 
 def _uvicorn_options(settings: ServeSettings) -> dict:
