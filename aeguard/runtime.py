@@ -26,16 +26,20 @@ class ScoreBatch:
     reconstructions: np.ndarray | None = None  # (N, 1, H, W)
 
 
-def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+def session_options(intra_op_threads: int = 0, spin: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads  # 0 lets onnxruntime use every core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        # Idle pool threads spin-wait for the next call by default; in a server that shares its
+        # cores with request handling, that spinning takes the CPU the event loop needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def open_session(model_path: Path, intra_op_threads: int = 0) -> ort.InferenceSession:
+def open_session(model_path: Path, intra_op_threads: int = 0, spin: bool = True) -> ort.InferenceSession:
     return ort.InferenceSession(
-        str(model_path), sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+        str(model_path), sess_options=session_options(intra_op_threads, spin), providers=["CPUExecutionProvider"]
     )
 
 
@@ -54,7 +58,7 @@ def score_array(session: ort.InferenceSession, images: np.ndarray, batch_size: i
 class Scorer:
     """A loaded, verified bundle ready to score (N, 1, H, W) float32 batches in [0, 1]."""
 
-    def __init__(self, bundle_dir: Path, intra_op_threads: int = 0, verify: bool = True):
+    def __init__(self, bundle_dir: Path, intra_op_threads: int = 0, verify: bool = True, spin: bool = True):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir, verify=verify)
         spec = self.manifest.get("input", {})
@@ -64,7 +68,7 @@ class Scorer:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{self.bundle_dir}/manifest.json lacks a valid input spec or threshold: {exc}") from exc
         try:
-            self.session = open_session(self.bundle_dir / MODEL_NAME, intra_op_threads)
+            self.session = open_session(self.bundle_dir / MODEL_NAME, intra_op_threads, spin)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise BundleError(f"onnxruntime cannot load {self.bundle_dir / MODEL_NAME}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name

@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from aeguard import __version__
@@ -36,6 +38,13 @@ from aeguard.serve.openapi import openapi_document
 from aeguard.serve.settings import ServeSettings
 
 log = logging.getLogger("aeguard.serve")
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """orjson renders score lists several times faster than the json module."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 Handler = Callable[[Request, "RequestInfo"], Awaitable[Response]]
 
@@ -164,10 +173,11 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
 
         return wrapped
 
-    async def score_arrays(arrays: list[np.ndarray]) -> tuple[np.ndarray, LoadedModel]:
+    async def score_arrays(images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
         try:
-            return await asyncio.wait_for(state.scorer.score(np.stack(arrays)), settings.request_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(settings.request_timeout_s):  # no extra task, unlike wait_for
+                return await state.scorer.score(images)
+        except TimeoutError:
             raise RequestTimeoutError(f"scoring took longer than {settings.request_timeout_s}s") from None
 
     async def score_items(items: list, labels: list[str], info: RequestInfo, names: list[str] | None = None) -> Response:
@@ -180,7 +190,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         if not good:
             raise RequestError(errors[0] if len(errors) == 1 else
                                f"none of the {len(errors)} images could be read; first: {errors[0]}")
-        scores, model = await score_arrays(good)
+        scores, model = await score_arrays(np.stack(good))
         info.images = len(good)
         results, it = [], iter(scores.tolist())
         for index, error in enumerate(errors):
@@ -228,25 +238,38 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         version = request.path_params.get("version")
         if version is not None and version != model.version:
             raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
-        payload = payloads.parse_json(await read_body(request, settings.max_body_bytes))
+        payload, binary = payloads.split_oip_body(await read_body(request, settings.max_body_bytes),
+                                                  request.headers.get(payloads.OIP_BINARY_HEADER))
         images = payloads.oip_input_tensor(payload, model.scorer.input_name, model.scorer.input_shape,
-                                           settings.max_images_per_request)
-        wanted = [o.get("name") for o in payload.get("outputs") or [] if isinstance(o, dict)] or ["score", "is_anomaly"]
-        unknown = set(wanted) - {"score", "is_anomaly"}
+                                           settings.max_images_per_request, binary)
+        requested = {o.get("name"): o for o in payload.get("outputs") or [] if isinstance(o, dict)}
+        unknown = set(requested) - {"score", "is_anomaly"}
         if unknown:
             raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
-        scores, model = await score_arrays(list(images))
+        scores, model = await score_arrays(images)
         info.images = len(images)
-        outputs = {
-            "score": {"name": "score", "datatype": "FP32", "shape": [len(scores)], "data": scores.tolist()},
-            "is_anomaly": {"name": "is_anomaly", "datatype": "BOOL", "shape": [len(scores)],
-                           "data": (scores > model.threshold).tolist()},
-        }
+        values = {"score": ("FP32", scores.astype("<f4")), "is_anomaly": ("BOOL", scores > model.threshold)}
+        binary_default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+        outputs, blobs = [], []
+        for name in requested or values:
+            datatype, array = values[name]
+            entry = {"name": name, "datatype": datatype, "shape": [len(scores)]}
+            if ((requested.get(name) or {}).get("parameters") or {}).get("binary_data", binary_default):
+                blob = array.tobytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = array.tolist()
+            outputs.append(entry)
         body = {"model_name": model.name, "model_version": model.version,
-                "parameters": {"threshold": model.threshold}, "outputs": [outputs[n] for n in wanted]}
+                "parameters": {"threshold": model.threshold}, "outputs": outputs}
         if "id" in payload:
             body["id"] = payload["id"]
-        return JSONResponse(body)
+        if not blobs:
+            return JSONResponse(body)
+        header = orjson.dumps(body)
+        return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(header))})
 
     async def oip_model_metadata(request: Request, info: RequestInfo) -> Response:
         model = model_for(request.path_params["name"])

@@ -1,8 +1,10 @@
 """Micro-batching: requests from many clients are gathered into one onnxruntime call.
 
-The first request of a batch waits at most max_wait for others; a batch closes early once it
-holds max_batch_size images. Inference runs on one worker thread (onnxruntime releases the GIL
-and parallelises inside the call), so the event loop keeps accepting requests meanwhile.
+When the inference thread is idle, the first request waits at most max_wait for company (or until
+max_batch_size images are pending). While a batch runs, new requests pile up and are taken the
+moment it finishes, without further waiting: batches grow with load and add no delay when quiet.
+Inference runs on one worker thread (onnxruntime releases the GIL and parallelises inside the
+call), so the event loop keeps accepting and parsing requests meanwhile.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ class BatchingScorer:
         self.max_wait_s = max_wait_s
         self.batching = batching
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aeguard-infer")
-        self._queue: asyncio.Queue | None = None
+        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._pending_images = 0
+        self._has_work = asyncio.Event()
+        self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         if self.batching:
-            self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -53,49 +57,65 @@ class BatchingScorer:
 
     async def score(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
         """Scores for (N, C, H, W) float32 images, and the model that produced them."""
-        model = self.store.current
         loop = asyncio.get_running_loop()
         if not self.batching or len(images) >= self.max_batch_size:
+            model = self.store.current
             scores = await loop.run_in_executor(self.executor, self._infer, model, images)
         else:
+            self.store.current  # raises NotReadyError now rather than inside a batch
             future = loop.create_future()
-            await self._queue.put((images, future))
+            self._pending.append((images, future))
+            self._pending_images += len(images)
+            self._has_work.set()
+            if self._pending_images >= self.max_batch_size:
+                self._full.set()
             scores, model = await future
         self.metrics.observe_scores(scores.tolist(), model.threshold)
         return scores, model
 
+    def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        """Pending requests up to max_batch_size images (at least one), oldest first; skips abandoned ones."""
+        taken, count = [], 0
+        while self._pending:
+            images, future = self._pending[0]
+            if taken and count + len(images) > self.max_batch_size:
+                break
+            self._pending.pop(0)
+            self._pending_images -= len(images)
+            if not future.done():  # its caller timed out or went away
+                taken.append((images, future))
+                count += len(images)
+        return taken
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self._queue.get()]
-            count = len(items[0][0])
-            deadline = loop.time() + self.max_wait_s
-            while count < self.max_batch_size:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
+            await self._has_work.wait()
+            if self._pending_images < self.max_batch_size:
+                self._full.clear()
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                items.append(item)
-                count += len(item[0])
-            live = [(images, future) for images, future in items if not future.done()]  # skip timed-out callers
-            if not live:
-                continue
-            try:
-                model = self.store.current
-                # every image of one batch goes through the same model, even if a reload lands meanwhile
-                scores = await loop.run_in_executor(
-                    self.executor, self._infer, model, np.concatenate([images for images, _ in live])
-                )
-            except Exception as exc:  # hand the failure to every waiting request; the loop lives on
-                for _, future in live:
+                    async with asyncio.timeout(self.max_wait_s):
+                        await self._full.wait()
+                except TimeoutError:
+                    pass
+            while self._pending:
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                try:
+                    # every image of one batch goes through the same model, even if a reload lands meanwhile
+                    model = self.store.current
+                    scores = await loop.run_in_executor(
+                        self.executor, self._infer, model, np.concatenate([images for images, _ in batch])
+                    )
+                except Exception as exc:  # hand the failure to every waiting request; the loop lives on
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                offset = 0
+                for images, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            offset = 0
-            for images, future in live:
-                if not future.done():
-                    future.set_result((scores[offset : offset + len(images)], model))
-                offset += len(images)
+                        future.set_result((scores[offset : offset + len(images)], model))
+                    offset += len(images)
+            self._has_work.clear()

@@ -31,7 +31,7 @@ class LoadedModel:
 
 
 def load_model(bundle: Path, name: str | None, intra_op_threads: int) -> LoadedModel:
-    scorer = Scorer(bundle, intra_op_threads=intra_op_threads)
+    scorer = Scorer(bundle, intra_op_threads=intra_op_threads, spin=False)
     probe = scorer.score(np.zeros((1, *scorer.input_shape), np.float32)).scores
     if probe.shape != (1,) or not np.isfinite(probe).all():
         raise BundleError(f"{bundle}: the model gives no finite score for a blank image ({probe!r})")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 from aeguard.data.images import image_to_array
@@ -19,8 +19,8 @@ OIP_DATATYPES = {"FP32": np.float32, "UINT8": np.uint8}
 
 def parse_json(body: bytes) -> dict:
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise RequestError(f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise RequestError("body must be a JSON object")
@@ -112,8 +112,36 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
     return arrays, errors
 
 
-def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
-    """The one input tensor of an Open Inference Protocol v2 infer request, as float32 NCHW in [0, 1]."""
+OIP_BINARY_HEADER = "inference-header-content-length"
+
+
+def split_oip_body(body: bytes, header_length: str | None) -> tuple[dict, bytes | None]:
+    """The JSON part and, with the binary tensor extension, the raw bytes that follow it."""
+    if header_length is None:
+        return parse_json(body), None
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise RequestError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
+    cut = int(header_length)
+    return parse_json(body[:cut]), body[cut:]
+
+
+def _check_range(array: np.ndarray, datatype: str) -> np.ndarray:
+    """float32 in [0, 1]: UINT8 is scaled by 1/255, FP32 must already lie in [0, 1]."""
+    if datatype == "UINT8":
+        return array.astype(np.float32) * np.float32(1 / 255)
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        raise RequestError("FP32 data must be finite and within [0, 1]")
+    return array
+
+
+def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int,
+                     binary: bytes | None = None) -> np.ndarray:
+    """The one input tensor of an Open Inference Protocol v2 infer request, as float32 NCHW in [0, 1].
+
+    Data comes as JSON ("data", flat or nested) or, with the binary tensor extension, as raw
+    little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}).
+    """
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError('"inputs" must be a list holding exactly one tensor')
@@ -135,17 +163,26 @@ def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int]
         raise RequestError("the batch holds no image")
     if dims[0] > max_images:
         raise PayloadTooLargeError(f"{dims[0]} images in one request; the limit is {max_images}")
-    data = tensor.get("data")
-    try:
-        array = np.asarray(data, dtype=np.float64).reshape(-1)
-    except (ValueError, TypeError):
-        raise RequestError('"data" must be a flat or nested list of numbers') from None
-    if array.size != math.prod(dims):
-        raise RequestError(f'"data" holds {array.size} values; shape {dims} needs {math.prod(dims)}')
-    if datatype == "UINT8":
-        if not np.array_equal(array, np.round(array)) or array.min() < 0 or array.max() > 255:
-            raise RequestError("UINT8 data must be integers in 0-255")
-        array = array / 255.0
-    elif not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-        raise RequestError("FP32 data must be finite and within [0, 1]")
-    return array.astype(np.float32).reshape(dims)
+    count = math.prod(dims)
+    dtype = np.dtype(OIP_DATATYPES[datatype]).newbyteorder("<")
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if binary is None:
+            raise RequestError("binary_data_size given but the request has no Inference-Header-Content-Length")
+        if size != count * dtype.itemsize or len(binary) != size:
+            raise RequestError(f"binary data holds {len(binary)} bytes; shape {dims} of {datatype} needs "
+                               f"{count * dtype.itemsize}")
+        array = np.frombuffer(binary, dtype=dtype)
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise RequestError('"data" must be a flat or nested list of numbers')
+        try:
+            # numpy refuses Python ints that do not fit UINT8 and strings anywhere
+            array = np.array(data, dtype=np.uint8 if datatype == "UINT8" else np.float32).reshape(-1)
+        except (ValueError, TypeError, OverflowError):
+            limits = "integers in 0-255" if datatype == "UINT8" else "numbers"
+            raise RequestError(f'"data" must be a flat or nested list of {limits}') from None
+        if array.size != count:
+            raise RequestError(f'"data" holds {array.size} values; shape {dims} needs {count}')
+    return _check_range(array, datatype).reshape(dims)
