@@ -21,7 +21,7 @@ from aeguard.data.catalog import load_split
 from aeguard.data.splits import to_model_input, train_validation_split
 from aeguard.train.loop import TrainConfig, resolve_device, train
 from aeguard.train.models import build_model, default_config
-from benchmarks.results_io import write_results
+from benchmarks.results_io import StealMeter, write_results
 
 
 def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: torch.device) -> None:
@@ -74,7 +74,9 @@ def main() -> None:
     train_x, val_x = to_model_input(fit_images), to_model_input(val_images)
     results = []
     for kind in args.models.split(","):
-        result = measure(kind, train_x, val_x, args.epochs, args.batch_size, args.repeats, device)
+        with StealMeter() as steal:
+            result = measure(kind, train_x, val_x, args.epochs, args.batch_size, args.repeats, device)
+        result["cpu_steal"] = steal.fraction
         results.append(result)
         print(f"{kind}: bare {result['bare_images_per_s']:,.0f} img/s, aeguard "
               f"{result['aeguard_images_per_s']:,.0f} img/s, ratio {result['ratio']:.3f}")
@@ -84,10 +86,11 @@ def main() -> None:
     lines = ["# Training throughput: aeguard loop vs bare PyTorch loop", "",
              f"MNIST digit 0, {len(train_x)} training images, batch {args.batch_size}, {args.epochs} epochs, "
              f"median of {args.repeats} interleaved runs, device {device}, torch {torch.__version__}.", "",
-             "| model | bare loop (img/s) | aeguard loop (img/s) | ratio (target >= 0.9) |",
-             "| --- | --- | --- | --- |"]
+             "| model | bare loop (img/s) | aeguard loop (img/s) | ratio (target >= 0.9) | CPU steal |",
+             "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['bare_images_per_s']:,.0f} | {r['aeguard_images_per_s']:,.0f} | "
-              f"{r['ratio']:.3f} |" for r in results]
+              f"{r['ratio']:.3f} | {'n/a' if r['cpu_steal'] is None else format(r['cpu_steal'], '.0%')} |"
+              for r in results]
     lines += ["", "Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.train_throughput`"]
     path = write_results("train_throughput", {"settings": settings, "results": results}, "\n".join(lines) + "\n")
     print(f"wrote {path}")

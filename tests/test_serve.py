@@ -110,6 +110,28 @@ def test_open_inference_protocol(daemon, mnist_bundle, mnist_test):
     np.testing.assert_allclose(body["outputs"][0]["data"], expected, rtol=1e-5)
 
 
+def test_open_inference_protocol_binary_tensor_extension(daemon, mnist_bundle, mnist_test):
+    pixels = mnist_test.images[20:24]
+    header = json.dumps({"inputs": [{"name": "images", "shape": [4, 1, 28, 28], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": pixels.size}}],
+                         "outputs": [{"name": "score", "parameters": {"binary_data": True}},
+                                     {"name": "is_anomaly"}]}).encode()
+    response = daemon.client.post("/v2/models/mnist0/infer", content=header + pixels.tobytes(),
+                                  headers={"Inference-Header-Content-Length": str(len(header)),
+                                           "content-type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    cut = int(response.headers["inference-header-content-length"])
+    body = json.loads(response.content[:cut])
+    score_entry, flag_entry = body["outputs"]
+    assert score_entry["parameters"]["binary_data_size"] == 16 and "data" not in score_entry
+    scores = np.frombuffer(response.content[cut:], dtype="<f4")
+    np.testing.assert_allclose(scores, expected_scores(mnist_bundle, pixels), rtol=1e-5)
+    assert flag_entry["data"] == (scores > body["parameters"]["threshold"]).tolist()
+    short = daemon.client.post("/v2/models/mnist0/infer", content=header + pixels.tobytes()[:-1],
+                               headers={"Inference-Header-Content-Length": str(len(header))})
+    assert short.status_code == 400 and "needs 3136" in short.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("path, kwargs, status, words", [
     ("/v1/score", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ("/v1/score", {"json": {"images": ["@@@"]}}, 400, "invalid base64"),
@@ -123,6 +145,10 @@ def test_open_inference_protocol(daemon, mnist_bundle, mnist_test):
                                                      "data": [0] * 784}]}}, 400, "not supported"),
     ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
                                                      "data": [0.0] * 700}]}}, 400, "needs 784"),
+    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                     "data": [300] * 784}]}}, 400, "integers in 0-255"),
+    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                                                     "data": [2.0] * 784}]}}, 400, "within [0, 1]"),
     ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
     ("/v2/nothing-here", {}, 404, "no such endpoint"),
 ])
