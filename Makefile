@@ -1,5 +1,5 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test` (the suite).
-# Both create .venv and install aeguard with its training and test extras into it.
+# Both create .venv and install aeguard with all its extras (training, Parquet, Ray, tests) into it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[train,test]"
+	$(BIN)/python -m pip install --quiet -e ".[train,parquet,ray,test]"
 	touch $@
 
 demo: install

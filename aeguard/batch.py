@@ -1,17 +1,30 @@
-"""Score a stream of image paths in batches, one output row per input, bad files included. No torch."""
+"""Score a stream of image paths: parallel decoding, full onnxruntime batches, one row per input. No torch.
+
+Decoding runs on a thread pool a few batches ahead of the scorer (Pillow's decoders and
+onnxruntime both release the GIL), in input order. At most `prefetch_batches` batches are in
+flight, so memory stays flat however many paths stream through.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aeguard.data.images import load_image
+from aeguard.data.images import DEFAULT_MAX_PIXELS, load_image
 from aeguard.errors import ImageError
+from aeguard.heatmaps import save_heatmap
 from aeguard.outputs import RowWriter
 from aeguard.runtime import Scorer
+
+# Squared pixel error that saturates the heat-map colours: a pixel off by half the range or more.
+HEATMAP_SCALE = 0.25
 
 
 @dataclass
@@ -19,48 +32,104 @@ class ScoreSummary:
     scored: int = 0
     anomalies: int = 0
     errors: int = 0
+    skipped: int = 0  # already in the output (--resume)
+    seconds: float = 0.0
 
     @property
     def total(self) -> int:
         return self.scored + self.errors
+
+    @property
+    def images_per_second(self) -> float:
+        return self.total / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ScoreOptions:
+    batch_size: int = 64
+    workers: int = 0  # decoding threads; 0 = one per core
+    prefetch_batches: int = 4
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    save_maps: Path | None = None
+
+
+def record_row(writer: RowWriter, summary: ScoreSummary, path: str, threshold: float,
+               score: float | None, error: str | None, on_error: Callable[[str], None] | None) -> bool:
+    """Write one input's row and count it; returns whether it was flagged anomalous."""
+    flagged = score is not None and score > threshold
+    writer.write({"path": path, "score": score, "threshold": threshold,
+                  "is_anomaly": None if score is None else flagged, "error": error})
+    if score is None:
+        summary.errors += 1
+        if on_error is not None:
+            on_error(error)
+    else:
+        summary.scored += 1
+        summary.anomalies += int(flagged)
+    return flagged
+
+
+def unscored(paths: Iterable[Path], skip: set[str] | frozenset[str], summary: ScoreSummary) -> Iterable[str]:
+    """Path strings not yet in the output; counts the ones skipped."""
+    for path in paths:
+        name = str(path)
+        if name in skip:
+            summary.skipped += 1
+        else:
+            yield name
+
+
+def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray | str:
+    try:
+        return load_image(path, height, width, max_pixels)
+    except ImageError as exc:
+        return str(exc)
 
 
 def score_paths(
     scorer: Scorer,
     paths: Iterable[Path],
     writer: RowWriter,
-    batch_size: int = 64,
+    options: ScoreOptions | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
     on_error: Callable[[str], None] | None = None,
+    on_progress: Callable[[ScoreSummary], None] | None = None,
 ) -> ScoreSummary:
     """Decode, score and write rows in input order; unreadable files get a row with the reason."""
+    options = options or ScoreOptions()
     summary = ScoreSummary()
-    pending: list[tuple[Path, np.ndarray | None, str | None]] = []
+    started = time.perf_counter()
+    if options.save_maps is not None:
+        options.save_maps.mkdir(parents=True, exist_ok=True)
+    window: deque[tuple[str, Future]] = deque()
+    in_flight = options.batch_size * options.prefetch_batches
 
-    def flush() -> None:
-        good = [array for _, array, _ in pending if array is not None]
-        scores = iter(scorer.score(np.stack(good)).scores.tolist()) if good else iter(())
-        for path, array, error in pending:
-            score = next(scores) if array is not None else None
-            flagged = None if score is None else bool(score > scorer.threshold)
-            writer.write({"path": str(path), "score": score, "threshold": scorer.threshold,
-                          "is_anomaly": flagged, "error": error})
-            if score is None:
-                summary.errors += 1
-            else:
-                summary.scored += 1
-                summary.anomalies += int(flagged)
-        writer.flush()
-        pending.clear()
+    def finish_batch() -> None:
+        batch = [window.popleft() for _ in range(min(options.batch_size, len(window)))]
+        decoded = [(name, future.result()) for name, future in batch]
+        good = [array for _, array in decoded if not isinstance(array, str)]
+        result = scorer.score(np.stack(good), error_maps=options.save_maps is not None) if good else None
+        position = 0
+        for name, array in decoded:
+            if isinstance(array, str):
+                record_row(writer, summary, name, scorer.threshold, None, array, on_error)
+                continue
+            if record_row(writer, summary, name, scorer.threshold, float(result.scores[position]), None, on_error) \
+                    and options.save_maps is not None:
+                save_heatmap(options.save_maps, name, result.error_maps[position], HEATMAP_SCALE)
+            position += 1
+        writer.flush()  # a crash from here on loses at most the batch in flight
+        summary.seconds = time.perf_counter() - started
+        if on_progress is not None:
+            on_progress(summary)
 
-    for path in paths:
-        try:
-            pending.append((path, load_image(path, scorer.height, scorer.width), None))
-        except ImageError as exc:
-            pending.append((path, None, str(exc)))
-            if on_error is not None:
-                on_error(str(exc))
-        if len(pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
+    with ThreadPoolExecutor(max_workers=options.workers or os.cpu_count() or 1,
+                            thread_name_prefix="aeguard-decode") as pool:
+        for name in unscored(paths, skip, summary):
+            window.append((name, pool.submit(_decode, Path(name), scorer.height, scorer.width, options.max_pixels)))
+            if len(window) >= in_flight:
+                finish_batch()
+        while window:
+            finish_batch()
+    summary.seconds = time.perf_counter() - started
     return summary

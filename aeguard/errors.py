@@ -36,6 +36,12 @@ class ImageError(AeguardError):
     http_status = 400
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the configured pixel limit (a decompression-bomb guard)."""
+
+    http_status = 413
+
+
 class BundleError(AeguardError):
     """A model bundle is missing, unreadable, tampered with or of an unknown schema."""
 

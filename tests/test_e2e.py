@@ -163,7 +163,7 @@ def test_score_of_one_corrupt_image(mnist_bundle, tmp_path):
 
 def test_score_of_a_missing_input(mnist_bundle, tmp_path):
     result = runner.invoke(app, ["score", str(mnist_bundle), str(tmp_path / "absent")])
-    assert result.exit_code == 3 and "does not exist" in result.stderr
+    assert result.exit_code == 3 and "absent: no such file" in result.stderr
 
 
 def test_same_seed_gives_the_same_bundle(data_dir, tmp_path):

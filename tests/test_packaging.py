@@ -17,6 +17,8 @@ def test_scoring_requirements_match_base_install_and_exclude_torch():
     assert requirement_names(lines) == requirement_names(project["dependencies"])
     assert "torch" not in requirement_names(lines)
     assert requirement_names(project["optional-dependencies"]["train"]) == {"torch"}
+    for extra in ("parquet", "ray", "test"):
+        assert "torch" not in requirement_names(project["optional-dependencies"][extra])
 
 
 def test_cli_installs_under_the_aeguard_namespace():

@@ -138,7 +138,7 @@ def test_open_inference_protocol_binary_tensor_extension(daemon, mnist_bundle, m
     ("/v1/score", {"json": {"pictures": []}}, 400, 'needs "images"'),
     ("/v1/score", {"json": {"images": [[[0.0] * 28] * 28] * 17}}, 413, "limit is 16"),
     ("/v1/score", {"content": b"x" * 200_001, "headers": {"content-type": "application/json"}}, 413, "over the limit"),
-    ("/v1/score/image", {"content": png_bytes(np.zeros((200, 200), np.uint8))}, 413, "limit of 10000 pixels"),
+    ("/v1/score/image", {"content": png_bytes(np.zeros((200, 200), np.uint8))}, 413, "pixel limit of 10000"),
     ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 1, 32, 32], "datatype": "FP32",
                                                      "data": [0.0] * 1024}]}}, 400, "does not fit this model"),
     ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "INT64",

@@ -9,19 +9,22 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from aeguard.errors import DataNotFoundError, ImageError
+from aeguard.errors import DataNotFoundError, ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm", ".pbm", ".tif", ".tiff", ".gif", ".webp"}
 )
 
-# Pillow's decompression-bomb guard: refuse anything above this many pixels (configurable per call).
+# Decompression-bomb guard: refuse anything above this many pixels (configurable per call).
 DEFAULT_MAX_PIXELS = 50_000_000
+# Pillow's own guard would refuse (or warn about) images the caller's limit allows; ours applies instead.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def preprocessing_spec(height: int, width: int) -> dict:
@@ -59,27 +62,44 @@ def image_to_array(image: Image.Image, height: int, width: int) -> np.ndarray:
     return array[None, :, :]
 
 
-def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read one image file as (1, height, width) float32; any failure becomes an ImageError naming the file."""
-    path = Path(path)
+def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 label: str | None = None) -> np.ndarray:
+    """Decode a file or an in-memory stream to (1, height, width) float32 in [0, 1].
+
+    The one decoder behind `aeguard score`, training folders and the daemon. The pixel limit is
+    checked from the header, before any pixel is decoded. Every failure is an ImageError naming
+    `label` (default: the path).
+    """
+    label = label or str(source)
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.width * image.height > max_pixels:
-                raise ImageError(
-                    f"{path}: {image.width}x{image.height} exceeds the pixel limit of {max_pixels}"
+                raise ImageTooLargeError(
+                    f"{label}: {image.width}x{image.height} exceeds the pixel limit of {max_pixels}"
                 )
             image.load()
             return image_to_array(image, height, width)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{label}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not a recognised image format") from None
+        raise ImageError(f"{label}: not a recognised image format") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageError(f"{label}: cannot decode image ({exc})") from None
+
+
+def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file as (1, height, width) float32; any failure becomes an ImageError naming the file."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    return decode_image(path, height, width, max_pixels)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -102,8 +122,9 @@ def _walk_images(folder: Path, exclude: frozenset[Path]) -> Iterator[Path]:
 def iter_image_paths(inputs: Iterable[str | Path], exclude: Iterable[Path] = ()) -> Iterator[Path]:
     """Expand files, folders (recursively, image suffixes only) and glob patterns, in a stable order.
 
-    A named file is yielded whatever its suffix, so a broken or mislabelled file gets reported
-    rather than silently skipped. A name that matches nothing raises DataNotFoundError.
+    A named file is yielded whatever its suffix, and even when it does not exist, so a broken,
+    missing or mislabelled file gets its own error row rather than vanishing or stopping the run.
+    A glob pattern that matches nothing raises DataNotFoundError.
     """
     excluded = frozenset(Path(p) for p in exclude)
     for item in inputs:
@@ -123,4 +144,4 @@ def iter_image_paths(inputs: Iterable[str | Path], exclude: Iterable[Path] = ())
                 else:
                     yield match_path
         else:
-            raise DataNotFoundError(f"input {item!r} does not exist")
+            yield path

@@ -9,10 +9,9 @@ import math
 
 import numpy as np
 import orjson
-from PIL import Image, UnidentifiedImageError
 
-from aeguard.data.images import image_to_array
-from aeguard.errors import ImageError, PayloadTooLargeError, RequestError
+from aeguard.data.images import decode_image
+from aeguard.errors import ImageError, ImageTooLargeError, PayloadTooLargeError, RequestError
 
 OIP_DATATYPES = {"FP32": np.float32, "UINT8": np.uint8}
 
@@ -28,21 +27,10 @@ def parse_json(body: bytes) -> dict:
 
 
 def decode_image_bytes(data: bytes, height: int, width: int, max_pixels: int, label: str) -> np.ndarray:
-    """Encoded PNG/JPEG/... bytes -> (1, H, W) float32 through the same conversion as `aeguard score`."""
+    """Encoded PNG/JPEG/... bytes -> (1, H, W) float32 through the same decoder as `aeguard score`."""
     if not data:
         raise RequestError(f"{label}: empty image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > max_pixels:
-                raise PayloadTooLargeError(
-                    f"{label}: {image.width}x{image.height} is over the limit of {max_pixels} pixels per image"
-                )
-            image.load()
-            return image_to_array(image, height, width)
-    except UnidentifiedImageError:
-        raise RequestError(f"{label}: not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise RequestError(f"{label}: cannot decode image ({exc})") from None
+    return decode_image(io.BytesIO(data), height, width, max_pixels, label)
 
 
 def decode_base64(text: str, label: str) -> bytes:
@@ -105,7 +93,7 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
                           else decode_image_bytes(item, height, width, max_pixels, label))
             errors.append(None)
         except (RequestError, ImageError) as exc:
-            if isinstance(exc, PayloadTooLargeError) and len(items) == 1:
+            if isinstance(exc, (PayloadTooLargeError, ImageTooLargeError)) and len(items) == 1:
                 raise
             arrays.append(None)
             errors.append(str(exc))

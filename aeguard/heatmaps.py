@@ -1,0 +1,32 @@
+"""Per-pixel error maps as PNG heat maps (for `aeguard score --save-maps`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+_LUT = (colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def heatmap(error_map: np.ndarray, scale: float) -> Image.Image:
+    """(1, H, W) squared errors -> an RGB image; `scale` maps to the top of the colour range.
+
+    A fixed scale per run (not per image) keeps maps comparable: the same colour means the same error.
+    """
+    levels = np.clip(error_map[0] / scale, 0.0, 1.0)
+    return Image.fromarray(_LUT[(levels * 255).astype(np.uint8)], mode="RGB")
+
+
+def map_name(path: str) -> str:
+    """A flat, readable file name for an input path: separators and odd characters become '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.strip("/")) + ".png"
+
+
+def save_heatmap(folder: Path, path: str, error_map: np.ndarray, scale: float) -> Path:
+    target = Path(folder) / map_name(path)
+    heatmap(error_map, scale).save(target)
+    return target

@@ -1,0 +1,101 @@
+"""`aeguard score --engine ray`: the same rows, scored on a Ray cluster (optional extra: aeguard[ray]).
+
+Paths stream in windows so the driver's memory stays bounded; each window becomes a Ray Dataset
+whose blocks an actor pool of onnxruntime sessions decodes and scores (the workers must see the
+same file system). Rows come back in input order and go through the local engine's writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from aeguard.batch import HEATMAP_SCALE, ScoreOptions, ScoreSummary, record_row, unscored
+from aeguard.errors import UsageError
+from aeguard.outputs import RowWriter
+
+WINDOW = 100_000  # paths per Ray Dataset
+
+
+class _RayScorer:
+    """One onnxruntime session per actor, built once and reused for every block it is given."""
+
+    def __init__(self, bundle: str, max_pixels: int, save_maps: str | None):
+        from aeguard.runtime import Scorer
+
+        self.scorer = Scorer(Path(bundle))
+        self.max_pixels = max_pixels
+        self.save_maps = Path(save_maps) if save_maps else None
+
+    def __call__(self, batch: dict) -> dict:
+        from aeguard.batch import _decode
+        from aeguard.heatmaps import save_heatmap
+
+        decoded = [_decode(Path(p), self.scorer.height, self.scorer.width, self.max_pixels) for p in batch["path"]]
+        good = [i for i, a in enumerate(decoded) if not isinstance(a, str)]
+        scores = np.full(len(decoded), np.nan)
+        errors = np.array([a if isinstance(a, str) else "" for a in decoded], dtype=object)
+        if good:
+            result = self.scorer.score(np.stack([decoded[i] for i in good]), error_maps=self.save_maps is not None)
+            scores[good] = result.scores
+            if self.save_maps is not None:
+                for position, i in enumerate(good):
+                    if result.scores[position] > self.scorer.threshold:
+                        save_heatmap(self.save_maps, str(batch["path"][i]), result.error_maps[position], HEATMAP_SCALE)
+        return {"path": batch["path"], "score": scores, "error": errors}
+
+
+def score_paths_on_ray(
+    bundle: Path,
+    paths: Iterable[Path],
+    writer: RowWriter,
+    options: ScoreOptions,
+    skip: set[str],
+    address: str | None = None,
+    on_error: Callable[[str], None] | None = None,
+    num_cpus: int | None = None,
+) -> ScoreSummary:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--engine ray needs Ray: pip install 'aeguard[ray]'") from None
+    from aeguard.runtime import Scorer
+
+    threshold = Scorer(bundle).threshold
+    if options.save_maps is not None:
+        options.save_maps.mkdir(parents=True, exist_ok=True)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows in input order, as the local engine writes them
+    context.enable_progress_bars = False
+    summary = ScoreSummary()
+    started = time.perf_counter()
+    actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    remaining = unscored(paths, skip, summary)
+    try:
+        while window := list(itertools.islice(remaining, WINDOW)):
+            dataset = ray.data.from_items([{"path": p} for p in window]).map_batches(
+                _RayScorer,
+                fn_constructor_args=(str(Path(bundle).resolve()), options.max_pixels,
+                                     str(options.save_maps.resolve()) if options.save_maps else None),
+                batch_size=options.batch_size, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+            )
+            for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
+                for path, score, error in zip(batch["path"], batch["score"], batch["error"]):
+                    record_row(writer, summary, str(path), threshold, None if error else float(score),
+                               str(error) or None, on_error)
+                writer.flush()
+    finally:
+        if started_here:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - started
+    return summary
