@@ -1,8 +1,10 @@
 """Score a stream of image paths: parallel decoding, full onnxruntime batches, one row per input. No torch.
 
-Decoding runs on a thread pool a few batches ahead of the scorer (Pillow's decoders and
-onnxruntime both release the GIL), in input order. At most `prefetch_batches` batches are in
-flight, so memory stays flat however many paths stream through.
+Decoding runs in worker processes, one batch of paths per task, a few batches ahead of the
+scorer and in input order: opening a small image is mostly Python work inside Pillow, which
+holds the GIL, so threads would not decode in parallel. At most `prefetch_batches` batches are
+in flight, so memory stays flat however many paths stream through. A worker killed by a decoder
+crash costs only the file that crashed it: its batch is decoded again one file at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +51,7 @@ class ScoreSummary:
 @dataclass
 class ScoreOptions:
     batch_size: int = 64
-    workers: int = 0  # decoding threads; 0 = one per core
+    workers: int = 0  # decoding processes; 0 = one per core
     prefetch_batches: int = 4
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_maps: Path | None = None
@@ -86,6 +90,50 @@ def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray 
         return str(exc)
 
 
+def decode_chunk(names: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
+    """Decode a batch of paths in a worker: arrays, or the error message for each file that failed."""
+    return [_decode(Path(name), height, width, max_pixels) for name in names]
+
+
+class DecodePool:
+    """A process pool for decoding that survives a worker killed by a crashing decoder."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        # forkserver: workers never inherit onnxruntime's threads from this process
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["aeguard.batch"])
+        self.pool = ProcessPoolExecutor(workers, mp_context=self.context)
+
+    def submit(self, names: list[str], *args) -> Future:
+        try:
+            return self.pool.submit(decode_chunk, names, *args)
+        except BrokenProcessPool:
+            self._restart()
+            return self.pool.submit(decode_chunk, names, *args)
+
+    def result(self, names: list[str], future: Future, *args) -> list[np.ndarray | str]:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._restart()
+            return [self._decode_alone(name, *args) for name in names]
+
+    def _decode_alone(self, name: str, *args) -> np.ndarray | str:
+        try:
+            return self.pool.submit(decode_chunk, [name], *args).result()[0]
+        except BrokenProcessPool:
+            self._restart()
+            return f"{name}: the image decoder crashed on this file"
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=self.context)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def score_paths(
     scorer: Scorer,
     paths: Iterable[Path],
@@ -101,12 +149,13 @@ def score_paths(
     started = time.perf_counter()
     if options.save_maps is not None:
         options.save_maps.mkdir(parents=True, exist_ok=True)
-    window: deque[tuple[str, Future]] = deque()
-    in_flight = options.batch_size * options.prefetch_batches
+    window: deque[tuple[list[str], Future]] = deque()
+    decode_args = (scorer.height, scorer.width, options.max_pixels)
+    pool = DecodePool(options.workers or os.cpu_count() or 1)
 
     def finish_batch() -> None:
-        batch = [window.popleft() for _ in range(min(options.batch_size, len(window)))]
-        decoded = [(name, future.result()) for name, future in batch]
+        names, future = window.popleft()
+        decoded = list(zip(names, pool.result(names, future, *decode_args)))
         good = [array for _, array in decoded if not isinstance(array, str)]
         result = scorer.score(np.stack(good), error_maps=options.save_maps is not None) if good else None
         position = 0
@@ -123,13 +172,20 @@ def score_paths(
         if on_progress is not None:
             on_progress(summary)
 
-    with ThreadPoolExecutor(max_workers=options.workers or os.cpu_count() or 1,
-                            thread_name_prefix="aeguard-decode") as pool:
+    try:
+        chunk: list[str] = []
         for name in unscored(paths, skip, summary):
-            window.append((name, pool.submit(_decode, Path(name), scorer.height, scorer.width, options.max_pixels)))
-            if len(window) >= in_flight:
-                finish_batch()
+            chunk.append(name)
+            if len(chunk) == options.batch_size:
+                window.append((chunk, pool.submit(chunk, *decode_args)))
+                chunk = []
+                if len(window) >= options.prefetch_batches:
+                    finish_batch()
+        if chunk:
+            window.append((chunk, pool.submit(chunk, *decode_args)))
         while window:
             finish_batch()
+    finally:
+        pool.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -51,7 +51,7 @@ def score(
     save_maps: Optional[Path] = typer.Option(None, "--save-maps", help="Write a PNG heat map of the per-pixel error of each anomaly here.", file_okay=False),
     max_pixels: int = typer.Option(50_000_000, min=1, help="Refuse images with more pixels (decompression-bomb guard)."),
     batch_size: int = typer.Option(64, min=1, help="Images per onnxruntime call."),
-    workers: int = typer.Option(0, min=0, help="Decoding threads (0: one per core)."),
+    workers: int = typer.Option(0, min=0, help="Decoding processes (0: one per core)."),
     threads: int = typer.Option(0, min=0, help="onnxruntime intra-op threads (0: all cores)."),
     fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help=f"Exit {EXIT_ANOMALY} when any image is anomalous (for CI gates)."),
     engine: str = typer.Option("local", help="local, or ray to score on a Ray cluster."),

@@ -182,3 +182,18 @@ def test_ray_engine_matches_the_local_engine_row_for_row(mnist_bundle, pngs, tmp
     assert [r["is_anomaly"] for r in remote] == [r["is_anomaly"] for r in local]
     np.testing.assert_allclose([float(r["score"] or "nan") for r in remote],
                                [float(r["score"] or "nan") for r in local], rtol=1e-6)
+
+
+def test_decode_pool_survives_a_worker_that_dies(pngs):
+    """A decoder crash kills its worker process; the batch is decoded again file by file, nothing is lost."""
+    from aeguard.batch import DecodePool
+
+    names = [str(p) for p in sorted(pngs.iterdir())[:3]]
+    pool = DecodePool(1)
+    try:
+        dying = pool.pool.submit(os._exit, 1)  # stands in for a segfault inside a decoder
+        decoded = pool.result(names, dying, 28, 28, 1_000_000)
+        assert len(decoded) == 3 and all(isinstance(a, np.ndarray) and a.shape == (1, 28, 28) for a in decoded)
+        assert len(pool.submit(names, 28, 28, 1_000_000).result()) == 3  # the restarted pool keeps working
+    finally:
+        pool.close()

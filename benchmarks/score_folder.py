@@ -1,0 +1,158 @@
+"""Batch-scoring throughput against its two limits, and memory against the input count.
+
+In one run, on a folder of real MNIST PNGs:
+  (a) decode-only rate: the scorer's decoder in the same process pool, no scoring;
+  (b) raw onnxruntime rate on already-decoded batches of the same size;
+  (c) the scoring engine end to end (paths -> decode -> score -> CSV rows, fsync per batch).
+Reports (c) / min(a, b) (target >= 0.8), median of interleaved rounds, for the dense and the conv
+model. Then peak RSS of the `aeguard score` CLI for 20k and 200k inputs (the latter a path list
+that reuses the files), which must not grow with the input count.
+
+    python -m benchmarks.score_folder [--images 20000 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from aeguard.batch import DecodePool, ScoreOptions, score_paths
+from aeguard.data.catalog import load_split
+from aeguard.data.images import DEFAULT_MAX_PIXELS, load_image
+from aeguard.outputs import RowWriter
+from aeguard.runtime import Scorer
+from benchmarks.results_io import StealMeter, write_results
+
+BATCH = 64
+# VmHWM (peak RSS of this process image) rather than ru_maxrss, which survives exec and would
+# report the forking parent's footprint.
+MAXRSS_PROBE = ("import atexit, re, sys; atexit.register(lambda: print('VMHWM_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+                "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
+                "sys.argv = ['aeguard'] + sys.argv[1:]; from aeguard.cli.main import main; main()")
+
+
+def write_pngs(folder: Path, count: int) -> list[Path]:
+    images = load_split("mnist", "train").images
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:06d}.png"
+        Image.fromarray(images[i % len(images)]).save(path)
+        paths.append(path)
+    return paths
+
+
+def decode_rate(paths: list[Path], workers: int) -> float:
+    """The engine's own decoding (same pool, same batches in flight), with nothing scored."""
+    names = [str(p) for p in paths]
+    pool = DecodePool(workers)
+    try:
+        pool.submit(names[:BATCH], 28, 28, DEFAULT_MAX_PIXELS).result()  # workers started, as in a run
+        started = time.perf_counter()
+        window = []
+        for start in range(0, len(names), BATCH):
+            window.append(pool.submit(names[start : start + BATCH], 28, 28, DEFAULT_MAX_PIXELS))
+            if len(window) >= ScoreOptions().prefetch_batches:
+                window.pop(0).result()
+        for future in window:
+            future.result()
+        return len(names) / (time.perf_counter() - started)
+    finally:
+        pool.close()
+
+
+def onnxruntime_rate(scorer: Scorer, decoded: np.ndarray) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(decoded), BATCH):
+        scorer.score(decoded[start : start + BATCH])
+    return len(decoded) / (time.perf_counter() - started)
+
+
+def engine_rate(scorer: Scorer, paths: list[Path], out: Path) -> float:
+    writer = RowWriter(out, "csv")
+    try:
+        summary = score_paths(scorer, paths, writer, ScoreOptions(batch_size=BATCH))
+    finally:
+        writer.close()
+    assert summary.scored == len(paths), summary
+    return summary.images_per_second
+
+
+def peak_rss_mb(bundle: Path, list_file: Path, out: Path) -> float:
+    done = subprocess.run([sys.executable, "-c", MAXRSS_PROBE, "score", str(bundle), "--from-list", str(list_file),
+                           "-o", str(out)], capture_output=True, text=True)
+    line = next(l for l in done.stderr.splitlines() if l.startswith("VMHWM_KB"))
+    return int(line.split()[1]) / 1024
+
+
+def fit_bundle(kind: str, directory: Path) -> Path:
+    from aeguard.train.fit import FitOptions, fit
+    from aeguard.train.loop import TrainConfig
+
+    out = directory / kind
+    fit(FitOptions(out=out, model=kind, train=TrainConfig(epochs=1, device="cpu")), log=lambda line: None)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="aeguard-score-folder-"))
+    paths = write_pngs(work / "pngs", args.images)
+    workers = os.cpu_count() or 1
+    decoded = np.stack([load_image(p, 28, 28) for p in paths])
+    models = {}
+    for kind in ("dense", "conv"):
+        bundle = fit_bundle(kind, work)
+        scorer = Scorer(bundle)
+        rounds = {"a_decode": [], "b_onnxruntime": [], "c_engine": [], "steal": []}
+        for _ in range(args.rounds):  # interleaved, so drift in machine speed hits all three alike
+            with StealMeter() as steal:
+                rounds["a_decode"].append(decode_rate(paths, workers))
+                rounds["b_onnxruntime"].append(onnxruntime_rate(scorer, decoded))
+                rounds["c_engine"].append(engine_rate(scorer, paths, work / f"{kind}.csv"))
+            rounds["steal"].append(steal.fraction)
+        a, b, c = (statistics.median(rounds[k]) for k in ("a_decode", "b_onnxruntime", "c_engine"))
+        models[kind] = {"bundle": str(bundle), "a_decode_images_per_s": a, "b_onnxruntime_images_per_s": b,
+                        "c_engine_images_per_s": c, "ratio": c / min(a, b), "rounds": rounds}
+        print(f"{kind}: decode {a:,.0f}  onnxruntime {b:,.0f}  engine {c:,.0f} img/s  ratio {c / min(a, b):.2f}")
+
+    memory = {}
+    for count in (20_000, 200_000):
+        listing = work / f"list-{count}.txt"
+        listing.write_text("".join(f"{paths[i % len(paths)]}\n" for i in range(count)))
+        memory[count] = peak_rss_mb(Path(models["conv"]["bundle"]), listing, work / f"mem-{count}.csv")
+        print(f"peak RSS for {count:,} inputs: {memory[count]:.0f} MiB")
+
+    lines = ["# Batch scoring: `aeguard score` against decoding and onnxruntime alone", "",
+             f"{args.images:,} MNIST PNGs (28x28), batches of {BATCH}, {workers} decoding processes, "
+             f"median of {args.rounds} interleaved rounds, on a {workers}-core machine.", "",
+             "| model | (a) decode only | (b) onnxruntime only | (c) engine end to end | (c) / min(a, b) (target >= 0.8) | CPU steal per round |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for kind, m in models.items():
+        steal = ", ".join("n/a" if f is None else f"{f:.0%}" for f in m["rounds"]["steal"])
+        lines.append(f"| {kind} | {m['a_decode_images_per_s']:,.0f} img/s | {m['b_onnxruntime_images_per_s']:,.0f} img/s "
+                     f"| {m['c_engine_images_per_s']:,.0f} img/s | **{m['ratio']:.2f}** | {steal} |")
+    lines += ["", "Peak resident memory of `aeguard score --from-list` (conv model, CSV output):", "",
+              "| inputs | peak RSS |", "| --- | --- |"]
+    lines += [f"| {count:,} | {mb:.0f} MiB |" for count, mb in memory.items()]
+    lines += ["", "Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.score_folder`"]
+    path = write_results("score_folder", {"images": args.images, "batch_size": BATCH, "workers": workers,
+                                          "models": models, "peak_rss_mib": memory}, "\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
