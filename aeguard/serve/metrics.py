@@ -52,6 +52,9 @@ class Metrics:
         self.reloads = Counter("aeguard_model_reloads", "Model reloads by result.", ["result"], registry=r)
         self.threshold = Gauge("aeguard_model_threshold", "The served model's anomaly threshold.",
                                multiprocess_mode="mostrecent", registry=r)
+        self.calibrated_fpr = Gauge("aeguard_model_calibrated_fpr",
+                                    "Share of held-out normal images the threshold flags: the expected anomaly "
+                                    "rate on normal traffic.", multiprocess_mode="mostrecent", registry=r)
         self.model_info = Gauge("aeguard_model_info", "The served model (value 1; labels say which).",
                                 ["model", "version", "bundle_sha256", "aeguard_version"],
                                 multiprocess_mode="mostrecent", registry=r)
@@ -61,13 +64,15 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result=result)  # both series exist from the start, at 0
 
-    def set_model(self, name: str, version: str, bundle_sha256: str, aeguard_version: str, threshold: float) -> None:
+    def set_model(self, name: str, version: str, bundle_sha256: str, aeguard_version: str, threshold: float,
+                  calibrated_fpr: float) -> None:
         labels = (name, version, bundle_sha256, aeguard_version)
         if self._info_labels is not None and self._info_labels != labels:
             self.model_info.labels(*self._info_labels).set(0)
         self.model_info.labels(*labels).set(1)
         self._info_labels = labels
         self.threshold.set(threshold)
+        self.calibrated_fpr.set(calibrated_fpr)
 
     def observe_scores(self, scores, threshold: float) -> None:
         self.images.inc(len(scores))

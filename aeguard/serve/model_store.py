@@ -93,7 +93,7 @@ class ModelStore:
             self.last_error = None
             self.metrics.reloads.labels(result="success").inc()
             self.metrics.set_model(candidate.name, candidate.version, candidate.bundle_sha256, __version__,
-                                   candidate.threshold)
+                                   candidate.threshold, candidate.scorer.manifest["calibration"]["validation_fpr"])
             log.info("model loaded", extra={"fields": {"reason": reason, "model": candidate.name,
                                                        "version": candidate.version, "previous": previous}})
             return candidate
