@@ -32,8 +32,9 @@ class _Progress:
             self.bar.update(self.task, completed=done, total=total, epoch=epoch)
 
     def on_epoch(self, record) -> None:
-        line = (f"epoch {record.epoch:3d}/{self.epochs}  train loss {record.train_loss:.6f}  "
-                f"val loss {record.val_loss:.6f}  {record.images_per_second:,.0f} img/s")
+        from aeguard.train.loop import format_epoch
+
+        line = format_epoch(record, self.epochs)
         if self.bar is not None:
             self.bar.console.print(line)
             self.bar.update(self.task, info=f"val {record.val_loss:.5f}  {record.images_per_second:,.0f} img/s")
@@ -61,6 +62,7 @@ def fit(
     lr: float = typer.Option(1e-3, min=0.0, help="Adam learning rate."),
     patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better validation loss."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    devices: int = typer.Option(1, min=1, help="Train in this many processes with DistributedDataParallel (one per GPU; gloo on CPU). torchrun works too."),
     seed: int = typer.Option(0, help="Seed for the split, initialisation and batch order."),
     val_fraction: float = typer.Option(0.1, help="Share of the normal training images held out for validation and calibration."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate on held-out normal images that sets the threshold."),
@@ -68,6 +70,7 @@ def fit(
     no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
 ) -> None:
     """Train an autoencoder on normal images, calibrate its threshold and export an ONNX bundle."""
+    from aeguard.errors import UsageError
     from aeguard.train.fit import FitOptions, fit as run_fit
     from aeguard.train.loop import TrainConfig
 
@@ -81,12 +84,26 @@ def fit(
                           device=device, seed=seed),
         val_fraction=val_fraction, target_fpr=target_fpr, force=force, allow_download=not no_download,
     )
-    progress = _Progress(epochs)
-    try:
-        manifest = run_fit(options, progress.on_batch, progress.on_epoch,
-                           log=lambda line: print(line, file=sys.stderr, flush=True))
-    finally:
-        progress.close()
+    if devices > 1:
+        from aeguard.artifact import read_manifest
+        from aeguard.train.distributed import check_devices, launched_by_torchrun, spawn_fit
+        from aeguard.train.fit import check_out
+
+        if launched_by_torchrun():
+            raise UsageError("--devices spawns its own processes; under torchrun, leave it out")
+        check_devices(devices, device)
+        check_out(out, force)
+        spawn_fit(options, devices)
+        manifest = read_manifest(out)
+    else:
+        progress = _Progress(epochs)
+        try:
+            manifest = run_fit(options, progress.on_batch, progress.on_epoch,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+        finally:
+            progress.close()
+        if manifest is None:  # a torchrun worker other than rank 0: rank 0 reports
+            return
     metrics = manifest.get("metrics")
     print(f"bundle:    {out}")
     print(f"threshold: {manifest['threshold']:.6g} (target FPR {target_fpr})")

@@ -25,6 +25,9 @@ from aeguard.runtime import Scorer, open_session, score_array
 from aeguard.train.export import (
     INPUT_NAME, OPSET, SCORE_DEFINITION, check_parity, export_onnx, parity_max_abs_diff,
 )
+from aeguard.train.distributed import (
+    DistributedContext, barrier, init_from_env, launched_by_torchrun, process_device, shutdown,
+)
 from aeguard.train.loop import BatchCallback, EpochCallback, TrainConfig, TrainResult, seed_everything, train
 from aeguard.train.models import build_model, default_config
 
@@ -68,11 +71,16 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
     return config
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an occupied --out before any training time is spent."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"--out {out} already holds files; pass --force to replace it, or choose another folder")
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Everything is built in a hidden sibling and moved into place at the end: a failed or
     # interrupted fit never leaves a half-written bundle, nor destroys the previous one.
@@ -107,18 +115,43 @@ def fit(
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
     log: Callable[[str], None] = print,
-) -> dict:
-    """Run the whole pipeline and return the written manifest; the bundle lands in options.out."""
-    out = Path(options.out)
-    data = load_training_data(options)
-    config = model_config(options, data.input_shape)
-    seed_everything(options.train.seed)  # before the model exists: initial weights are part of the run
-    model = build_model(config)
-    log(f"training {config['kind']} autoencoder on {len(data.train)} normal images "
-        f"({len(data.validation)} held out), input {data.input_shape}")
-    result = train(model, data.train, data.validation, options.train, on_batch, on_epoch)
-    log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}")
+) -> dict | None:
+    """Run the whole pipeline and return the written manifest; the bundle lands in options.out.
 
+    Under torchrun (or `spawn_fit`) every process trains its share; rank 0 alone exports and
+    writes the bundle, and the other ranks return None.
+    """
+    out = Path(options.out)
+    check_out(out, options.force)
+    context = DistributedContext()
+    train_config = options.train
+    if launched_by_torchrun():
+        context = init_from_env(options.train.device)
+        train_config = dataclasses.replace(options.train, device=process_device(context, options.train.device))
+        if not context.is_main:
+            on_batch = on_epoch = None
+            log = lambda line: None  # noqa: E731 - rank 0 speaks for the job
+    try:
+        data = load_training_data(options)
+        config = model_config(options, data.input_shape)
+        seed_everything(options.train.seed)  # before the model exists: initial weights are part of the run
+        model = build_model(config)
+        log(f"training {config['kind']} autoencoder on {len(data.train)} normal images "
+            f"({len(data.validation)} held out), input {data.input_shape}"
+            + (f", {context.world_size} processes" if context.enabled else ""))
+        result = train(model, data.train, data.validation, train_config, on_batch, on_epoch, context)
+        log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}")
+    finally:
+        barrier()
+        shutdown()
+    if not context.is_main:
+        return None
+    return _write_bundle(options, out, data, config, model, result, context, log)
+
+
+def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: dict, model, result: TrainResult,
+                  context: DistributedContext, log: Callable[[str], None]) -> dict:
+    """Export, check parity, calibrate, evaluate; then move the finished bundle into place."""
     staging = _prepare_out(out, options.force)
     try:
         torch.save(model.state_dict(), staging / WEIGHTS_NAME)
@@ -146,7 +179,7 @@ def fit(
             "calibration": None,
             "metrics": None,
             "parity": parity,
-            "training": _training_record(options.train, result),
+            "training": {**_training_record(options.train, result), "processes": context.world_size},
         }
         # Calibrate on the exported graph itself, so the threshold matches what runtimes compute.
         val_scores = score_array(open_session(staging / MODEL_NAME), data.validation)

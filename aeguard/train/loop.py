@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from aeguard.errors import UsageError
+from aeguard.train.distributed import DistributedContext, all_reduce_sum
 
 
 @dataclass
@@ -41,6 +43,11 @@ class TrainResult:
     best_val_loss: float = float("inf")
     stopped_early: bool = False
     device: str = "cpu"
+
+
+def format_epoch(record: EpochRecord, epochs: int) -> str:
+    return (f"epoch {record.epoch:3d}/{epochs}  train loss {record.train_loss:.6f}  "
+            f"val loss {record.val_loss:.6f}  {record.images_per_second:,.0f} img/s")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,8 +96,14 @@ def train(
     config: TrainConfig,
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
+    distributed: DistributedContext = DistributedContext(),
 ) -> TrainResult:
-    """Fit `model` to reconstruct `train_images` (float32 NCHW in [0, 1]); restores the best-validation weights."""
+    """Fit `model` to reconstruct `train_images` (float32 NCHW in [0, 1]); restores the best-validation weights.
+
+    With a distributed context, every process runs this on the same data: each takes its share of
+    one shared shuffle with batch_size / world_size images per step, so the global batch stays
+    batch_size, and DistributedDataParallel averages the gradients.
+    """
     if config.epochs < 1 or config.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
     device = resolve_device(config.device)
@@ -99,32 +112,39 @@ def train(
     # The whole normal set lives on the device: no loader, no per-item Python work.
     train_x = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32)).to(device)
     val_x = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    n_batches = (len(train_x) + config.batch_size - 1) // config.batch_size
+    world, rank = distributed.world_size, distributed.rank
+    network = model
+    if distributed.enabled:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same shuffle on every rank
+    per_rank = len(train_x) // world  # equal shares, so every rank takes the same number of steps
+    step = max(1, config.batch_size // world)
+    n_batches = (per_rank + step - 1) // step
     result = TrainResult(device=str(device))
     best_state = copy.deepcopy(model.state_dict())
     stale_epochs = 0
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        network.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train_x), generator=generator).to(device)
+        order = torch.randperm(len(train_x), generator=generator)[: per_rank * world][rank::world].to(device)
         # Summed on the device so the loop never waits on a per-batch .item().
         running = torch.zeros((), device=device)
         for index in range(n_batches):
-            batch = train_x[order[index * config.batch_size : (index + 1) * config.batch_size]]
+            batch = train_x[order[index * step : (index + 1) * step]]
             with _autocast(device):
-                loss = F.mse_loss(model(batch).float(), batch)
+                loss = F.mse_loss(network(batch).float(), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             running += loss.detach() * len(batch)
             if on_batch is not None:
                 on_batch(epoch, index + 1, n_batches)
-        train_loss = float(running) / len(train_x)
+        train_loss = float(all_reduce_sum(running)) / (per_rank * world)
         seconds = time.perf_counter() - started
+        # every rank holds the same weights, so every rank computes the same loss and stops together
         val_loss = reconstruction_loss(model, val_x)
-        record = EpochRecord(epoch, train_loss, val_loss, len(train_x) / seconds, seconds)
+        record = EpochRecord(epoch, train_loss, val_loss, per_rank * world / seconds, seconds)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
