@@ -8,7 +8,6 @@ flat layout (<root>/fashion-mnist/train-images-idx3-ubyte.gz) and torchvision's
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aeguard.artifact import sha256_file
 from aeguard.data.idx import read_idx
 from aeguard.errors import DataFormatError, DataNotFoundError, UsageError
 
@@ -153,14 +153,6 @@ def locate(spec: DatasetSpec, split: str, data_dir: Path | None = None) -> tuple
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mirrors(spec: DatasetSpec) -> tuple[str, ...]:
     # An operator with an internal mirror (or a test with a loopback server) sets this.
     override = os.environ.get("AEGUARD_DATASET_MIRROR")
@@ -173,7 +165,7 @@ def download(spec: DatasetSpec, split: str, target_root: Path | None = None, tim
     target.mkdir(parents=True, exist_ok=True)
     for stem in SPLIT_FILES[split]:
         final = target / f"{stem}.gz"
-        if final.is_file() and _sha256(final) == spec.sha256[stem]:
+        if final.is_file() and sha256_file(final) == spec.sha256[stem]:
             continue
         failures = []
         for mirror in _mirrors(spec):
@@ -182,7 +174,7 @@ def download(spec: DatasetSpec, split: str, target_root: Path | None = None, tim
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                     shutil.copyfileobj(response, out)
-                actual = _sha256(Path(tmp))
+                actual = sha256_file(Path(tmp))
                 if actual != spec.sha256[stem]:
                     raise DataFormatError(f"{url} has sha256 {actual}, expected {spec.sha256[stem]}")
                 os.replace(tmp, final)

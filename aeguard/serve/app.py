@@ -192,9 +192,13 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                                f"none of the {len(errors)} images could be read; first: {errors[0]}")
         scores, model = await score_arrays(np.stack(good))
         info.images = len(good)
-        results, it = [], iter(scores.tolist())
+        results, good_scores = [], iter(scores.tolist())
         for index, error in enumerate(errors):
-            row = {"error": error} if error else (lambda s: {"score": s, "is_anomaly": s > model.threshold})(next(it))
+            if error:
+                row = {"error": error}
+            else:
+                score = next(good_scores)
+                row = {"score": score, "is_anomaly": score > model.threshold}
             if names is not None:
                 row = {"filename": names[index], **row}
             results.append(row)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,7 +30,7 @@ class BatchingScorer:
         self.max_wait_s = max_wait_s
         self.batching = batching
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aeguard-infer")
-        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._pending_images = 0
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
@@ -80,7 +81,7 @@ class BatchingScorer:
             images, future = self._pending[0]
             if taken and count + len(images) > self.max_batch_size:
                 break
-            self._pending.pop(0)
+            self._pending.popleft()
             self._pending_images -= len(images)
             if not future.done():  # its caller timed out or went away
                 taken.append((images, future))
