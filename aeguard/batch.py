@@ -10,6 +10,7 @@ crash costs only the file that crashed it: its batch is decoded again one file a
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -90,6 +91,23 @@ def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray 
         return str(exc)
 
 
+def _exit_with(parent_pid: int) -> None:
+    """Worker initializer: end when the scoring process is gone, even if it was killed with SIGKILL.
+
+    Otherwise a worker blocked on sending a result nobody reads would live on, and with it the
+    forkserver, whose liveness pipe every worker holds open.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="aeguard-parent-watch").start()
+
+
 def decode_chunk(names: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
     """Decode a batch of paths in a worker: arrays, or the error message for each file that failed."""
     return [_decode(Path(name), height, width, max_pixels) for name in names]
@@ -103,7 +121,11 @@ class DecodePool:
         # forkserver: workers never inherit onnxruntime's threads from this process
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["aeguard.batch"])
-        self.pool = ProcessPoolExecutor(workers, mp_context=self.context)
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_exit_with,
+                                   initargs=(os.getpid(),))
 
     def submit(self, names: list[str], *args) -> Future:
         try:
@@ -128,7 +150,7 @@ class DecodePool:
 
     def _restart(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=self.context)
+        self.pool = self._new_pool()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

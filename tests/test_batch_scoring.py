@@ -54,6 +54,19 @@ def broken_corpus(folder):
             "bomb.png": "pixel limit", "dangling.png": "no such file", "huge_header.png": "pixel limit"}
 
 
+def decode_workers() -> set[int]:
+    """PIDs of live forkserver processes and their workers (the decode pools' processes)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if b"multiprocessing.forkserver" in handle.read():
+                    pids.add(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def read_csv(path):
     return list(csv.DictReader(path.open()))
 
@@ -137,6 +150,7 @@ def test_killed_run_resumed_ends_with_every_input_exactly_once(mnist_bundle, png
     out = tmp_path / "scores.jsonl"
     command = [sys.executable, "-m", "aeguard.cli.main", "score", str(mnist_bundle), str(links), "-o", str(out),
                "--batch-size", "16", "--workers", "1", "--threads", "1"]
+    before = decode_workers()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 1000):
@@ -145,6 +159,10 @@ def test_killed_run_resumed_ends_with_every_input_exactly_once(mnist_bundle, png
     process.wait()
     lines_at_kill = out.read_bytes().count(b"\n")
     assert 1000 <= lines_at_kill < 12_000, "the run was not caught midway"
+    deadline = time.monotonic() + 20  # the killed run's decode workers and forkserver follow it
+    while decode_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not decode_workers() - before, "decode processes outlived the killed run"
     done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "already done" in done.stderr
