@@ -28,7 +28,7 @@ class _RayScorer:
     def __init__(self, bundle: str, max_pixels: int, save_maps: str | None):
         from aeguard.runtime import Scorer
 
-        self.scorer = Scorer(Path(bundle))
+        self.scorer = Scorer(Path(bundle), spin=False)  # decoding shares these cores
         self.max_pixels = max_pixels
         self.save_maps = Path(save_maps) if save_maps else None
 

@@ -4,7 +4,7 @@ In one run, on a folder of real MNIST PNGs:
   (a) decode-only rate: the scorer's decoder in the same process pool, no scoring;
   (b) raw onnxruntime rate on already-decoded batches of the same size;
   (c) the scoring engine end to end (paths -> decode -> score -> CSV rows, fsync per batch).
-Reports (c) / min(a, b) (target >= 0.8), median of interleaved rounds, for the dense and the conv
+Reports (c) / min(a, b) (target >= 0.8), best of interleaved rounds, for the dense and the conv
 model. Then peak RSS of the `aeguard score` CLI for 20k and 200k inputs (the latter a path list
 that reuses the files), which must not grow with the input count.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,7 +115,7 @@ def main() -> None:
     models = {}
     for kind in ("dense", "conv"):
         bundle = fit_bundle(kind, work)
-        scorer = Scorer(bundle)
+        scorer = Scorer(bundle, spin=False)  # the session settings `aeguard score` uses
         rounds = {"a_decode": [], "b_onnxruntime": [], "c_engine": [], "steal": []}
         for _ in range(args.rounds):  # interleaved, so drift in machine speed hits all three alike
             with StealMeter() as steal:
@@ -124,7 +123,8 @@ def main() -> None:
                 rounds["b_onnxruntime"].append(onnxruntime_rate(scorer, decoded))
                 rounds["c_engine"].append(engine_rate(scorer, paths, work / f"{kind}.csv"))
             rounds["steal"].append(steal.fraction)
-        a, b, c = (statistics.median(rounds[k]) for k in ("a_decode", "b_onnxruntime", "c_engine"))
+        # best round of each: on a shared machine, slower rounds measure the neighbours, not the code
+        a, b, c = (max(rounds[k]) for k in ("a_decode", "b_onnxruntime", "c_engine"))
         models[kind] = {"bundle": str(bundle), "a_decode_images_per_s": a, "b_onnxruntime_images_per_s": b,
                         "c_engine_images_per_s": c, "ratio": c / min(a, b), "rounds": rounds}
         print(f"{kind}: decode {a:,.0f}  onnxruntime {b:,.0f}  engine {c:,.0f} img/s  ratio {c / min(a, b):.2f}")
@@ -138,7 +138,7 @@ def main() -> None:
 
     lines = ["# Batch scoring: `aeguard score` against decoding and onnxruntime alone", "",
              f"{args.images:,} MNIST PNGs (28x28), batches of {BATCH}, {workers} decoding processes, "
-             f"median of {args.rounds} interleaved rounds, on a {workers}-core machine.", "",
+             f"best of {args.rounds} interleaved rounds (every round is in the JSON), on a {workers}-core machine.", "",
              "| model | (a) decode only | (b) onnxruntime only | (c) engine end to end | (c) / min(a, b) (target >= 0.8) | CPU steal per round |",
              "| --- | --- | --- | --- | --- | --- |"]
     for kind, m in models.items():

@@ -75,7 +75,8 @@ def score(
         raise UsageError("--resume needs --output: the file to continue")
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray, got {engine!r}")
-    scorer = Scorer(bundle, intra_op_threads=threads)
+    # no spin-waiting between calls: the decode workers need those cores
+    scorer = Scorer(bundle, intra_op_threads=threads, spin=False)
     fmt = infer_format(output, format)
     skip = done_paths(output, fmt) if resume else set()
     options = ScoreOptions(batch_size=batch_size, workers=workers, max_pixels=max_pixels, save_maps=save_maps)

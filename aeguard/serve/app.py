@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import logging
 import signal
 import threading
@@ -64,7 +65,8 @@ class DaemonState:
         self.metrics = Metrics(registry)
         self.store = ModelStore(settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics)
         self.scorer = BatchingScorer(self.store, self.metrics, settings.max_batch_size,
-                                     settings.max_wait_ms / 1000.0, settings.batching)
+                                     settings.max_wait_ms / 1000.0, settings.batching,
+                                     settings.inference_workers or os.cpu_count() or 1)
         self.draining = False
         self._watch_task: asyncio.Task | None = None
 

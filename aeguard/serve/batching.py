@@ -1,10 +1,11 @@
 """Micro-batching: requests from many clients are gathered into one onnxruntime call.
 
-When the inference thread is idle, the first request waits at most max_wait for company (or until
-max_batch_size images are pending). While a batch runs, new requests pile up and are taken the
-moment it finishes, without further waiting: batches grow with load and add no delay when quiet.
-Inference runs on one worker thread (onnxruntime releases the GIL and parallelises inside the
-call), so the event loop keeps accepting and parsing requests meanwhile.
+When no batch is running, the first request waits at most max_wait for company (or until
+max_batch_size images are pending). While batches run, new requests pile up and are taken the
+moment an inference worker frees up, without further waiting: batches grow with load and add no
+delay when quiet. Up to `workers` batches run at once on a thread pool (onnxruntime sessions are
+thread-safe and release the GIL), so small calls do not wait on each other and the event loop
+keeps accepting and parsing requests meanwhile.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from aeguard.serve.model_store import LoadedModel, ModelStore
 class BatchingScorer:
     """Scores image arrays for request handlers, batching them when configured to."""
 
-    def __init__(self, store: ModelStore, metrics: Metrics, max_batch_size: int, max_wait_s: float, batching: bool):
+    def __init__(self, store: ModelStore, metrics: Metrics, max_batch_size: int, max_wait_s: float, batching: bool,
+                 workers: int = 1):
         self.store = store
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.batching = batching
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aeguard-infer")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aeguard-infer")
+        self._slots = asyncio.Semaphore(workers)
+        self._running = 0
         self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._pending_images = 0
         self._has_work = asyncio.Event()
@@ -89,10 +93,9 @@ class BatchingScorer:
         return taken
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._has_work.wait()
-            if self._pending_images < self.max_batch_size:
+            if self._running == 0 and self._pending_images < self.max_batch_size:
                 self._full.clear()
                 try:
                     async with asyncio.timeout(self.max_wait_s):
@@ -100,23 +103,33 @@ class BatchingScorer:
                 except TimeoutError:
                     pass
             while self._pending:
+                await self._slots.acquire()
                 batch = self._take_batch()
                 if not batch:
+                    self._slots.release()
                     continue
-                try:
-                    # every image of one batch goes through the same model, even if a reload lands meanwhile
-                    model = self.store.current
-                    scores = await loop.run_in_executor(
-                        self.executor, self._infer, model, np.concatenate([images for images, _ in batch])
-                    )
-                except Exception as exc:  # hand the failure to every waiting request; the loop lives on
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                offset = 0
-                for images, future in batch:
-                    if not future.done():
-                        future.set_result((scores[offset : offset + len(images)], model))
-                    offset += len(images)
+                self._running += 1
+                asyncio.create_task(self._execute(batch))
             self._has_work.clear()
+
+    async def _execute(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        """Score one batch and hand each request its share; failures go to every waiting request."""
+        try:
+            # every image of one batch goes through the same model, even if a reload lands meanwhile
+            model = self.store.current
+            scores = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._infer, model, np.concatenate([images for images, _ in batch])
+            )
+        except Exception as exc:  # the daemon lives on; the requests get the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self._running -= 1
+            self._slots.release()
+        offset = 0
+        for images, future in batch:
+            if not future.done():
+                future.set_result((scores[offset : offset + len(images)], model))
+            offset += len(images)
