@@ -34,6 +34,7 @@ class BatchingScorer:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aeguard-infer")
         self._slots = asyncio.Semaphore(workers)
         self._running = 0
+        self._in_flight: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._pending_images = 0
         self._has_work = asyncio.Event()
@@ -109,7 +110,9 @@ class BatchingScorer:
                     self._slots.release()
                     continue
                 self._running += 1
-                asyncio.create_task(self._execute(batch))
+                task = asyncio.create_task(self._execute(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
             self._has_work.clear()
 
     async def _execute(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
