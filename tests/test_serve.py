@@ -147,6 +147,8 @@ def test_open_inference_protocol_binary_tensor_extension(daemon, mnist_bundle, m
                                                      "data": [0.0] * 700}]}}, 400, "needs 784"),
     ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
                                                      "data": [300] * 784}]}}, 400, "integers in 0-255"),
+    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                     "data": [1.5] * 784}]}}, 400, "integers in 0-255"),
     ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
                                                      "data": [2.0] * 784}]}}, 400, "within [0, 1]"),
     ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),

@@ -316,9 +316,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         try:
             model = await state.reload("admin request")
         except AeguardError as exc:
-            still = state.store._current
             return JSONResponse({"reloaded": False, "error": str(exc),
-                                 "serving": still.version if still else None}, status_code=422)
+                                 "serving": state.store.serving_version}, status_code=422)
         return JSONResponse({"reloaded": True, "model": model.name, "version": model.version})
 
     async def openapi(request: Request, info: RequestInfo) -> Response:

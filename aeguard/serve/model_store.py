@@ -85,9 +85,9 @@ class ModelStore:
                 self.last_error = str(exc)
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("model reload refused", extra={"fields": {"reason": reason, "error": str(exc),
-                                                                    "still_serving": self._version()}})
+                                                                    "still_serving": self.serving_version}})
                 raise
-            previous = self._version()
+            previous = self.serving_version
             self._current = candidate  # one reference assignment: requests see the old or the new model
             self.signature = signature
             self.last_error = None
@@ -101,5 +101,7 @@ class ModelStore:
     def changed_on_disk(self) -> bool:
         return manifest_signature(self.bundle) != self.signature
 
-    def _version(self) -> str | None:
+    @property
+    def serving_version(self) -> str | None:
+        """Version of the model being served, None before the first successful load."""
         return self._current.version if self._current is not None else None

@@ -52,12 +52,20 @@ def array_image(value: list, height: int, width: int, label: str) -> np.ndarray:
         array = array[None]
     if array.shape != (1, height, width):
         raise RequestError(f"{label}: array shape {list(array.shape)}, expected [{height}, {width}] or [1, {height}, {width}]")
+    return require_unit_range(array, f"{label}: pixel values")
+
+
+def require_unit_range(array: np.ndarray, what: str) -> np.ndarray:
+    """The model's input range: finite values in [0, 1]."""
     if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-        raise RequestError(f"{label}: pixel values must be finite and within [0, 1]")
+        raise RequestError(f"{what} must be finite and within [0, 1]")
     return array
 
 
 def decode_item(item, height: int, width: int, max_pixels: int, label: str) -> np.ndarray:
+    """One image of a request: raw bytes (uploads), a base64 string, or a nested array in [0, 1]."""
+    if isinstance(item, bytes):
+        return decode_image_bytes(item, height, width, max_pixels, label)
     if isinstance(item, str):
         return decode_image_bytes(decode_base64(item, label), height, width, max_pixels, label)
     if isinstance(item, list):
@@ -89,8 +97,7 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
     errors: list[str | None] = []
     for item, label in zip(items, labels):
         try:
-            arrays.append(decode_item(item, height, width, max_pixels, label) if not isinstance(item, bytes)
-                          else decode_image_bytes(item, height, width, max_pixels, label))
+            arrays.append(decode_item(item, height, width, max_pixels, label))
             errors.append(None)
         except (RequestError, ImageError) as exc:
             if isinstance(exc, (PayloadTooLargeError, ImageTooLargeError)) and len(items) == 1:
@@ -117,10 +124,7 @@ def _check_range(array: np.ndarray, datatype: str) -> np.ndarray:
     """float32 in [0, 1]: UINT8 is scaled by 1/255, FP32 must already lie in [0, 1]."""
     if datatype == "UINT8":
         return array.astype(np.float32) * np.float32(1 / 255)
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-        raise RequestError("FP32 data must be finite and within [0, 1]")
-    return array
+    return require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
 
 
 def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int,
@@ -166,11 +170,17 @@ def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int]
         if not isinstance(data, list):
             raise RequestError('"data" must be a flat or nested list of numbers')
         try:
-            # numpy refuses Python ints that do not fit UINT8 and strings anywhere
-            array = np.array(data, dtype=np.uint8 if datatype == "UINT8" else np.float32).reshape(-1)
-        except (ValueError, TypeError, OverflowError):
-            limits = "integers in 0-255" if datatype == "UINT8" else "numbers"
-            raise RequestError(f'"data" must be a flat or nested list of {limits}') from None
+            array = np.array(data).reshape(-1)
+            if array.size and array.dtype.kind not in "iuf":  # strings, booleans, objects
+                raise TypeError
+        except (ValueError, TypeError):
+            raise RequestError('"data" must be a flat or nested list of numbers') from None
+        if datatype == "UINT8":
+            # a cast would wrap 300 to 44 and cut 1.5 to 1: refuse anything that is not an integer 0-255
+            fractional = array.dtype.kind == "f" and not np.array_equal(array, np.round(array))
+            if array.size and (fractional or array.min() < 0 or array.max() > 255):
+                raise RequestError("UINT8 data must be integers in 0-255")
+            array = array.astype(np.uint8)
         if array.size != count:
             raise RequestError(f'"data" holds {array.size} values; shape {dims} needs {count}')
     return _check_range(array, datatype).reshape(dims)
