@@ -1,3 +1,3 @@
 """aeguard: anomaly detection from autoencoder reconstruction error."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

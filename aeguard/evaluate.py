@@ -13,6 +13,7 @@ from aeguard.data.sources import EvalSet
 from aeguard.runtime import Scorer
 
 GRID_EXAMPLES_PER_GROUP = 8
+LATENT_PLOT_IMAGES = 3000
 
 
 def _grid_indices(is_anomaly: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -69,5 +70,28 @@ def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
     reports.plot_grid(eval_set.images[picks], detail.reconstructions, detail.error_maps, detail.scores, titles,
                       report_dir / reports.GRID_PLOT)
     report["plots"] += [reports.ROC_PLOT, reports.HISTOGRAM_PLOT, reports.GRID_PLOT]
+    report["plots"] += _class_plots(scorer, eval_set, scores, report_dir)
+    if (report_dir / reports.PRIOR_SAMPLES_PLOT).is_file():
+        report["plots"].append(reports.PRIOR_SAMPLES_PLOT)
     reports.write_report(report_dir, report)
     return report
+
+
+def _class_plots(scorer: Scorer, eval_set: EvalSet, scores: np.ndarray, report_dir: Path) -> list[str]:
+    """Per-class ROC curves and the latent-space PCA, where class labels and codes are available."""
+    names = dict(enumerate(scorer.manifest.get("data", {}).get("class_names") or []))
+    labels = eval_set.class_labels
+    normal = eval_set.is_anomaly == 0
+    plots = []
+    if labels is not None and len(np.unique(labels[~normal])) > 1:
+        reports.plot_roc_per_class(scores, labels, normal, names, report_dir / reports.CLASS_ROC_PLOT)
+        plots.append(reports.CLASS_ROC_PLOT)
+    if scorer.has_codes:
+        picks = np.random.default_rng(0).permutation(len(eval_set.images))[:LATENT_PLOT_IMAGES]
+        if labels is not None:
+            colours = labels[picks]
+        else:
+            colours, names = eval_set.is_anomaly[picks], {0: "normal", 1: "anomalous"}
+        reports.plot_latent_pca(scorer.codes(eval_set.images[picks]), colours, names, report_dir / reports.LATENT_PLOT)
+        plots.append(reports.LATENT_PLOT)
+    return plots

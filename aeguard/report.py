@@ -10,13 +10,70 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from aeguard.artifact import write_json_atomic  # noqa: E402
 
 ROC_PLOT = "roc.png"
 HISTOGRAM_PLOT = "score_histogram.png"
 GRID_PLOT = "reconstructions.png"
+LATENT_PLOT = "latent_pca.png"
+PRIOR_SAMPLES_PLOT = "prior_samples.png"  # written on the training side (VAE decoder), listed when present
+CLASS_ROC_PLOT = "roc_per_class.png"
+
+
+def plot_image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> None:
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.4), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        if index < len(images):
+            ax.imshow(images[index, 0], cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of `codes` on their first two principal axes, and the share of variance each explains."""
+    centred = codes - codes.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    variance = singular**2
+    share = variance[:2] / variance.sum() if variance.sum() > 0 else np.zeros(2)
+    return centred @ axes[:2].T, share
+
+
+def plot_latent_pca(codes: np.ndarray, labels: np.ndarray, names: dict, path: Path) -> None:
+    """2-D PCA of latent codes, one colour per class (or per normal/anomalous group)."""
+    points, share = pca_2d(codes.astype(np.float64))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for value in np.unique(labels):
+        chosen = labels == value
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.6, label=names.get(int(value), str(value)))
+    ax.set(xlabel=f"PC 1 ({share[0]:.0%} of variance)", ylabel=f"PC 2 ({share[1]:.0%})",
+           title="Latent codes, first two principal components")
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_roc_per_class(scores: np.ndarray, class_labels: np.ndarray, normal: np.ndarray, names: dict,
+                       path: Path, title: str = "ROC per anomalous class") -> None:
+    """One ROC curve per anomalous class: that class against the normal images."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for value in np.unique(class_labels[~normal]):
+        chosen = normal | (class_labels == value)
+        fpr, tpr, _ = roc_curve((class_labels[chosen] == value).astype(int), scores[chosen])
+        area = float(auc(fpr, tpr))
+        ax.plot(fpr, tpr, linewidth=1, label=f"{names.get(int(value), value)} ({area:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_roc(scores: np.ndarray, is_anomaly: np.ndarray, metrics: dict, path: Path) -> None:
@@ -43,7 +100,7 @@ def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) 
         ax.hist(np.clip(scores, low, None), bins=bins, alpha=0.55, weights=np.full(len(scores), 1 / len(scores)),
                 label=f"{name} ({len(scores)})")
     ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
-    ax.set(xscale="log", xlabel="anomaly score (reconstruction MSE)", ylabel="fraction of group",
+    ax.set(xscale="log", xlabel="anomaly score", ylabel="fraction of group",
            title="Score distribution")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()

@@ -17,6 +17,7 @@ from aeguard.errors import BundleError, UsageError
 SCORE_OUTPUT = "score"
 ERROR_MAP_OUTPUT = "error_map"
 RECONSTRUCTION_OUTPUT = "reconstruction"
+CODE_OUTPUT = "code"  # the (first) model's latent code, for the latent-space plot
 
 
 @dataclass
@@ -105,6 +106,17 @@ class Scorer:
     def score_many(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Scores of a large in-memory array, in batches to keep memory flat."""
         return score_array(self.session, self.check_batch(images), batch_size)
+
+    @property
+    def has_codes(self) -> bool:
+        return CODE_OUTPUT in {o.name for o in self.session.get_outputs()}
+
+    def codes(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Latent codes (N, latent) of bundles that export them (those from aeguard 0.2 on)."""
+        images = self.check_batch(images)
+        parts = [self.session.run([CODE_OUTPUT], {self.input_name: images[i : i + batch_size]})[0]
+                 for i in range(0, len(images), batch_size)]
+        return np.concatenate(parts)
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold

@@ -15,7 +15,7 @@ from aeguard.cli.main import app
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import to_model_input
 from aeguard.runtime import Scorer
-from aeguard.train.export import load_bundle_model
+from aeguard.train.export import load_bundle_graph
 
 runner = CliRunner()
 AUROC_FLOOR = 0.93  # 3 epochs of the conv model on digit 0; 20 epochs reach about 0.99
@@ -37,10 +37,10 @@ def test_bundle_is_complete_and_honest(mnist_bundle):
 
 def test_torch_weights_reload_and_agree_with_onnx(mnist_bundle, data_dir):
     images = to_model_input(load_split("mnist", "test", data_dir).images[:64])
-    model = load_bundle_model(mnist_bundle)
+    model = load_bundle_graph(mnist_bundle)
     with torch.no_grad():
         x = torch.from_numpy(images)
-        torch_scores = ((x - model(x)) ** 2).mean(dim=(1, 2, 3)).numpy()
+        torch_scores = ((x - model.members[0](x)) ** 2).mean(dim=(1, 2, 3)).numpy()
     np.testing.assert_allclose(Scorer(mnist_bundle).score(images).scores, torch_scores, atol=1e-5)
 
 
@@ -175,7 +175,7 @@ def test_same_seed_gives_the_same_bundle(data_dir, tmp_path):
         options = FitOptions(out=tmp_path / run, dataset="mnist", normal="1", model="dense", data_dir=data_dir,
                              train=TrainConfig(epochs=1, device="cpu", seed=7), allow_download=False)
         manifests.append(fit(options, log=lambda line: None))
-        models.append(load_bundle_model(tmp_path / run))
+        models.append(load_bundle_graph(tmp_path / run))
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert manifests[0]["metrics"]["auroc"] == manifests[1]["metrics"]["auroc"]

@@ -3,38 +3,81 @@ import onnx
 import pytest
 import torch
 
-from aeguard.errors import ParityError
+from aeguard.errors import ParityError, UsageError
 from aeguard.runtime import open_session, score_array
 from aeguard.train.export import (
-    PARITY_TOLERANCE, ScoringGraph, check_parity, export_onnx, parity_max_abs_diff,
+    OUTPUTS, PARITY_TOLERANCE, check_parity, export_onnx, parity_max_abs_diff, scoring_graph,
 )
-from aeguard.train.models import build_model, default_config
+from aeguard.train.models import MODEL_KINDS, default_config
+from aeguard.train.scoring import score_config
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_export_has_dynamic_batch_and_matches_torch(tmp_path, kind):
-    shape = (1, 20, 13)
+def exported(tmp_path, kind, score=None, shape=(1, 20, 13), ensemble=1):
     torch.manual_seed(0)
-    model = build_model(default_config(kind, *shape)).eval()
+    config = default_config(kind, *shape) | {"ensemble": ensemble}
+    graph = scoring_graph(config, score).eval()
     path = tmp_path / "model.onnx"
-    export_onnx(model, shape, path)
-    graph = onnx.load(str(path))
-    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert [o.name for o in graph.graph.output] == ["score", "error_map", "reconstruction"]
+    export_onnx(graph, shape, path)
+    return graph, path
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_every_model_exports_with_dynamic_batch_and_matches_torch(tmp_path, kind):
+    shape = (1, 20, 13)
+    graph, path = exported(tmp_path, kind, shape=shape)
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [o.name for o in model.graph.output] == list(OUTPUTS)
     images = np.random.default_rng(0).random((37, *shape), dtype=np.float32)
-    parity = parity_max_abs_diff(model, path, images)
+    parity = parity_max_abs_diff(graph, path, images)
     assert parity["max_abs_diff"] < PARITY_TOLERANCE and parity["error_map_max_abs_diff"] < PARITY_TOLERANCE
     # batches of other sizes work too, and the in-graph score is the mean squared error
     scores = score_array(open_session(path), images, batch_size=5)
     with torch.no_grad():
-        reference = ((torch.from_numpy(images) - model(torch.from_numpy(images))) ** 2).mean(dim=(1, 2, 3))
+        member = graph.members[0]
+        reference = ((torch.from_numpy(images) - member(torch.from_numpy(images))) ** 2).mean(dim=(1, 2, 3))
     np.testing.assert_allclose(scores, reference.numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind,function", [("conv", "blur"), ("conv", "ssim"), ("vae", "elbo"), ("conv-vae", "elbo")])
+def test_every_score_function_is_computed_in_the_graph(tmp_path, kind, function):
+    graph, path = exported(tmp_path, kind, score_config(function), shape=(1, 28, 28))
+    images = np.random.default_rng(1).random((9, 1, 28, 28), dtype=np.float32)
+    parity = parity_max_abs_diff(graph, path, images)
+    assert parity["max_abs_diff"] < PARITY_TOLERANCE and parity["error_map_max_abs_diff"] < PARITY_TOLERANCE
+    mse = ((images - graph.members[0](torch.from_numpy(images)).detach().numpy()) ** 2).mean(axis=(1, 2, 3))
+    assert not np.allclose(score_array(open_session(path), images), mse)  # not silently plain MSE
+
+
+def test_ssim_score_is_zero_for_a_perfect_reconstruction():
+    from aeguard.train.scoring import ErrorMap
+
+    images = torch.rand(3, 1, 28, 28)
+    error = ErrorMap(score_config("ssim"), channels=1)(images, images.clone())
+    assert float(error.abs().max()) < 1e-4
+
+
+def test_ensemble_averages_its_members(tmp_path):
+    graph, path = exported(tmp_path, "dense", ensemble=3, shape=(1, 12, 12))
+    images = torch.rand(5, 1, 12, 12)
+    with torch.no_grad():
+        each = [((images - member(images)) ** 2).mean(dim=(1, 2, 3)) for member in graph.members]
+        torch.testing.assert_close(graph(images)[0], torch.stack(each).mean(dim=0))
+    assert len({float(m.decoder[0].weight.sum()) for m in graph.members}) == 3  # three different models
+    parity = parity_max_abs_diff(graph, path, images.numpy())
+    assert parity["max_abs_diff"] < PARITY_TOLERANCE
+
+
 def test_scoring_graph_outputs():
-    model = build_model(default_config("dense", 1, 4, 4))
-    score, error_map, reconstruction = ScoringGraph(model)(torch.rand(2, 1, 4, 4))
+    graph = scoring_graph(default_config("dense", 1, 4, 4), None)
+    score, error_map, reconstruction, code = graph(torch.rand(2, 1, 4, 4))
     assert score.shape == (2,) and error_map.shape == (2, 1, 4, 4) and reconstruction.shape == (2, 1, 4, 4)
+    assert code.shape == (2, 32)
+
+
+def test_unknown_score_function():
+    with pytest.raises(UsageError, match="--score must be one of"):
+        score_config("psnr")
 
 
 def test_parity_failure_refuses():

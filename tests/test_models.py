@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from aeguard.errors import UsageError
-from aeguard.train.models import build_model, default_config
+from aeguard.train.models import MODEL_KINDS, build_model, default_config
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
 @pytest.mark.parametrize("size", [(28, 28), (30, 17), (5, 64)])
 def test_output_matches_input_shape_for_any_size(kind, size):
-    model = build_model(default_config(kind, 1, *size))
+    model = build_model(default_config(kind, 1, *size)).eval()
     x = torch.rand(3, 1, *size)
     with torch.no_grad():
         out = model(x)
@@ -24,6 +24,34 @@ def test_config_widths_are_honoured():
     assert [m.out_features for m in linears] == [256, 64, 8]
 
 
+def test_k_sparse_code_keeps_exactly_k_units():
+    model = build_model(default_config("k-sparse", 1, 28, 28) | {"k_sparse": 5})
+    code = model.encode(torch.rand(16, 1, 28, 28))
+    assert ((code != 0).sum(dim=1) == 5).all()
+
+
+def test_variational_model_decodes_its_mean_code_deterministically():
+    torch.manual_seed(0)
+    model = build_model(default_config("conv-vae", 1, 28, 28)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    mean, log_var = model.code_statistics(x)
+    assert mean.shape == log_var.shape == (4, model.latent)
+    torch.testing.assert_close(model(x), model(x))
+    torch.testing.assert_close(model(x), model.decode(mean))
+
+
+def test_bundles_from_before_the_model_family_still_build():
+    # 0.1 manifests carried only kind/channels/height/width/widths/latent
+    old = {"kind": "conv", "channels": 1, "height": 28, "width": 28, "conv_channels": [32, 64], "latent": 32}
+    model = build_model(old)
+    assert not model.variational and model.k_sparse is None
+
+
 def test_unknown_kind():
     with pytest.raises(UsageError, match="unknown model 'gan'"):
         default_config("gan", 1, 28, 28)
+
+
+def test_k_larger_than_the_code_is_refused():
+    with pytest.raises(UsageError, match="k-sparse k must be between 1 and the code size"):
+        build_model(default_config("k-sparse", 1, 28, 28) | {"k_sparse": 40})

@@ -9,41 +9,27 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from torch import nn
-
-from aeguard.train.models import build_model
 
 from aeguard.artifact import WEIGHTS_NAME, read_manifest
 from aeguard.errors import BundleError, ParityError
-from aeguard.runtime import ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, SCORE_OUTPUT, open_session
+from aeguard.runtime import CODE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, SCORE_OUTPUT, open_session
+from aeguard.train.models import build_model
+from aeguard.train.scoring import ScoringGraph, score_config
 
 INPUT_NAME = "images"
+OUTPUTS = (SCORE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, CODE_OUTPUT)
 OPSET = 17
 PARITY_TOLERANCE = 1e-5
-SCORE_DEFINITION = "mean over pixels of (image - reconstruction)^2"
 
 
-class ScoringGraph(nn.Module):
-    """The autoencoder plus its scoring step, so every runtime computes the same score."""
-
-    def __init__(self, autoencoder: nn.Module):
-        super().__init__()
-        self.autoencoder = autoencoder
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        reconstruction = self.autoencoder(images)
-        error_map = (images - reconstruction) ** 2
-        return error_map.mean(dim=(1, 2, 3)), error_map, reconstruction
-
-
-def cpu_scoring_graph(model: nn.Module) -> ScoringGraph:
+def cpu_scoring_graph(graph: ScoringGraph) -> ScoringGraph:
     """A float32 CPU copy in eval mode, whatever device and precision the model trained with."""
-    return ScoringGraph(copy.deepcopy(model).float().cpu().eval())
+    return copy.deepcopy(graph).float().cpu().eval()
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: Path) -> None:
+def export_onnx(graph: ScoringGraph, input_shape: tuple[int, int, int], path: Path) -> None:
     """Write model + score to ONNX with a dynamic batch axis, then run onnx.checker on it."""
-    graph = cpu_scoring_graph(model)
+    graph = cpu_scoring_graph(graph)
     example = torch.rand(2, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -52,8 +38,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: Path)
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[SCORE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT],
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, SCORE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT)},
+            output_names=list(OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUTS)},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -61,11 +47,11 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: Path)
 
 
 @torch.no_grad()
-def parity_max_abs_diff(model: nn.Module, onnx_path: Path, images: np.ndarray) -> dict:
+def parity_max_abs_diff(graph: ScoringGraph, onnx_path: Path, images: np.ndarray) -> dict:
     """Largest absolute difference between torch and onnxruntime on the score and the error map."""
-    graph = cpu_scoring_graph(model)
+    graph = cpu_scoring_graph(graph)
     images = np.ascontiguousarray(images, dtype=np.float32)
-    torch_score, torch_map, _ = graph(torch.from_numpy(images))
+    torch_score, torch_map, _, _ = graph(torch.from_numpy(images))
     session = open_session(onnx_path)
     ort_score, ort_map = session.run([SCORE_OUTPUT, ERROR_MAP_OUTPUT], {INPUT_NAME: images})
     return {
@@ -85,13 +71,24 @@ def check_parity(parity: dict) -> None:
         )
 
 
-def load_bundle_model(bundle_dir: Path) -> nn.Module:
-    """Rebuild a bundle's torch model from its manifest config and weights (weights_only: no arbitrary unpickling)."""
+def scoring_graph(model_config: dict, score: dict | None, members: list | None = None) -> ScoringGraph:
+    """The graph a manifest describes: `ensemble` members of the model, scored by `score` (mse if absent)."""
+    if members is None:
+        members = [build_model(model_config) for _ in range(int(model_config.get("ensemble", 1)))]
+    function = (score or {}).get("function", "mse")
+    config = score_config(function, (score or {}).get("sigma"), (score or {}).get("beta", 1.0))
+    return ScoringGraph(members, config, model_config["channels"])
+
+
+def load_bundle_graph(bundle_dir: Path) -> ScoringGraph:
+    """Rebuild a bundle's torch graph from its manifest and weights (weights_only: no arbitrary unpickling)."""
     manifest = read_manifest(bundle_dir)
-    model = build_model(manifest["model"])
+    graph = scoring_graph(manifest["model"], manifest.get("score"))
     try:
         state = torch.load(Path(bundle_dir) / WEIGHTS_NAME, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        if not any(key.startswith("members.") for key in state):
+            state = {f"members.0.{key}": value for key, value in state.items()}  # single-model bundles before 0.2
+        graph.load_state_dict(state)
     except Exception as exc:  # torch raises several unrelated types for bad or foreign files
         raise BundleError(f"cannot load {Path(bundle_dir) / WEIGHTS_NAME}: {exc}") from exc
-    return model.eval()
+    return graph.eval()

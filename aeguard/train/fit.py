@@ -22,14 +22,15 @@ from aeguard.data.sources import TrainingData, dataset_training_data, folder_tra
 from aeguard.errors import UsageError
 from aeguard.evaluate import evaluate_bundle
 from aeguard.runtime import Scorer, open_session, score_array
-from aeguard.train.export import (
-    INPUT_NAME, OPSET, SCORE_DEFINITION, check_parity, export_onnx, parity_max_abs_diff,
-)
+from aeguard.train.export import INPUT_NAME, OPSET, OUTPUTS, check_parity, export_onnx, parity_max_abs_diff, scoring_graph
 from aeguard.train.distributed import (
     DistributedContext, barrier, init_from_env, launched_by_torchrun, process_device, shutdown,
 )
 from aeguard.train.loop import BatchCallback, EpochCallback, TrainConfig, TrainResult, seed_everything, train
-from aeguard.train.models import build_model, default_config
+from aeguard.train.models import backbone_of, build_model, default_config
+from aeguard.train.objectives import parse_noise
+from aeguard.train.scoring import ScoringGraph, score_config
+from aeguard.train.samples import write_prior_samples
 
 PARITY_IMAGES = 512
 REPORT_DIR = "report"
@@ -46,6 +47,15 @@ class FitOptions:
     model: str = "conv"
     latent: int | None = None
     hidden: list[int] | None = None  # dense widths, or conv channels
+    noise: str | None = None  # corruption while training, e.g. gaussian:0.2 (the denoising model's default)
+    sparsity: float | None = None  # L1 weight on the code
+    k: int | None = None  # k-sparse: code units kept
+    contraction: float | None = None  # weight of the encoder-Jacobian penalty
+    beta: float | None = None  # KL weight of a variational model
+    score: str = "mse"
+    score_sigma: float | None = None
+    ensemble: int = 1  # independently seeded members whose error maps are averaged
+    max_images: int | None = None  # cap on the normal training images, for quick trials
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     val_fraction: float = 0.1
     target_fpr: float = 0.01
@@ -55,11 +65,21 @@ class FitOptions:
 
 def load_training_data(options: FitOptions) -> TrainingData:
     if options.data is not None:
-        return folder_training_data(options.data, options.image_size, options.val_fraction, options.train.seed)
-    if options.image_size is not None:
+        data = folder_training_data(options.data, options.image_size, options.val_fraction, options.train.seed)
+    elif options.image_size is not None:
         raise UsageError("--image-size applies to --data folders; IDX data sets keep their native size")
-    return dataset_training_data(options.dataset, options.normal, options.data_dir, options.val_fraction,
-                                 options.train.seed, options.allow_download)
+    else:
+        data = dataset_training_data(options.dataset, options.normal, options.data_dir, options.val_fraction,
+                                     options.train.seed, options.allow_download)
+    if options.max_images is not None:
+        if options.max_images < 2:
+            raise UsageError(f"--max-images must be at least 2, got {options.max_images}")
+        # The split is already shuffled: keep the same share held out, from the front of each part.
+        held_out = max(1, round(options.max_images * options.val_fraction))
+        data.train, data.validation = data.train[: options.max_images - held_out], data.validation[:held_out]
+        data.source.update(n_train=int(len(data.train)), n_validation=int(len(data.validation)),
+                           max_images=options.max_images)
+    return data
 
 
 def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict:
@@ -67,8 +87,32 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
     if options.latent is not None:
         config["latent"] = options.latent
     if options.hidden:
-        config["hidden" if options.model == "dense" else "conv_channels"] = list(options.hidden)
+        config["hidden" if backbone_of(config) == "dense" else "conv_channels"] = list(options.hidden)
+    if options.k is not None:
+        config["k_sparse"] = options.k
+    if config["k_sparse"] is not None and config["k_sparse"] > config["latent"]:
+        raise UsageError(f"--k {config['k_sparse']} exceeds the code size --latent {config['latent']}")
+    terms = config["training"]
+    if options.noise is not None:
+        parse_noise(options.noise)
+        terms["noise"] = None if options.noise == "none" else options.noise
+    for key, value in (("l1", options.sparsity), ("contraction", options.contraction), ("beta", options.beta)):
+        if value is not None:
+            if value < 0:
+                raise UsageError(f"the {key} weight must not be negative, got {value}")
+            terms[key] = float(value)
+    if terms["beta"] and not config["variational"]:
+        raise UsageError("--beta applies to the variational models (vae, conv-vae)")
+    if options.score == "elbo" and not config["variational"]:
+        raise UsageError("--score elbo needs a variational model (vae, conv-vae)")
+    if options.ensemble < 1:
+        raise UsageError(f"--ensemble must be at least 1, got {options.ensemble}")
+    config["ensemble"] = options.ensemble
     return config
+
+
+def model_score_config(options: FitOptions, config: dict) -> dict:
+    return score_config(options.score, options.score_sigma, config["training"]["beta"] or 1.0)
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -134,30 +178,40 @@ def fit(
     try:
         data = load_training_data(options)
         config = model_config(options, data.input_shape)
-        seed_everything(options.train.seed)  # before the model exists: initial weights are part of the run
-        model = build_model(config)
-        log(f"training {config['kind']} autoencoder on {len(data.train)} normal images "
-            f"({len(data.validation)} held out), input {data.input_shape}"
-            + (f", {context.world_size} processes" if context.enabled else ""))
-        result = train(model, data.train, data.validation, train_config, on_batch, on_epoch, context)
-        log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}")
+        score = model_score_config(options, config)
+        members, results = [], []
+        for member in range(options.ensemble):
+            seed = options.train.seed + member
+            seed_everything(seed)  # before the model exists: initial weights are part of the run
+            model = build_model(config)
+            log(f"training {config['kind']} autoencoder"
+                + (f" (ensemble member {member + 1}/{options.ensemble})" if options.ensemble > 1 else "")
+                + f" on {len(data.train)} normal images ({len(data.validation)} held out), input {data.input_shape}"
+                + (f", {context.world_size} processes" if context.enabled else ""))
+            result = train(model, data.train, data.validation, dataclasses.replace(train_config, seed=seed),
+                           on_batch, on_epoch, context, config["training"])
+            log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}")
+            members.append(model)
+            results.append(result)
     finally:
         barrier()
         shutdown()
     if not context.is_main:
         return None
-    return _write_bundle(options, out, data, config, model, result, context, log)
+    graph = scoring_graph(config, score, members)
+    return _write_bundle(options, out, data, config, graph, results, context, log)
 
 
-def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: dict, model, result: TrainResult,
-                  context: DistributedContext, log: Callable[[str], None]) -> dict:
+def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: dict, graph: ScoringGraph,
+                  results: list[TrainResult], context: DistributedContext, log: Callable[[str], None]) -> dict:
     """Export, check parity, calibrate, evaluate; then move the finished bundle into place."""
     staging = _prepare_out(out, options.force)
     try:
-        torch.save(model.state_dict(), staging / WEIGHTS_NAME)
-        export_onnx(model, data.input_shape, staging / MODEL_NAME)
+        graph = graph.cpu().eval()
+        torch.save(graph.state_dict(), staging / WEIGHTS_NAME)
+        export_onnx(graph, data.input_shape, staging / MODEL_NAME)
         parity_source = data.evaluation.images if data.evaluation is not None else data.validation
-        parity = parity_max_abs_diff(model, staging / MODEL_NAME, parity_source[:PARITY_IMAGES])
+        parity = parity_max_abs_diff(graph, staging / MODEL_NAME, parity_source[:PARITY_IMAGES])
         check_parity(parity)
         log(f"parity torch vs onnxruntime: max |score diff| {parity['max_abs_diff']:.3g}")
 
@@ -167,19 +221,17 @@ def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: di
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": preprocessing_spec(*data.input_shape[1:]),
             "model": config,
-            "score": {
-                "definition": SCORE_DEFINITION,
-                "higher_is_anomalous": True,
-                "is_anomaly": "score > threshold",
-            },
-            "onnx": {"opset": OPSET, "input": INPUT_NAME, "outputs": ["score", "error_map", "reconstruction"]},
+            "score": {**model_score_config(options, config), "higher_is_anomalous": True, "is_anomaly": "score > threshold"},
+            "onnx": {"opset": OPSET, "input": INPUT_NAME, "outputs": list(OUTPUTS)},
             "data": data.source,
             "normal_classes": data.source.get("normal_classes"),
             "threshold": None,
             "calibration": None,
             "metrics": None,
             "parity": parity,
-            "training": {**_training_record(options.train, result), "processes": context.world_size},
+            "training": {**_training_record(options.train, results[0]), "processes": context.world_size,
+                         "members": [_training_record(dataclasses.replace(options.train, seed=options.train.seed + i), r)
+                                     for i, r in enumerate(results[1:], start=1)]},
         }
         # Calibrate on the exported graph itself, so the threshold matches what runtimes compute.
         val_scores = score_array(open_session(staging / MODEL_NAME), data.validation)
@@ -188,6 +240,8 @@ def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: di
         manifest["threshold"] = manifest["calibration"]["threshold"]
         files = [MODEL_NAME, WEIGHTS_NAME, VALIDATION_SCORES_NAME]
         manifest = write_manifest(staging, manifest, files)
+        if config["variational"]:  # the decoder alone is not in the ONNX graph, so torch draws these
+            write_prior_samples(graph.members[0], staging / REPORT_DIR, seed=options.train.seed)
         report = evaluate_bundle(Scorer(staging), data.evaluation, staging / REPORT_DIR, bundle_label=out)
         if report["metrics"] is not None:
             manifest["metrics"] = report["metrics"]

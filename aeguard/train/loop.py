@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aeguard.errors import UsageError
 from aeguard.train.distributed import DistributedContext, all_reduce_sum
+from aeguard.train.objectives import Objective
 
 
 @dataclass
@@ -97,8 +98,12 @@ def train(
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
     distributed: DistributedContext = DistributedContext(),
+    training_terms: dict | None = None,
 ) -> TrainResult:
     """Fit `model` to reconstruct `train_images` (float32 NCHW in [0, 1]); restores the best-validation weights.
+
+    `training_terms` (the model config's "training" entry) adds the variant's corruption and penalties;
+    the validation loss is always the plain reconstruction error of clean images.
 
     With a distributed context, every process runs this on the same data: each takes its share of
     one shared shuffle with batch_size / world_size images per step, so the global batch stays
@@ -113,9 +118,9 @@ def train(
     train_x = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32)).to(device)
     val_x = torch.from_numpy(np.ascontiguousarray(val_images, dtype=np.float32)).to(device)
     world, rank = distributed.world_size, distributed.rank
-    network = model
+    network = Objective(model, training_terms)
     if distributed.enabled:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        network = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same shuffle on every rank
     per_rank = len(train_x) // world  # equal shares, so every rank takes the same number of steps
@@ -133,7 +138,7 @@ def train(
         for index in range(n_batches):
             batch = train_x[order[index * step : (index + 1) * step]]
             with _autocast(device):
-                loss = F.mse_loss(network(batch).float(), batch)
+                loss = network(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

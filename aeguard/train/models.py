@@ -1,4 +1,9 @@
-"""Autoencoders. A model is rebuilt from its config dict alone, which the manifest carries."""
+"""Autoencoders. A model is rebuilt from its config dict alone, which the manifest carries.
+
+Every model is an encoder to a code and a decoder back, on a dense or a convolutional backbone.
+The variants differ in what they do to the code (variational: a mean and a log-variance;
+k-sparse: only the k largest units survive) and in how they train (see objectives.py).
+"""
 
 from __future__ import annotations
 
@@ -10,88 +15,150 @@ from torch.nn import functional as F
 
 from aeguard.errors import UsageError
 
-MODEL_KINDS = ("dense", "conv")
+# --model name -> (backbone, what it changes). The training terms live in the config's "training" entry.
+MODEL_KINDS = {
+    "dense": "dense", "conv": "conv",
+    "denoising": "conv",  # trained on corrupted inputs to restore the clean image
+    "sparse": "dense",  # L1 penalty on the code
+    "k-sparse": "dense",  # keeps the top-k code units
+    "contractive": "dense",  # penalty on the encoder's Jacobian
+    "vae": "dense", "conv-vae": "conv",  # variational; the exported graph decodes the mean code
+}
 
 
 def default_config(kind: str, channels: int, height: int, width: int) -> dict:
-    if kind == "dense":
-        return {"kind": "dense", "channels": channels, "height": height, "width": width,
-                "hidden": [128], "latent": 32}
-    if kind == "conv":
-        return {"kind": "conv", "channels": channels, "height": height, "width": width,
-                "conv_channels": [32, 64], "latent": 32}
-    raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    if kind not in MODEL_KINDS:
+        raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    backbone = MODEL_KINDS[kind]
+    config: dict = {"kind": kind, "backbone": backbone, "channels": channels, "height": height, "width": width}
+    if backbone == "dense":
+        config.update(hidden=[256, 128], latent=32)
+    else:
+        config.update(conv_channels=[32, 64], latent=32)
+    config["variational"] = kind in ("vae", "conv-vae")
+    config["k_sparse"] = 8 if kind == "k-sparse" else None
+    config["training"] = {
+        "noise": "gaussian:0.2" if kind == "denoising" else None,
+        "l1": 1e-3 if kind == "sparse" else 0.0,
+        "contraction": 1e-2 if kind == "contractive" else 0.0,
+        "beta": 1.0 if config["variational"] else 0.0,
+    }
+    return config
 
 
-class DenseAutoencoder(nn.Module):
-    """The 784-128-32 family: a mirrored MLP with a sigmoid output."""
+def dense_layers(sizes: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return layers
 
-    def __init__(self, channels: int, height: int, width: int, hidden: list[int], latent: int):
+
+class Autoencoder(nn.Module):
+    """Encoder -> code -> decoder, with the code step chosen by the variant.
+
+    forward() is the deterministic reconstruction every runtime computes (the mean code for a VAE);
+    code_statistics() gives the training objective what it needs beyond that.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: int, variational: bool = False,
+                 k_sparse: int | None = None):
         super().__init__()
-        self.shape = (channels, height, width)
-        sizes = [channels * height * width, *hidden]
-        encoder: list[nn.Module] = [nn.Flatten()]
-        for n_in, n_out in zip(sizes, sizes[1:]):
-            encoder += [nn.Linear(n_in, n_out), nn.ReLU()]
-        encoder.append(nn.Linear(sizes[-1], latent))
-        decoder: list[nn.Module] = []
-        widths = [latent, *reversed(hidden)]
-        for n_in, n_out in zip(widths, widths[1:]):
-            decoder += [nn.Linear(n_in, n_out), nn.ReLU()]
-        decoder += [nn.Linear(widths[-1], sizes[0]), nn.Sigmoid()]
-        self.encoder = nn.Sequential(*encoder)
-        self.decoder = nn.Sequential(*decoder)
+        if k_sparse is not None and not 1 <= k_sparse <= latent:
+            raise UsageError(f"k-sparse k must be between 1 and the code size {latent}, got {k_sparse}")
+        self.encoder, self.decoder = encoder, decoder
+        self.latent, self.variational, self.k_sparse = latent, variational, k_sparse
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def code_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(code, log-variance); the log-variance is None unless the model is variational."""
+        features = self.encoder(self._prepare(x))
+        if self.variational:
+            mean, log_var = features.chunk(2, dim=1)
+            return mean, log_var.clamp(-10.0, 10.0)
+        if self.k_sparse is not None:
+            # The k-th largest value of each row is the bar; TopK exports to ONNX as one op.
+            bar = torch.topk(features, self.k_sparse, dim=1).values[:, -1:]
+            features = features * (features >= bar).to(features.dtype)
+        return features, None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self.code_statistics(x)[0]
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self._finish(self.decoder(code))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x)).view(-1, *self.shape)
+        return self.decode(self.encode(x))
 
 
-class ConvAutoencoder(nn.Module):
+class DenseAutoencoder(Autoencoder):
+    """A mirrored MLP with a sigmoid output (784-256-128-32 by default)."""
+
+    def __init__(self, channels: int, height: int, width: int, hidden: list[int], latent: int,
+                 variational: bool = False, k_sparse: int | None = None):
+        self.shape = (channels, height, width)
+        sizes = [channels * height * width, *hidden]
+        encoder = nn.Sequential(nn.Flatten(), *dense_layers(sizes), nn.Linear(sizes[-1], latent * (2 if variational else 1)))
+        widths = [latent, *reversed(hidden)]
+        decoder = nn.Sequential(*dense_layers(widths), nn.Linear(widths[-1], sizes[0]), nn.Sigmoid())
+        super().__init__(encoder, decoder, latent, variational, k_sparse)
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        return out.view(-1, *self.shape)
+
+
+class ConvAutoencoder(Autoencoder):
     """Strided convolutions down to a dense code and transposed convolutions back up.
 
     Inputs of any size are zero-padded to a multiple of 2**depth and the output is cropped back,
     with the pad amounts fixed at construction so the ONNX graph stays static but for the batch axis.
     """
 
-    def __init__(self, channels: int, height: int, width: int, conv_channels: list[int], latent: int):
-        super().__init__()
+    def __init__(self, channels: int, height: int, width: int, conv_channels: list[int], latent: int,
+                 variational: bool = False, k_sparse: int | None = None):
         self.shape = (channels, height, width)
         factor = 2 ** len(conv_channels)
-        self.padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
-        self.pad = (0, self.padded[1] - width, 0, self.padded[0] - height)
-        self.code_shape = (conv_channels[-1], self.padded[0] // factor, self.padded[1] // factor)
+        padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
+        code_shape = (conv_channels[-1], padded[0] // factor, padded[1] // factor)
         widths = [channels, *conv_channels]
         down: list[nn.Module] = []
         for n_in, n_out in zip(widths, widths[1:]):
             down += [nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), nn.ReLU()]
-        flat = math.prod(self.code_shape)
-        self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, latent))
-        up: list[nn.Module] = [nn.Linear(latent, flat), nn.ReLU(), nn.Unflatten(1, self.code_shape)]
+        flat = math.prod(code_shape)
+        encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, latent * (2 if variational else 1)))
+        up: list[nn.Module] = [nn.Linear(latent, flat), nn.ReLU(), nn.Unflatten(1, code_shape)]
         reversed_widths = list(reversed(widths))
         for i, (n_in, n_out) in enumerate(zip(reversed_widths, reversed_widths[1:])):
             up.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1))
             up.append(nn.Sigmoid() if i == len(widths) - 2 else nn.ReLU())
-        self.decoder = nn.Sequential(*up)
+        super().__init__(encoder, nn.Sequential(*up), latent, variational, k_sparse)
+        self.padded, self.code_shape = padded, code_shape
+        self.pad = (0, padded[1] - width, 0, padded[0] - height)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pad):
-            x = F.pad(x, self.pad)
-        return self.encoder(x)
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pad) if any(self.pad) else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(self.encode(x))
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
         return out[:, :, : self.shape[1], : self.shape[2]]
 
 
-def build_model(config: dict) -> nn.Module:
+def backbone_of(config: dict) -> str:
+    # Bundles written before the model family existed name only "dense" or "conv" as their kind.
+    return config.get("backbone") or MODEL_KINDS.get(config.get("kind", ""), "")
+
+
+def build_model(config: dict) -> Autoencoder:
     """Instantiate the model a config dict describes (as written by default_config and the manifest)."""
-    kind = config.get("kind")
+    backbone = backbone_of(config)
     shape = (config["channels"], config["height"], config["width"])
-    if kind == "dense":
-        return DenseAutoencoder(*shape, hidden=list(config["hidden"]), latent=config["latent"])
-    if kind == "conv":
-        return ConvAutoencoder(*shape, conv_channels=list(config["conv_channels"]), latent=config["latent"])
-    raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    extra = {"variational": bool(config.get("variational", False)), "k_sparse": config.get("k_sparse")}
+    if backbone == "dense":
+        return DenseAutoencoder(*shape, hidden=list(config["hidden"]), latent=config["latent"], **extra)
+    if backbone == "conv":
+        return ConvAutoencoder(*shape, conv_channels=list(config["conv_channels"]), latent=config["latent"], **extra)
+    raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")

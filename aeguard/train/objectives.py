@@ -1,0 +1,100 @@
+"""What a model minimises: reconstruction of the clean image, plus the variant's penalty.
+
+The objective is a module wrapping the autoencoder, so DistributedDataParallel can wrap it whole
+and synchronise the gradients of every term.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from aeguard.errors import UsageError
+from aeguard.train.models import Autoencoder
+
+NOISE_KINDS = ("gaussian", "mask", "salt-pepper", "erase")
+
+
+def parse_noise(text: str | None) -> tuple[str, float] | None:
+    """'gaussian:0.2' -> ('gaussian', 0.2). Levels: std (gaussian), share of pixels (mask,
+    salt-pepper), side of the erased square as a share of the image side (erase)."""
+    if not text or text == "none":
+        return None
+    kind, _, level_text = text.partition(":")
+    try:
+        level = float(level_text) if level_text else 0.2
+    except ValueError:
+        level = -1.0
+    if kind not in NOISE_KINDS or not 0.0 < level <= 1.0:
+        raise UsageError(f"--noise must be KIND[:LEVEL] with KIND one of {', '.join(NOISE_KINDS)} "
+                         f"and 0 < LEVEL <= 1, got {text!r}")
+    return kind, level
+
+
+def corrupt(images: torch.Tensor, noise: tuple[str, float] | None) -> torch.Tensor:
+    """A corrupted copy for denoising training; the target stays the clean image."""
+    if noise is None:
+        return images
+    kind, level = noise
+    if kind == "gaussian":
+        return (images + level * torch.randn_like(images)).clamp(0.0, 1.0)
+    if kind == "mask":
+        return images * (torch.rand_like(images) >= level).to(images.dtype)
+    if kind == "salt-pepper":
+        hit = torch.rand_like(images) < level
+        salt = (torch.rand_like(images) < 0.5).to(images.dtype)
+        return torch.where(hit, salt, images)
+    # erase: one random square per image set to zero, so the model must restore a missing part.
+    n, _, height, width = images.shape
+    side_h, side_w = max(1, round(level * height)), max(1, round(level * width))
+    top = torch.randint(0, height - side_h + 1, (n, 1, 1, 1), device=images.device)
+    left = torch.randint(0, width - side_w + 1, (n, 1, 1, 1), device=images.device)
+    rows = torch.arange(height, device=images.device).view(1, 1, height, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
+    inside = (rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w)
+    return images * (~inside).to(images.dtype)
+
+
+def kl_per_image(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_var)) || N(0, I)) for each row."""
+    return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=1)
+
+
+class Objective(nn.Module):
+    """Per-pixel MSE to the clean image + l1 * |code| + contraction * ||dcode/dx||^2 + beta * KL / pixels."""
+
+    def __init__(self, model: Autoencoder, training: dict | None = None):
+        super().__init__()
+        training = training or {}
+        self.model = model
+        self.noise = parse_noise(training.get("noise"))
+        self.l1 = float(training.get("l1") or 0.0)
+        self.contraction = float(training.get("contraction") or 0.0)
+        self.beta = float(training.get("beta") or 0.0)
+        if min(self.l1, self.contraction, self.beta) < 0:
+            raise UsageError("--sparsity, --contraction and --beta must not be negative")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        inputs = corrupt(images, self.noise)
+        if self.contraction:
+            inputs = inputs.detach().requires_grad_(True)
+        code, log_var = self.model.code_statistics(inputs)
+        if log_var is not None:  # the reparameterisation trick: sample around the mean while training
+            sample = code + torch.randn_like(code) * (0.5 * log_var).exp()
+            reconstruction = self.model.decode(sample)
+        else:
+            reconstruction = self.model.decode(code)
+        loss = F.mse_loss(reconstruction.float(), images)
+        pixels = images[0].numel()
+        if self.l1:
+            loss = loss + self.l1 * code.float().abs().mean()
+        if self.contraction:
+            # ||J||_F^2 = E_u ||u^T J||^2 for u ~ N(0, I): one vector-Jacobian product per step
+            # instead of the full Jacobian, with create_graph so the penalty trains the encoder.
+            probe = torch.randn_like(code)
+            (row,) = torch.autograd.grad((code * probe).sum(), inputs, create_graph=True)
+            loss = loss + self.contraction * row.float().pow(2).sum(dim=(1, 2, 3)).mean() / pixels
+        if log_var is not None and self.beta:
+            loss = loss + self.beta * kl_per_image(code.float(), log_var.float()).mean() / pixels
+        return loss

@@ -1,0 +1,112 @@
+"""Score functions, written as torch modules so the exported ONNX graph computes exactly the same score.
+
+Each maps (image, reconstruction) to a per-pixel error map whose mean over pixels is the score:
+- mse:  (x - r)^2
+- blur: (G_sigma * (x - r))^2: the residual is smoothed first, so one-pixel jitter along strokes
+        counts little and a missing or extra part (a coherent residual blob) counts a lot
+- ssim: 1 - SSIM(x, r) with a Gaussian window of width sigma: structure, not intensity
+- elbo: (x - r)^2 plus beta * KL(q(z|x) || p(z)) / pixels, the negative ELBO of a VAE at its mean code
+An ensemble averages its members' error maps (and scores).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from aeguard.errors import UsageError
+from aeguard.train.models import Autoencoder
+from aeguard.train.objectives import kl_per_image
+
+SCORE_FUNCTIONS = ("mse", "blur", "ssim", "elbo")
+DEFINITIONS = {
+    "mse": "mean over pixels of (image - reconstruction)^2",
+    "blur": "mean over pixels of (gaussian_blur(image - reconstruction, sigma))^2",
+    "ssim": "mean over pixels of 1 - SSIM(image, reconstruction), gaussian window sigma",
+    "elbo": "mean over pixels of (image - reconstruction)^2 + beta * KL(q(z|x) || N(0, I)) / pixels, at the mean code",
+}
+
+
+def score_config(function: str, sigma: float | None = None, beta: float = 1.0) -> dict:
+    if function not in SCORE_FUNCTIONS:
+        raise UsageError(f"--score must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
+    config: dict = {"function": function, "definition": DEFINITIONS[function]}
+    if function in ("blur", "ssim"):
+        config["sigma"] = float(sigma if sigma is not None else (1.0 if function == "blur" else 1.5))
+        if config["sigma"] <= 0:
+            raise UsageError(f"--score-sigma must be positive, got {sigma}")
+    if function == "elbo":
+        config["beta"] = float(beta)
+    return config
+
+
+def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
+    radius = max(1, math.ceil(2 * sigma))
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    line = torch.exp(-steps**2 / (2 * sigma**2))
+    line = line / line.sum()
+    return (line[:, None] * line[None, :]).expand(channels, 1, -1, -1).contiguous()
+
+
+class ErrorMap(nn.Module):
+    """Per-pixel error of one reconstruction under the chosen score function."""
+
+    def __init__(self, config: dict, channels: int):
+        super().__init__()
+        self.function = config["function"]
+        self.channels = channels
+        sigma = config.get("sigma", 1.0)
+        self.register_buffer("kernel", gaussian_kernel(sigma, channels), persistent=False)
+        self.padding = self.kernel.shape[-1] // 2
+
+    def _smooth(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel, padding=self.padding, groups=self.channels)
+
+    def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        if self.function == "blur":
+            return self._smooth(images - reconstruction) ** 2
+        if self.function == "ssim":
+            c1, c2 = 0.01**2, 0.03**2
+            mean_x, mean_r = self._smooth(images), self._smooth(reconstruction)
+            var_x = self._smooth(images * images) - mean_x**2
+            var_r = self._smooth(reconstruction * reconstruction) - mean_r**2
+            covariance = self._smooth(images * reconstruction) - mean_x * mean_r
+            similarity = ((2 * mean_x * mean_r + c1) * (2 * covariance + c2)) / (
+                (mean_x**2 + mean_r**2 + c1) * (var_x + var_r + c2))
+            return 1.0 - similarity
+        return (images - reconstruction) ** 2
+
+
+class ScoringGraph(nn.Module):
+    """The autoencoder(s) plus the scoring step: what goes to ONNX.
+
+    Outputs: score (N,), error_map (N, C, H, W), reconstruction (N, C, H, W), code (N, latent) of the
+    first member (for the latent-space plot).
+    """
+
+    def __init__(self, members: list[Autoencoder], config: dict, channels: int):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.error_map = ErrorMap(config, channels)
+        self.beta = float(config.get("beta", 0.0)) if config["function"] == "elbo" else 0.0
+
+    def forward(self, images: torch.Tensor):
+        maps, reconstructions, extras, first_code = [], [], [], None
+        for member in self.members:
+            code, log_var = member.code_statistics(images)
+            reconstruction = member.decode(code)
+            maps.append(self.error_map(images, reconstruction))
+            reconstructions.append(reconstruction)
+            if self.beta and log_var is not None:
+                extras.append(self.beta * kl_per_image(code, log_var) / images[0].numel())
+            if first_code is None:
+                first_code = code
+        error_map = torch.stack(maps).mean(dim=0) if len(maps) > 1 else maps[0]
+        reconstruction = torch.stack(reconstructions).mean(dim=0) if len(maps) > 1 else reconstructions[0]
+        score = error_map.mean(dim=(1, 2, 3))
+        if extras:
+            score = score + torch.stack(extras).mean(dim=0)
+        return score, error_map, reconstruction, first_code

@@ -1,0 +1,217 @@
+"""The one-class protocol on MNIST and Fashion-MNIST: train on one class, the nine others are anomalies.
+
+For every (model, data set, normal class, seed) it runs aeguard's own `fit` pipeline (training split
+of the normal class only, 10% of it held out for early stopping and calibration), so each AUROC is
+the one `aeguard fit` reports: the full test set scored by the exported ONNX graph in onnxruntime.
+Mean over the ten classes per seed, then mean +- std over seeds.
+
+Results go to benchmarks/results/one_class_<dataset>.json / .md after every run, and a run already
+in the JSON is not repeated, so an interrupted benchmark continues where it stopped.
+
+    python -m benchmarks.one_class --models best --seeds 0                # the best model, one seed
+    python -m benchmarks.one_class --models conv,best --seeds 0,1,2      # the README's table
+    python -m benchmarks.one_class --datasets mnist --classes 2 --models vae --seeds 0 --fresh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+
+from aeguard.data.catalog import get_spec
+from aeguard.data.sources import dataset_eval_set
+from aeguard.runtime import Scorer
+from aeguard.train.fit import FitOptions, fit
+from aeguard.train.loop import TrainConfig
+from benchmarks.results_io import RESULTS_DIR, StealMeter, machine
+
+# Each preset is the `aeguard fit` command line it stands for; the README quotes them.
+PRESETS: dict[str, dict] = {
+    "dense": {"model": "dense"},
+    "conv": {"model": "conv"},
+    "denoising": {"model": "denoising"},
+    "sparse": {"model": "sparse"},
+    "k-sparse": {"model": "k-sparse"},
+    "contractive": {"model": "contractive"},
+    "vae": {"model": "vae"},
+    "conv-vae": {"model": "conv-vae"},
+    "conv-blur": {"model": "conv", "score": "blur"},
+    "best": {"model": "conv", "score": "blur", "noise": "erase:0.25", "ensemble": 3},
+}
+DEFAULT_EPOCHS = 20
+FPR_GRID = np.linspace(0.0, 1.0, 101)
+
+PUBLISHED = [  # mean AUROC %, from-scratch methods (the issue's table)
+    ("Deep SVDD (Ruff et al. 2018)", 94.8, None),
+    ("plain 4-layer conv AE (Lo et al., TPAMI 2022)", 96.4, 89.2),
+    ("MemAE (Gong et al. 2019)", 97.5, None),
+    ("GEOM (Golan & El-Yaniv 2018)", 98.0, 93.5),
+    ("ARNet (Ye et al. 2022)", 98.3, 93.9),
+]
+
+
+def command_line(preset: dict, epochs: int) -> str:
+    flags = " ".join(f"--{key} {value}" for key, value in preset.items())
+    return f"aeguard fit {flags} --epochs {epochs}"
+
+
+def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, device: str, workdir: Path) -> dict:
+    out = workdir / f"{dataset}-{normal}-{seed}"
+    options = FitOptions(out=out, dataset=dataset, normal=str(normal), force=True, allow_download=False,
+                         train=TrainConfig(epochs=epochs, seed=seed, device=device), **preset)
+    started = time.perf_counter()
+    with StealMeter() as steal:
+        manifest = fit(options, log=lambda line: None)
+    seconds = time.perf_counter() - started
+    # Scored again through the bundle, for the ROC curve: the same numbers fit's report used.
+    eval_set = dataset_eval_set(dataset, (normal,), None, allow_download=False)
+    scores = Scorer(out).score_many(eval_set.images)
+    fpr, tpr, _ = roc_curve(eval_set.is_anomaly, scores)
+    return {
+        "normal": normal, "seed": seed, "auroc": manifest["metrics"]["auroc"], "seconds": round(seconds, 1),
+        "epochs_run": manifest["training"]["epochs_run"], "cpu_steal": steal.fraction,
+        "device": manifest["training"]["device"], "roc_tpr": np.interp(FPR_GRID, fpr, tpr).round(4).tolist(),
+    }
+
+
+def summarise(runs: list[dict], classes: list[int]) -> dict | None:
+    """Per-class mean over seeds; the mean over classes for each seed that has every class; mean +- std."""
+    by_seed: dict[int, dict[int, float]] = {}
+    for run in runs:
+        by_seed.setdefault(run["seed"], {})[run["normal"]] = run["auroc"]
+    complete = {seed: values for seed, values in by_seed.items() if all(c in values for c in classes)}
+    per_class = {c: statistics.fmean(v[c] for v in by_seed.values() if c in v)
+                 for c in classes if any(c in v for v in by_seed.values())}
+    if not complete:
+        return {"per_class": per_class, "seeds": [], "mean": None, "std": None}
+    means = [statistics.fmean(values[c] for c in classes) for values in complete.values()]
+    return {"per_class": per_class, "seeds": sorted(complete), "seed_means": means,
+            "mean": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
+            "seconds_per_class": statistics.fmean(r["seconds"] for r in runs)}
+
+
+def render_markdown(dataset: str, payload: dict) -> str:
+    spec = get_spec(dataset)
+    classes = list(range(len(spec.class_names)))
+    lines = [f"# One-class AUROC (%) on {spec.name}", "",
+             "Train on one class (training split), score the full test set, the other nine classes are "
+             "anomalies. Mean over the ten classes, then mean +- std over seeds. Produced by "
+             "`python -m benchmarks.one_class`; every run is in the JSON beside this file.", "",
+             "| model | " + " | ".join(spec.class_names[c] for c in classes) + " | mean | seeds | s/class |",
+             "|---" * (len(classes) + 4) + "|"]
+    for name, entry in payload["models"].items():
+        summary = summarise(entry["runs"], classes)
+        cells = [f"{100 * summary['per_class'][c]:.1f}" if c in summary["per_class"] else "" for c in classes]
+        mean = (f"**{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}**" if summary["mean"] is not None
+                else "incomplete")
+        seconds = f"{summary.get('seconds_per_class', 0):.0f}" if summary.get("seconds_per_class") else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {len(summary['seeds'])} | {seconds} |")
+    column = 1 if dataset == "mnist" else 2
+    lines += ["", "Published from-scratch means for comparison:", "", "| method | mean AUROC |", "|---|---|"]
+    lines += [f"| {row[0]} | {row[column]} |" for row in PUBLISHED if row[column] is not None]
+    lines += ["", "Command line of each model:", ""]
+    lines += [f"- {name}: `{entry['command']}`" for name, entry in payload["models"].items()]
+    lines += ["", f"Machine: {payload['machine']}; torch threads {payload['torch_threads']}.",
+              "CPU steal (the share of CPU the hypervisor took) is recorded per run in the JSON.", "",
+              f"![ROC curves per normal class](one_class_{dataset}_roc.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_roc_curves(dataset: str, payload: dict, path: Path) -> None:
+    """One panel per model: the ROC curve of each normal class (first seed), its AUROC in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = get_spec(dataset).class_names
+    models = list(payload["models"].items())
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.4), squeeze=False)
+    for ax, (name, entry) in zip(axes[0], models):
+        runs = entry["runs"]
+        first_seed = min((r["seed"] for r in runs), default=0)
+        for run in sorted((r for r in runs if r["seed"] == first_seed), key=lambda r: r["normal"]):
+            ax.plot(FPR_GRID, run["roc_tpr"], linewidth=1, label=f"{names[run['normal']]} ({100 * run['auroc']:.1f})")
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        ax.set(title=f"{name} (seed {first_seed})", xlabel="false-positive rate", ylabel="true-positive rate")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save(dataset: str, payload: dict) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS_DIR / f"one_class_{dataset}.json"
+    temporary = json_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(temporary, json_path)  # a kill mid-write never loses the runs already done
+    (RESULTS_DIR / f"one_class_{dataset}.md").write_text(render_markdown(dataset, payload))
+    plot_roc_curves(dataset, payload, RESULTS_DIR / f"one_class_{dataset}_roc.png")
+
+
+def load(dataset: str, fresh: bool) -> dict:
+    path = RESULTS_DIR / f"one_class_{dataset}.json"
+    if path.is_file() and not fresh:
+        return json.loads(path.read_text())
+    return {"benchmark": f"one_class_{dataset}", "dataset": dataset, "models": {}}
+
+
+def parse_list(text: str, kind=str) -> list:
+    return [kind(part) for part in text.split(",") if part]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="mnist,fashion-mnist")
+    parser.add_argument("--models", default="best", help=f"comma-separated presets: {', '.join(PRESETS)}")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--fresh", action="store_true", help="Forget earlier results instead of continuing them.")
+    args = parser.parse_args()
+    models, seeds, classes = parse_list(args.models), parse_list(args.seeds, int), parse_list(args.classes, int)
+    unknown = [m for m in models if m not in PRESETS]
+    if unknown:
+        parser.error(f"unknown model preset(s) {unknown}; choose from {', '.join(PRESETS)}")
+    with tempfile.TemporaryDirectory(prefix="aeguard-one-class-") as workdir:
+        for dataset in parse_list(args.datasets):
+            payload = load(dataset, args.fresh)
+            payload.update(machine=machine(), torch_threads=torch.get_num_threads(), epochs=args.epochs)
+            for name in models:
+                entry = payload["models"].setdefault(name, {"runs": []})
+                entry["command"] = command_line(PRESETS[name], args.epochs)
+                if entry.get("epochs", args.epochs) != args.epochs:
+                    raise SystemExit(f"{dataset}/{name} was measured with --epochs {entry['epochs']}; "
+                                     "pass the same or --fresh")
+                entry["epochs"] = args.epochs
+                for seed in seeds:
+                    for normal in classes:
+                        if any(r["normal"] == normal and r["seed"] == seed for r in entry["runs"]):
+                            continue
+                        run = run_one(dataset, normal, PRESETS[name], seed, args.epochs, args.device, Path(workdir))
+                        entry["runs"].append(run)
+                        entry["summary"] = summarise(entry["runs"], list(range(10)))
+                        save(dataset, payload)
+                        print(f"{dataset} {name} class {normal} seed {seed}: AUROC {100 * run['auroc']:.2f} "
+                              f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})", flush=True)
+                entry["summary"] = summarise(entry["runs"], list(range(10)))
+                save(dataset, payload)
+                summary = entry["summary"]
+                if summary["mean"] is not None:
+                    print(f"{dataset} {name}: mean AUROC {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} "
+                          f"over seeds {summary['seeds']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

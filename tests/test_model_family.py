@@ -1,0 +1,73 @@
+"""Every model of the family through the whole fit pipeline, on a small real MNIST subset."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from aeguard.cli.main import app
+from aeguard.data.sources import dataset_eval_set
+from aeguard.runtime import Scorer
+from aeguard.train.fit import FitOptions, fit
+from aeguard.train.loop import TrainConfig
+from aeguard.train.models import MODEL_KINDS
+
+runner = CliRunner()
+
+
+def quick_fit(out, data_dir, model, seed=0, **extra):
+    options = FitOptions(out=out, dataset="mnist", normal="4", model=model, data_dir=data_dir, max_images=400,
+                         train=TrainConfig(epochs=2, device="cpu", seed=seed), allow_download=False, **extra)
+    return fit(options, log=lambda line: None)
+
+
+@pytest.mark.parametrize("model", list(MODEL_KINDS))
+def test_each_model_fits_exports_and_scores_through_the_runtime(model, data_dir, tmp_path):
+    manifest = quick_fit(tmp_path / model, data_dir, model)
+    assert manifest["model"]["kind"] == model and manifest["score"]["function"] == "mse"
+    assert manifest["data"]["n_train"] + manifest["data"]["n_validation"] == 400
+    assert manifest["parity"]["max_abs_diff"] < 1e-5
+    # the runtime's scores of the test split give the AUROC the manifest reports
+    from sklearn.metrics import roc_auc_score
+
+    eval_set = dataset_eval_set("mnist", (4,), data_dir, allow_download=False)
+    scores = Scorer(tmp_path / model).score_many(eval_set.images)
+    assert roc_auc_score(eval_set.is_anomaly, scores) == pytest.approx(manifest["metrics"]["auroc"], abs=1e-9)
+    assert manifest["metrics"]["auroc"] > 0.55  # better than chance after two short epochs
+    plots = set(json.loads((tmp_path / model / "report" / "report.json").read_text())["plots"])
+    assert {"latent_pca.png", "roc_per_class.png", "reconstructions.png"} <= plots
+    assert ("prior_samples.png" in plots) == model.endswith("vae")
+    for name in plots:
+        assert (tmp_path / model / "report" / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("model,extra", [("denoising", {}), ("vae", {"score": "elbo"}),
+                                         ("dense", {"score": "ssim", "ensemble": 2, "noise": "erase:0.25"})])
+def test_a_fixed_seed_gives_the_same_auroc_twice(model, extra, data_dir, tmp_path):
+    first = quick_fit(tmp_path / "a", data_dir, model, seed=3, **extra)
+    second = quick_fit(tmp_path / "b", data_dir, model, seed=3, **extra)
+    assert first["metrics"]["auroc"] == second["metrics"]["auroc"]
+    assert first["threshold"] == second["threshold"]
+    assert first["score"]["function"] == extra.get("score", "mse")
+
+
+def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
+    out = tmp_path / "ks"
+    result = runner.invoke(app, ["fit", "--model", "k-sparse", "--k", "4", "--score", "blur", "--score-sigma", "2",
+                                 "--max-images", "300", "--epochs", "1", "--device", "cpu", "--out", str(out),
+                                 "--data-dir", str(data_dir), "--no-download"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["k_sparse"] == 4
+    assert manifest["score"]["function"] == "blur" and manifest["score"]["sigma"] == 2.0
+    codes = Scorer(out).codes(np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32))
+    assert ((codes != 0).sum(axis=1) <= 4).all()
+    for args, message in ((["--model", "conv", "--score", "elbo"], "--score elbo needs a variational model"),
+                          (["--model", "dense", "--beta", "0.5"], "--beta applies to the variational models"),
+                          (["--model", "dense", "--noise", "blur:1"], "--noise must be"),
+                          (["--model", "k-sparse", "--k", "64"], "exceeds the code size")):
+        result = runner.invoke(app, ["fit", *args, "--out", str(tmp_path / "bad"), "--data-dir", str(data_dir),
+                                     "--no-download", "--epochs", "1"])
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+        assert not (tmp_path / "bad").exists()
