@@ -71,3 +71,28 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
                                      "--no-download", "--epochs", "1"])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):
+    """0.1 bundles kept one model's state dict and a config without backbone / variant fields."""
+    import shutil
+
+    import torch
+
+    from aeguard.artifact import MANIFEST_NAME, read_manifest, write_manifest
+    from aeguard.train.export import load_bundle_graph
+
+    bundle = tmp_path / "old"
+    shutil.copytree(mnist_bundle, bundle)
+    current = load_bundle_graph(bundle)
+    torch.save(current.members[0].state_dict(), bundle / "weights.pt")
+    manifest = read_manifest(bundle)
+    manifest["model"] = {key: manifest["model"][key]
+                         for key in ("kind", "channels", "height", "width", "conv_channels", "latent")}
+    del manifest["score"]["function"]
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
+    assert (bundle / MANIFEST_NAME).is_file()
+    old = load_bundle_graph(bundle)
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(old(images)[0], current(images)[0])
