@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/aeguard fit --out $(DEMO_DIR)/bundle --force
+	$(BIN)/aeguard fit --noise erase:0.25 --score blur --out $(DEMO_DIR)/bundle --force
 	$(BIN)/aeguard evaluate $(DEMO_DIR)/bundle
 	$(BIN)/aeguard dump-images $(DEMO_DIR)/photos --count 200
 	$(BIN)/aeguard score $(DEMO_DIR)/bundle $(DEMO_DIR)/photos --output $(DEMO_DIR)/scores.csv

@@ -84,20 +84,23 @@ def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, dev
     }
 
 
-def summarise(runs: list[dict], classes: list[int]) -> dict | None:
+def summarise(runs: list[dict], classes: list[int]) -> dict:
     """Per-class mean over seeds; the mean over classes for each seed that has every class; mean +- std."""
-    by_seed: dict[int, dict[int, float]] = {}
+    by_seed: dict[int, dict[int, dict]] = {}
     for run in runs:
-        by_seed.setdefault(run["seed"], {})[run["normal"]] = run["auroc"]
+        by_seed.setdefault(run["seed"], {})[run["normal"]] = run
     complete = {seed: values for seed, values in by_seed.items() if all(c in values for c in classes)}
-    per_class = {c: statistics.fmean(v[c] for v in by_seed.values() if c in v)
+    per_class = {c: statistics.fmean(v[c]["auroc"] for v in by_seed.values() if c in v)
                  for c in classes if any(c in v for v in by_seed.values())}
-    if not complete:
-        return {"per_class": per_class, "seeds": [], "mean": None, "std": None}
-    means = [statistics.fmean(values[c] for c in classes) for values in complete.values()]
-    return {"per_class": per_class, "seeds": sorted(complete), "seed_means": means,
-            "mean": statistics.fmean(means), "std": statistics.stdev(means) if len(means) > 1 else 0.0,
-            "seconds_per_class": statistics.fmean(r["seconds"] for r in runs)}
+    summary = {"per_class": per_class, "seeds": sorted(complete), "mean": None, "std": None,
+               "seconds_per_class": statistics.fmean(r["seconds"] for r in runs) if runs else None}
+    if complete:
+        means = [statistics.fmean(values[c]["auroc"] for c in classes) for values in complete.values()]
+        summary.update(seed_means=means, mean=statistics.fmean(means),
+                       std=statistics.stdev(means) if len(means) > 1 else 0.0,
+                       minutes_per_seed=statistics.fmean(sum(v[c]["seconds"] for c in classes) / 60
+                                                         for v in complete.values()))
+    return summary
 
 
 def render_markdown(dataset: str, payload: dict) -> str:
@@ -107,22 +110,27 @@ def render_markdown(dataset: str, payload: dict) -> str:
              "Train on one class (training split), score the full test set, the other nine classes are "
              "anomalies. Mean over the ten classes, then mean +- std over seeds. Produced by "
              "`python -m benchmarks.one_class`; every run is in the JSON beside this file.", "",
-             "| model | " + " | ".join(spec.class_names[c] for c in classes) + " | mean | seeds | s/class |",
-             "|---" * (len(classes) + 4) + "|"]
+             "| model | " + " | ".join(spec.class_names[c] for c in classes) + " | mean | seeds | s/class | min/seed |",
+             "|---" * (len(classes) + 5) + "|"]
     for name, entry in payload["models"].items():
         summary = summarise(entry["runs"], classes)
         cells = [f"{100 * summary['per_class'][c]:.1f}" if c in summary["per_class"] else "" for c in classes]
         mean = (f"**{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}**" if summary["mean"] is not None
                 else "incomplete")
-        seconds = f"{summary.get('seconds_per_class', 0):.0f}" if summary.get("seconds_per_class") else ""
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {len(summary['seeds'])} | {seconds} |")
+        seconds = f"{summary['seconds_per_class']:.0f}" if summary["seconds_per_class"] else ""
+        minutes = f"{summary['minutes_per_seed']:.1f}" if summary.get("minutes_per_seed") else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {len(summary['seeds'])} | {seconds} | {minutes} |")
     column = 1 if dataset == "mnist" else 2
     lines += ["", "Published from-scratch means for comparison:", "", "| method | mean AUROC |", "|---|---|"]
     lines += [f"| {row[0]} | {row[column]} |" for row in PUBLISHED if row[column] is not None]
     lines += ["", "Command line of each model:", ""]
     lines += [f"- {name}: `{entry['command']}`" for name, entry in payload["models"].items()]
-    lines += ["", f"Machine: {payload['machine']}; torch threads {payload['torch_threads']}.",
-              "CPU steal (the share of CPU the hypervisor took) is recorded per run in the JSON.", "",
+    host = payload["machine"]
+    lines += ["", f"s/class: wall seconds of one `fit` (training, export, parity check, calibration, report), "
+              f"mean over runs; min/seed: the ten classes of one seed. Machine: {host['cpus']} CPUs "
+              f"({host['machine']}, Python {host['python']}), torch threads {payload['torch_threads']}, "
+              f"{payload['epochs']} epochs at most (early stopping, patience 5). CPU steal (the share of CPU the "
+              "hypervisor took) is recorded per run in the JSON.", "",
               f"![ROC curves per normal class](one_class_{dataset}_roc.png)", ""]
     return "\n".join(lines)
 

@@ -89,6 +89,8 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
     if options.hidden:
         config["hidden" if backbone_of(config) == "dense" else "conv_channels"] = list(options.hidden)
     if options.k is not None:
+        if config["variational"]:
+            raise UsageError("--k does not apply to the variational models: their code is a distribution")
         config["k_sparse"] = options.k
     if config["k_sparse"] is not None and config["k_sparse"] > config["latent"]:
         raise UsageError(f"--k {config['k_sparse']} exceeds the code size --latent {config['latent']}")
@@ -112,7 +114,7 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
 
 
 def model_score_config(options: FitOptions, config: dict) -> dict:
-    return score_config(options.score, options.score_sigma, config["training"]["beta"] or 1.0)
+    return score_config(options.score, options.score_sigma, config["training"]["beta"] if config["variational"] else 1.0)
 
 
 def check_out(out: Path, force: bool) -> None:

@@ -1,0 +1,37 @@
+"""The one-class benchmark's bookkeeping: which runs count, how means and spreads are formed, resuming."""
+
+import pytest
+
+from benchmarks import one_class
+
+
+def run(normal, seed, auroc, seconds=10.0):
+    return {"normal": normal, "seed": seed, "auroc": auroc, "seconds": seconds, "roc_tpr": [0.0, 1.0]}
+
+
+def test_mean_over_classes_then_mean_and_std_over_complete_seeds():
+    classes = [0, 1]
+    runs = [run(0, 0, 0.90), run(1, 0, 0.80), run(0, 1, 1.00), run(1, 1, 0.90), run(0, 2, 0.5)]
+    summary = one_class.summarise(runs, classes)
+    assert summary["seeds"] == [0, 1]  # seed 2 lacks class 1: not in the mean
+    assert summary["seed_means"] == pytest.approx([0.85, 0.95])
+    assert summary["mean"] == pytest.approx(0.90) and summary["std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert summary["per_class"][0] == pytest.approx((0.9 + 1.0 + 0.5) / 3)
+    assert summary["minutes_per_seed"] == pytest.approx(20 / 60)
+
+
+def test_incomplete_table_has_no_mean_and_says_so():
+    payload = {"machine": {"cpus": 2, "machine": "x86_64", "python": "3.11"}, "torch_threads": 2, "epochs": 20,
+               "models": {"conv": {"runs": [run(3, 0, 0.97)], "command": "aeguard fit --model conv"}}}
+    assert one_class.summarise(payload["models"]["conv"]["runs"], list(range(10)))["mean"] is None
+    table = one_class.render_markdown("mnist", payload)
+    assert "| conv |  |  |  | 97.0 |" in table and "incomplete" in table
+    assert "ARNet (Ye et al. 2022) | 98.3" in table
+
+
+def test_presets_are_valid_fit_options():
+    from aeguard.train.fit import FitOptions
+
+    for name, preset in one_class.PRESETS.items():
+        FitOptions(out=".", **preset)  # an unknown key would raise TypeError
+        assert one_class.command_line(preset, 20).startswith(f"aeguard fit --model {preset['model']}")
