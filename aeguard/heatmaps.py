@@ -13,7 +13,7 @@ _LUT = (colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np
 
 
 def heatmap(error_map: np.ndarray, scale: float) -> Image.Image:
-    """(1, H, W) squared errors -> an RGB image; `scale` maps to the top of the colour range.
+    """(1, H, W) per-pixel errors (of the bundle's score function) -> an RGB image; `scale` is the top colour.
 
     A fixed scale per run (not per image) keeps maps comparable: the same colour means the same error.
     """
