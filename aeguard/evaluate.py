@@ -90,6 +90,9 @@ def _class_plots(scorer: Scorer, eval_set: EvalSet, scores: np.ndarray, report_d
         picks = np.random.default_rng(0).permutation(len(eval_set.images))[:LATENT_PLOT_IMAGES]
         if labels is not None:
             colours = labels[picks]
+            normal_classes = set(np.unique(labels[normal]).tolist())
+            names = {c: f"{names.get(c, c)} (normal)" if c in normal_classes else str(names.get(c, c))
+                     for c in np.unique(labels).tolist()}
         else:
             colours, names = eval_set.is_anomaly[picks], {0: "normal", 1: "anomalous"}
         reports.plot_latent_pca(scorer.codes(eval_set.images[picks]), colours, names, report_dir / reports.LATENT_PLOT)
