@@ -19,7 +19,11 @@ from aeguard.train.scoring import ScoringGraph, score_config
 INPUT_NAME = "images"
 OUTPUTS = (SCORE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, CODE_OUTPUT)
 OPSET = 17
-PARITY_TOLERANCE = 1e-5
+PARITY_TOLERANCE = 1e-5  # on the score, for every score function
+# The SSIM map is a ratio of local moments computed as E[x^2] - E[x]^2: float32 cancellation in
+# bright areas turns rounding-order differences between two correct runtimes into ~1e-4 per pixel
+# (measured 4e-5 on 512 MNIST images). Averaged into the score they stay near 1e-7.
+ERROR_MAP_TOLERANCE = {"ssim": 1e-3}
 
 
 def cpu_scoring_graph(graph: ScoringGraph) -> ScoringGraph:
@@ -59,16 +63,19 @@ def parity_max_abs_diff(graph: ScoringGraph, onnx_path: Path, images: np.ndarray
         "error_map_max_abs_diff": float(np.abs(torch_map.numpy() - ort_map).max()),
         "n_images": int(len(images)),
         "tolerance": PARITY_TOLERANCE,
+        "error_map_tolerance": ERROR_MAP_TOLERANCE.get(graph.error_map.function, PARITY_TOLERANCE),
     }
 
 
 def check_parity(parity: dict) -> None:
-    worst = max(parity["max_abs_diff"], parity["error_map_max_abs_diff"])
-    if worst > PARITY_TOLERANCE:
-        raise ParityError(
-            f"torch and onnxruntime differ by {worst:.3g} on {parity['n_images']} images "
-            f"(tolerance {PARITY_TOLERANCE}); the bundle was not written"
-        )
+    map_tolerance = parity.get("error_map_tolerance", PARITY_TOLERANCE)
+    for what, diff, tolerance in (("scores", parity["max_abs_diff"], PARITY_TOLERANCE),
+                                  ("error maps", parity["error_map_max_abs_diff"], map_tolerance)):
+        if diff > tolerance:
+            raise ParityError(
+                f"torch and onnxruntime {what} differ by {diff:.3g} on {parity['n_images']} images "
+                f"(tolerance {tolerance}); the bundle was not written"
+            )
 
 
 def scoring_graph(model_config: dict, score: dict | None, members: list | None = None) -> ScoringGraph:
