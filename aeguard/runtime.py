@@ -44,13 +44,14 @@ def open_session(model_path: Path, intra_op_threads: int = 0, spin: bool = True)
     )
 
 
-def score_array(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """The score output for a float32 NCHW array, run in batches to keep memory flat."""
+def score_array(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 512,
+                output: str = SCORE_OUTPUT) -> np.ndarray:
+    """One output (the score by default) for a float32 NCHW array, run in batches to keep memory flat."""
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     input_name = session.get_inputs()[0].name
     parts = [
-        session.run([SCORE_OUTPUT], {input_name: np.ascontiguousarray(images[i : i + batch_size], np.float32)})[0]
+        session.run([output], {input_name: np.ascontiguousarray(images[i : i + batch_size], np.float32)})[0]
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -113,10 +114,7 @@ class Scorer:
 
     def codes(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Latent codes (N, latent) of bundles that export them (those from aeguard 0.2 on)."""
-        images = self.check_batch(images)
-        parts = [self.session.run([CODE_OUTPUT], {self.input_name: images[i : i + batch_size]})[0]
-                 for i in range(0, len(images), batch_size)]
-        return np.concatenate(parts)
+        return score_array(self.session, self.check_batch(images), batch_size, output=CODE_OUTPUT)
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
