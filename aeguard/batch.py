@@ -1,29 +1,24 @@
 """Score a stream of image paths: parallel decoding, full onnxruntime batches, one row per input. No torch.
 
-Decoding runs in worker processes, one batch of paths per task, a few batches ahead of the
-scorer and in input order: opening a small image is mostly Python work inside Pillow, which
-holds the GIL, so threads would not decode in parallel. At most `prefetch_batches` batches are
-in flight, so memory stays flat however many paths stream through. A worker killed by a decoder
-crash costs only the file that crashed it: its batch is decoded again one file at a time.
+Decoding runs in worker processes (aeguard.decoding), one batch of paths per task, a few batches
+ahead of the scorer and in input order. At most `prefetch_batches` batches are in flight, so
+memory stays flat however many paths stream through.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aeguard.data.images import DEFAULT_MAX_PIXELS, load_image
-from aeguard.errors import ImageError
+from aeguard.data.images import DEFAULT_MAX_PIXELS
+from aeguard.decoding import DecodePool
 from aeguard.heatmaps import save_heatmap
 from aeguard.outputs import RowWriter
 from aeguard.runtime import Scorer
@@ -82,78 +77,6 @@ def unscored(paths: Iterable[Path], skip: set[str] | frozenset[str], summary: Sc
             summary.skipped += 1
         else:
             yield name
-
-
-def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray | str:
-    try:
-        return load_image(path, height, width, max_pixels)
-    except ImageError as exc:
-        return str(exc)
-
-
-def _exit_with(parent_pid: int) -> None:
-    """Worker initializer: end when the scoring process is gone, even if it was killed with SIGKILL.
-
-    Otherwise a worker blocked on sending a result nobody reads would live on, and with it the
-    forkserver, whose liveness pipe every worker holds open.
-    """
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="aeguard-parent-watch").start()
-
-
-def decode_chunk(names: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
-    """Decode a batch of paths in a worker: arrays, or the error message for each file that failed."""
-    return [_decode(Path(name), height, width, max_pixels) for name in names]
-
-
-class DecodePool:
-    """A process pool for decoding that survives a worker killed by a crashing decoder."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        # forkserver: workers never inherit onnxruntime's threads from this process
-        self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(["aeguard.batch"])
-        self.pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_exit_with,
-                                   initargs=(os.getpid(),))
-
-    def submit(self, names: list[str], *args) -> Future:
-        try:
-            return self.pool.submit(decode_chunk, names, *args)
-        except BrokenProcessPool:
-            self._restart()
-            return self.pool.submit(decode_chunk, names, *args)
-
-    def result(self, names: list[str], future: Future, *args) -> list[np.ndarray | str]:
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            self._restart()
-            return [self._decode_alone(name, *args) for name in names]
-
-    def _decode_alone(self, name: str, *args) -> np.ndarray | str:
-        try:
-            return self.pool.submit(decode_chunk, [name], *args).result()[0]
-        except BrokenProcessPool:
-            self._restart()
-            return f"{name}: the image decoder crashed on this file"
-
-    def _restart(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = self._new_pool()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def score_paths(

@@ -33,7 +33,7 @@ class _RayScorer:
         self.save_maps = Path(save_maps) if save_maps else None
 
     def __call__(self, batch: dict) -> dict:
-        from aeguard.batch import decode_chunk
+        from aeguard.decoding import decode_chunk
         from aeguard.heatmaps import save_heatmap
 
         decoded = decode_chunk([str(p) for p in batch["path"]], self.scorer.height, self.scorer.width, self.max_pixels)

@@ -204,7 +204,7 @@ def test_ray_engine_matches_the_local_engine_row_for_row(mnist_bundle, pngs, tmp
 
 def test_decode_pool_survives_a_worker_that_dies(pngs):
     """A decoder crash kills its worker process; the batch is decoded again file by file, nothing is lost."""
-    from aeguard.batch import DecodePool
+    from aeguard.decoding import DecodePool
 
     names = [str(p) for p in sorted(pngs.iterdir())[:3]]
     pool = DecodePool(1)

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aeguard.artifact import read_manifest, write_manifest
 from aeguard.data.catalog import load_split
 from tests.daemon import Daemon
 
