@@ -1,4 +1,5 @@
-"""The scoring path (runtime, batch scoring, evaluation, the score/evaluate commands) never imports torch."""
+"""The scoring path (runtime, batch scoring, evaluation, the score/evaluate commands) never imports torch;
+the decoding workers import neither onnxruntime nor matplotlib."""
 
 import subprocess
 import sys
@@ -24,3 +25,13 @@ def test_scoring_never_imports_torch(mnist_bundle, data_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "TORCH_MODULES []" in done.stdout
     assert (tmp_path / "s.csv").read_text().count("\n") == 21
+
+
+def test_decode_workers_load_only_numpy_and_pillow():
+    """The forkserver preloads aeguard.decoding: onnxruntime or matplotlib there would add half a second to every
+    `aeguard score` run."""
+    script = ("import sys, aeguard.decoding; "
+              "print('HEAVY', sorted(m for m in ('onnxruntime', 'matplotlib', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout

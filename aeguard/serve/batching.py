@@ -147,13 +147,14 @@ class BatchingScorer:
         """Hand each request its share of the batch's scores (or the failure: the daemon lives on)."""
         self._running -= 1
         error = done.exception()
+        scores = done.result() if error is None else None
         offset = 0
         for images, future in batch:
             if not future.done():
                 if error is not None:
                     future.set_exception(error)
                 else:
-                    future.set_result((done.result()[offset : offset + len(images)], model))
+                    future.set_result((scores[offset : offset + len(images)], model))
             offset += len(images)
         if self._pending:
             self._flush()
