@@ -1,11 +1,12 @@
 """Micro-batching: requests from many clients are gathered into one onnxruntime call.
 
 When no batch is running, the first request waits at most max_wait for company (or until
-max_batch_size images are pending). While batches run, new requests pile up and are taken the
-moment an inference worker frees up, without further waiting: batches grow with load and add no
-delay when quiet. Up to `workers` batches run at once on a thread pool (onnxruntime sessions are
-thread-safe and release the GIL), so small calls do not wait on each other and the event loop
-keeps accepting and parsing requests meanwhile.
+max_batch_size images are pending). When a batch is running and a worker is free, the requests that
+arrived in the same event-loop turn go together at once; when every worker is busy, requests pile
+up and go the moment one frees: batches grow with load, and a busy daemon adds no waiting. Up to
+`workers` batches run at once on a thread pool (onnxruntime sessions are thread-safe and release
+the GIL), so small calls do not wait on each other and the event loop keeps accepting and parsing
+requests meanwhile.
 
 The scheduling is plain event-loop callbacks (a timer, the executor's done callback) rather than a
 task with events: a single-image request costs the loop only a future, a timer and a deque entry,
