@@ -55,7 +55,7 @@ def fit(
     data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
     image_size: Optional[str] = typer.Option(None, help="Model input size for --data folders, 28 or HxW [default: the first image's size]."),
     model: str = typer.Option("conv", help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models)."),
-    latent: Optional[int] = typer.Option(None, min=1, help="Size of the code [default: 32]."),
+    latent: Optional[int] = typer.Option(None, min=1, help="Size of the code [default: 16 for conv models, 32 for dense ones]."),
     hidden: Optional[str] = typer.Option(None, help="Hidden widths (dense backbone, default 256,128) or conv channels (conv backbone, default 32,64), comma-separated."),
     noise: Optional[str] = typer.Option(None, help="Train on corrupted inputs: gaussian, mask, salt-pepper or erase, with :LEVEL (e.g. gaussian:0.2; 'none' turns the denoising model's default off)."),
     sparsity: Optional[float] = typer.Option(None, help="L1 weight on the code [sparse: 1e-3, others 0]."),
