@@ -108,8 +108,11 @@ class Metrics:
     def observe_scores(self, scores: np.ndarray, threshold: float) -> None:
         self.images.inc(len(scores))
         self.anomalies.inc(int(np.count_nonzero(scores > threshold)))
+        # in float64, as observe() on Python floats did: a float32 quotient can round a score just over the
+        # threshold down to exactly 1.0 and into the bucket below, while anomalies counts it
+        scores = np.asarray(scores, np.float64)
         ratios = scores / threshold if threshold > 0 else np.full(len(scores), np.inf)
-        observe_many(self.score_ratio, ratios.astype(np.float64))
+        observe_many(self.score_ratio, ratios)
 
     def exposition(self) -> tuple[bytes, str]:
         if multiprocess_dir() is not None:
