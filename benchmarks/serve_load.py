@@ -34,6 +34,7 @@ from benchmarks.results_io import StealMeter, write_results
 from tests.daemon import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+BATCH_IMAGES = 256  # images per request in (b), and per onnxruntime call in (a)
 
 
 def raw_onnxruntime(bundle: Path, images: np.ndarray, seconds: float) -> float:
@@ -121,9 +122,9 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_url: str, args, workdir
     name = manifest["name"]
     single_json = infer_body(pixels[:1])
     single_binary, single_header = binary_infer_body(pixels[:1])
-    batch_json = infer_body(pixels[:256])
-    batch_binary, batch_header = binary_infer_body(pixels[:256])
-    batch_input = to_model_input(pixels[:256])
+    batch_json = infer_body(pixels[:BATCH_IMAGES])
+    batch_binary, batch_header = binary_infer_body(pixels[:BATCH_IMAGES])
+    batch_input = to_model_input(pixels[:BATCH_IMAGES])
     ports = {"batched": free_port(), "unbatched": free_port()}
     servers = [daemon(bundle, ports["batched"]), daemon(bundle, ports["unbatched"], "--max-wait-ms", "0")]
     url = lambda key: f"http://127.0.0.1:{ports[key]}/v2/models/{name}/infer"  # noqa: E731
@@ -160,15 +161,18 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_url: str, args, workdir
         results[key] = best_run(runs[key])
     d = results["d_bare"]["requests_per_s"]
     results["ratios"] = {
-        "b_binary_over_a": results["b_binary"]["requests_per_s"] * 256 / a,
-        "b_binary_4_over_a": results["b_binary_4"]["requests_per_s"] * 256 / a,
-        "b_json_over_a": results["b_json"]["requests_per_s"] * 256 / a,
+        **{f"{key}_over_a": rate / a for key, rate in batch_image_rates(results).items()},
         "c_batched_over_d": results["c_batched"]["requests_per_s"] / d,
         "c_batched_binary_over_d": results["c_batched_binary"]["requests_per_s"] / d,
         "c_unbatched_over_d": results["c_unbatched"]["requests_per_s"] / d,
     }
     add_ceiling(results)
     return results
+
+
+def batch_image_rates(results: dict) -> dict[str, float]:
+    """Images per second of the (b) scenarios, whose requests each carry BATCH_IMAGES images."""
+    return {key: results[key]["requests_per_s"] * BATCH_IMAGES for key in ("b_binary", "b_binary_4", "b_json")}
 
 
 def add_ceiling(results: dict) -> None:
@@ -178,19 +182,18 @@ def add_ceiling(results: dict) -> None:
     The capacity is the best image rate measured in the run: (a), one session on all cores, understates it for
     small models, which the daemon's one single-threaded session per core scores faster ((b) above (a)).
     """
-    capacity = max(results["a_onnxruntime_images_per_s"],
-                   *(results[key]["requests_per_s"] * 256 for key in ("b_binary", "b_binary_4", "b_json")))
+    capacity = max(results["a_onnxruntime_images_per_s"], *batch_image_rates(results).values())
     results["inference_capacity_images_per_s"] = capacity
     results["ratios"]["c_ceiling_over_d"] = 1.0 / (1.0 + results["d_bare"]["requests_per_s"] / capacity)
 
 
 def model_table(results: dict) -> list[str]:
     a, r = results["a_onnxruntime_images_per_s"], results["ratios"]
-    rows = [("(a) onnxruntime in-process, batch 256", f"{a:,.0f} img/s", "", "")]
+    rows = [(f"(a) onnxruntime in-process, batch {BATCH_IMAGES}", f"{a:,.0f} img/s", "", "")]
     for key, text, images in (
-            ("b_binary", "(b) daemon, 256-image requests (binary tensor), 2 clients", 256),
-            ("b_binary_4", "(b) daemon, 256-image requests (binary tensor), 4 clients", 256),
-            ("b_json", "(b) daemon, 256-image requests (JSON data), 2 clients", 256),
+            ("b_binary", f"(b) daemon, {BATCH_IMAGES}-image requests (binary tensor), 2 clients", BATCH_IMAGES),
+            ("b_binary_4", f"(b) daemon, {BATCH_IMAGES}-image requests (binary tensor), 4 clients", BATCH_IMAGES),
+            ("b_json", f"(b) daemon, {BATCH_IMAGES}-image requests (JSON data), 2 clients", BATCH_IMAGES),
             ("c_batched", "(c) daemon, 1-image requests (JSON data), 64 clients, micro-batching", 1),
             ("c_batched_binary", "(c) daemon, 1-image requests (binary tensor), 64 clients, micro-batching", 1),
             ("c_unbatched", "(c) daemon, 1-image requests (JSON data), 64 clients, no batching", 1),
