@@ -5,7 +5,9 @@ All in one run, on the same machine:
   (b) the daemon, requests of 256 images (target >= 0.7 x a);
   (c) single-image requests from 64 concurrent clients, with and without micro-batching (JSON data), and
       with micro-batching and the binary tensor extension;
-  (d) the same HTTP stack (Starlette on uvicorn) with an endpoint that does no work (target c >= 0.6 x d).
+  (d) the same HTTP stack (uvicorn, Starlette's router, a plain ASGI endpoint, as the daemon's are) with an
+      endpoint that does no work (target c >= 0.6 x d); (d2) the same with a conventional Starlette function
+      endpoint (Request in, JSONResponse out), the baseline before the daemon's endpoints became ASGI apps.
 Load comes from wrk (Debian package `wrk`). Requests are Open Inference Protocol v2 infer calls.
 
     python -m benchmarks.serve_load [--models dense,conv | --bundle DIR] [--seconds 5] [--rounds 3]
@@ -65,8 +67,8 @@ def daemon(bundle: Path, port: int, *args: str) -> subprocess.Popen:
                   "--log-level", "warning", "--watch-interval", "0", *args], port)
 
 
-def bare(port: int) -> subprocess.Popen:
-    return start([sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port),
+def bare(port: int, app: str = "app") -> subprocess.Popen:
+    return start([sys.executable, "-m", "uvicorn", f"benchmarks.bare_app:{app}", "--port", str(port),
                   "--log-level", "warning", "--no-access-log"], port)
 
 
@@ -116,7 +118,7 @@ def best_run(runs: list[dict]) -> dict:
     return {**best, "rounds_requests_per_s": [r["requests_per_s"] for r in runs]}
 
 
-def measure_model(bundle: Path, pixels: np.ndarray, bare_url: str, args, workdir: Path) -> dict:
+def measure_model(bundle: Path, pixels: np.ndarray, bare_urls: dict[str, str], args, workdir: Path) -> dict:
     """Every scenario for one bundle, interleaved round by round with the do-nothing endpoint (d)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     name = manifest["name"]
@@ -130,7 +132,8 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_url: str, args, workdir
     url = lambda key: f"http://127.0.0.1:{ports[key]}/v2/models/{name}/infer"  # noqa: E731
     binary = lambda length: {"Inference-Header-Content-Length": str(length)}  # noqa: E731
     scenarios = {
-        "d_bare": lambda: wrk(bare_url, single_json, 64, args.seconds, workdir),
+        "d_bare": lambda: wrk(bare_urls["asgi"], single_json, 64, args.seconds, workdir),
+        "d2_bare_starlette": lambda: wrk(bare_urls["starlette"], single_json, 64, args.seconds, workdir),
         "c_batched": lambda: wrk(url("batched"), single_json, 64, args.seconds, workdir),
         "c_batched_binary": lambda: wrk(url("batched"), single_binary, 64, args.seconds, workdir,
                                         binary(single_header)),
@@ -159,13 +162,11 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_url: str, args, workdir
                "a_rounds": runs["a"], "cpu_steal_per_round": steals}
     for key in scenarios:
         results[key] = best_run(runs[key])
-    d = results["d_bare"]["requests_per_s"]
-    results["ratios"] = {
-        **{f"{key}_over_a": rate / a for key, rate in batch_image_rates(results).items()},
-        "c_batched_over_d": results["c_batched"]["requests_per_s"] / d,
-        "c_batched_binary_over_d": results["c_batched_binary"]["requests_per_s"] / d,
-        "c_unbatched_over_d": results["c_unbatched"]["requests_per_s"] / d,
-    }
+    results["ratios"] = {f"{key}_over_a": rate / a for key, rate in batch_image_rates(results).items()}
+    for base in ("d", "d2"):
+        rate = results["d_bare" if base == "d" else "d2_bare_starlette"]["requests_per_s"]
+        for key in ("c_batched", "c_batched_binary", "c_unbatched"):
+            results["ratios"][f"{key}_over_{base}"] = results[key]["requests_per_s"] / rate
     add_ceiling(results)
     return results
 
@@ -197,7 +198,8 @@ def model_table(results: dict) -> list[str]:
             ("c_batched", "(c) daemon, 1-image requests (JSON data), 64 clients, micro-batching", 1),
             ("c_batched_binary", "(c) daemon, 1-image requests (binary tensor), 64 clients, micro-batching", 1),
             ("c_unbatched", "(c) daemon, 1-image requests (JSON data), 64 clients, no batching", 1),
-            ("d_bare", "(d) same stack, endpoint doing no work, 64 clients", 1)):
+            ("d_bare", "(d) same stack, ASGI endpoint doing no work, 64 clients", 1),
+            ("d2_bare_starlette", "(d2) same stack, Starlette function endpoint doing no work, 64 clients", 1)):
         run = results[key]
         rate = f"{run['requests_per_s'] * images:,.0f} img/s" if images > 1 else f"{run['requests_per_s']:,.0f} req/s"
         rows.append((text, rate, f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}"))
@@ -210,6 +212,8 @@ def model_table(results: dict) -> list[str]:
               f"one is parsed while the other is scored); {r['b_json_over_a']:.2f} with JSON data",
               f"- (c) / (d) with micro-batching (target >= 0.6): **{r['c_batched_over_d']:.2f}** with JSON data, "
               f"**{r['c_batched_binary_over_d']:.2f}** with binary tensors; {r['c_unbatched_over_d']:.2f} without batching",
+              f"- (c) / (d2), against the Starlette function endpoint: {r['c_batched_over_d2']:.2f} with JSON data, "
+              f"{r['c_batched_binary_over_d2']:.2f} with binary tensors; {r['c_unbatched_over_d2']:.2f} without batching",
               f"- ceiling for (c) / (d) on this machine, 1 / (1 + d / capacity), with the best inference rate of the "
               f"run ({results['inference_capacity_images_per_s']:,.0f} img/s) as capacity: {r['c_ceiling_over_d']:.2f}", ""]
     return lines
@@ -228,14 +232,15 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="aeguard-serve-load-"))
     bundles = [args.bundle] if args.bundle else [fit_bundle(kind, workdir) for kind in args.models.split(",")]
     pixels = load_split("mnist", "test").images
-    bare_port = free_port()
-    bare_server = bare(bare_port)
+    bare_ports = {"asgi": free_port(), "starlette": free_port()}
+    bare_servers = [bare(bare_ports["asgi"]), bare(bare_ports["starlette"], "starlette_app")]
+    bare_urls = {key: f"http://127.0.0.1:{port}/v2/models/x/infer" for key, port in bare_ports.items()}
     try:
-        per_model = [measure_model(bundle, pixels, f"http://127.0.0.1:{bare_port}/v2/models/x/infer", args, workdir)
-                     for bundle in bundles]
+        per_model = [measure_model(bundle, pixels, bare_urls, args, workdir) for bundle in bundles]
     finally:
-        bare_server.terminate()
-        bare_server.wait()
+        for server in bare_servers:
+            server.terminate()
+            server.wait()
     results = {"rounds": args.rounds, "seconds": args.seconds, "cpus": os.cpu_count(), "models": per_model}
     text = render_markdown(results)
     path_md = write_results("serve_load", results, text)
@@ -250,8 +255,8 @@ def render_markdown(results: dict) -> str:
              f"wrk (1 thread) on the same {results['cpus']}-core machine. Best of {results['rounds']} rounds of "
              f"{results['seconds']:g} s per scenario, scenarios interleaved within each round (all rounds in the JSON). "
              "Requests are Open Inference Protocol v2 infer calls with UINT8 tensors, as JSON data or with the "
-             "binary tensor extension (what tritonclient sends by default); daemon log level warning. (d) is "
-             "measured in every round of every model.", ""]
+             "binary tensor extension (what tritonclient sends by default); daemon log level warning. (d) and "
+             "(d2) are measured in every round of every model.", ""]
     for model_results in results["models"]:
         lines += model_table(model_results)
     lines += ["Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.serve_load` "

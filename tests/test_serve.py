@@ -54,6 +54,16 @@ def test_health_and_metadata(daemon, mnist_bundle):
     assert {"/v1/score", "/v2/models/{name}/infer", "/metrics"} <= set(document["paths"])
 
 
+def test_every_response_carries_a_request_id(daemon):
+    ours = daemon.client.get("/v2/health/live", headers={"x-request-id": "trace-42"})
+    assert ours.headers["x-request-id"] == "trace-42"  # the caller's id comes back
+    made = [daemon.client.get("/v2/health/live").headers["x-request-id"] for _ in range(2)]
+    assert made[0] != made[1] and all(len(i) == 20 for i in made)
+    error = daemon.client.post("/v2/models/mnist0/infer", content=b"{oops")
+    assert error.status_code == 400 and error.json()["request_id"] == error.headers["x-request-id"]
+    assert error.headers["content-type"] == "application/json"
+
+
 def test_v1_score_base64_and_arrays_agree_with_the_runtime(daemon, mnist_bundle, mnist_test):
     pixels = mnist_test.images[:6]
     body = {"images": [b64(p) for p in pixels[:3]] + [(p / 255.0).tolist() for p in pixels[3:]]}

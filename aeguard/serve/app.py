@@ -1,7 +1,8 @@
 """The daemon's HTTP app: /v1 scoring, Open Inference Protocol v2, health, metrics, admin reload.
 
-Every handler runs inside `_endpoint`, the one place where errors become JSON responses with their
-HTTP status, and where request metrics and the structured request log are written.
+Every handler runs inside an `Endpoint`, the one place where errors become JSON responses with their
+HTTP status, and where request metrics and the structured request log are written. Starlette routes;
+the endpoints speak ASGI directly (aeguard/serve/http.py).
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -33,6 +32,7 @@ from aeguard.errors import (
 )
 from aeguard.serve import payloads
 from aeguard.serve.batching import BatchingScorer
+from aeguard.serve.http import HttpRequest, Reply, json_reply, send_reply
 from aeguard.serve.metrics import Metrics
 from aeguard.serve.model_store import LoadedModel, ModelStore
 from aeguard.serve.openapi import openapi_document
@@ -41,20 +41,16 @@ from aeguard.serve.settings import ServeSettings
 log = logging.getLogger("aeguard.serve")
 
 
-class JSONResponse(_StarletteJSONResponse):
-    """orjson renders score lists several times faster than the json module."""
-
-    def render(self, content) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-Handler = Callable[[Request, "RequestInfo"], Awaitable[Response]]
-
-
-@dataclass
 class RequestInfo:
-    request_id: str
-    images: int = 0
-    extra: dict = field(default_factory=dict)
+    """What a handler tells the request log beyond the status: the images it scored."""
+
+    __slots__ = ("request_id", "images")
+
+    def __init__(self, request_id: str):
+        self.request_id, self.images = request_id, 0
+
+
+Handler = Callable[[HttpRequest, RequestInfo], Awaitable[Reply]]
 
 
 class DaemonState:
@@ -126,29 +122,44 @@ def error_body(exc: Exception, request_id: str) -> dict:
     return {"error": {"type": kind, "message": message}, "request_id": request_id}
 
 
-def _check_token(request: Request, expected: str | None) -> None:
+def _check_token(request: HttpRequest, expected: str | None) -> None:
     if expected is None:
         return
-    header = request.headers.get("authorization", "")
+    header = request.header(b"authorization") or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
         raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <token>)")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"body of {declared} bytes is over the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # Starlette's own cache: lets request.form() parse what was already read
-    return body
+class Endpoint:
+    """One route's ASGI app: runs the handler, turns errors into JSON replies, writes metrics and the log."""
+
+    def __init__(self, name: str, handler: Handler, metrics: Metrics, new_request_id: Callable[[], str]):
+        self.name, self.handler, self.metrics, self.new_request_id = name, handler, metrics, new_request_id
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        request = HttpRequest(scope, receive)
+        raw_id = request.raw_header(b"x-request-id")
+        info = RequestInfo(raw_id.decode("latin-1") if raw_id else self.new_request_id())
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            reply = await self.handler(request, info)
+        except AeguardError as exc:
+            reply = json_reply(error_body(exc, info.request_id), exc.http_status)
+        except Exception as exc:  # a fault of ours: 500, logged with its traceback, daemon lives on
+            log.exception("request failed", extra={"fields": {"request_id": info.request_id}})
+            reply = json_reply(error_body(exc, info.request_id), 500)
+        finally:
+            self.metrics.in_flight.dec()
+        await send_reply(send, reply, raw_id or info.request_id.encode())
+        seconds = time.perf_counter() - started
+        self.metrics.request_done(self.name, reply.status, seconds)
+        if log.isEnabledFor(logging.INFO) and self.name != "metrics":
+            log.info("request", extra={"fields": {
+                "request_id": info.request_id, "endpoint": self.name, "method": request.method,
+                "path": request.path, "status": reply.status,
+                "duration_ms": round(seconds * 1000, 3), "images": info.images}})
 
 
 def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> Starlette:
@@ -156,33 +167,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     metrics = state.metrics
     new_request_id = request_id_maker()
 
-    def _endpoint(name: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def wrapped(request: Request) -> Response:
-            info = RequestInfo(request.headers.get("x-request-id") or new_request_id())
-            started = time.perf_counter()
-            metrics.in_flight.inc()
-            try:
-                response = await handler(request, info)
-            except AeguardError as exc:
-                response = JSONResponse(error_body(exc, info.request_id), status_code=exc.http_status)
-            except Exception as exc:  # a fault of ours: 500, logged with its traceback, daemon lives on
-                log.exception("request failed", extra={"fields": {"request_id": info.request_id}})
-                response = JSONResponse(error_body(exc, info.request_id), status_code=500)
-            finally:
-                metrics.in_flight.dec()
-            seconds = time.perf_counter() - started
-            metrics.request_done(name, response.status_code, seconds)
-            response.headers["x-request-id"] = info.request_id
-            if log.isEnabledFor(logging.INFO) and name != "metrics":
-                log.info("request", extra={"fields": {
-                    "request_id": info.request_id, "endpoint": name, "method": request.method,
-                    "path": request.url.path, "status": response.status_code,
-                    "duration_ms": round(seconds * 1000, 3), "images": info.images, **info.extra}})
-            return response
-
-        return wrapped
-
-    async def score_items(items: list, labels: list[str], info: RequestInfo, names: list[str] | None = None) -> Response:
+    async def score_items(items: list, labels: list[str], info: RequestInfo, names: list[str] | None = None) -> Reply:
         model = state.store.current
         height, width = model.scorer.height, model.scorer.width
         decode = lambda: payloads.decode_items(items, labels, height, width, settings.max_pixels)  # noqa: E731
@@ -204,22 +189,22 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             if names is not None:
                 row = {"filename": names[index], **row}
             results.append(row)
-        return JSONResponse({
+        return json_reply({
             "model": {"name": model.name, "version": model.version}, "threshold": model.threshold,
             "results": results, "n_scored": len(good), "n_errors": len(items) - len(good),
         })
 
-    async def v1_score(request: Request, info: RequestInfo) -> Response:
+    async def v1_score(request: HttpRequest, info: RequestInfo) -> Reply:
         _check_token(request, settings.api_token)
-        payload = payloads.parse_json(await read_body(request, settings.max_body_bytes))
+        payload = payloads.parse_json(await request.body(settings.max_body_bytes))
         items = payloads.score_request_items(payload, settings.max_images_per_request)
         return await score_items(items, [f"images[{i}]" for i in range(len(items))], info)
 
-    async def v1_score_image(request: Request, info: RequestInfo) -> Response:
+    async def v1_score_image(request: HttpRequest, info: RequestInfo) -> Reply:
         _check_token(request, settings.api_token)
-        body = await read_body(request, settings.max_body_bytes)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            async with request.form(max_files=settings.max_images_per_request + 1,
+        body = await request.body(settings.max_body_bytes)
+        if (request.header(b"content-type") or "").startswith("multipart/form-data"):
+            async with request.starlette_request().form(max_files=settings.max_images_per_request + 1,
                                     max_part_size=settings.max_body_bytes) as form:
                 uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
                 if not uploads:
@@ -238,14 +223,15 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             raise ModelNotFoundError(f"unknown model {name!r}; this daemon serves {model.name!r}")
         return model
 
-    async def oip_infer(request: Request, info: RequestInfo) -> Response:
+    async def oip_infer(request: HttpRequest, info: RequestInfo) -> Reply:
         _check_token(request, settings.api_token)
-        model = model_for(request.path_params["name"])
-        version = request.path_params.get("version")
+        params = request.path_params
+        model = model_for(params["name"])
+        version = params.get("version")
         if version is not None and version != model.version:
             raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
-        payload, binary = payloads.split_oip_body(await read_body(request, settings.max_body_bytes),
-                                                  request.headers.get(payloads.OIP_BINARY_HEADER))
+        payload, binary = payloads.split_oip_body(await request.body(settings.max_body_bytes),
+                                                  request.header(payloads.OIP_BINARY_HEADER))
         images = payloads.oip_input_tensor(payload, model.scorer.input_name, model.scorer.input_shape,
                                            settings.max_images_per_request, binary)
         requested = {o.get("name"): o for o in payload.get("outputs") or [] if isinstance(o, dict)}
@@ -272,15 +258,15 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         if "id" in payload:
             body["id"] = payload["id"]
         if not blobs:
-            return JSONResponse(body)
+            return json_reply(body)
         header = orjson.dumps(body)
-        return Response(header + b"".join(blobs), media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(len(header))})
+        return Reply(header + b"".join(blobs), content_type=b"application/octet-stream",
+                     headers=[(payloads.OIP_BINARY_HEADER, b"%d" % len(header))])
 
-    async def oip_model_metadata(request: Request, info: RequestInfo) -> Response:
+    async def oip_model_metadata(request: HttpRequest, info: RequestInfo) -> Reply:
         model = model_for(request.path_params["name"])
         c, h, w = model.scorer.input_shape
-        return JSONResponse({
+        return json_reply({
             "name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
             "inputs": [{"name": model.scorer.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
             "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]},
@@ -288,40 +274,38 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
         })
 
-    async def oip_model_ready(request: Request, info: RequestInfo) -> Response:
+    async def oip_model_ready(request: HttpRequest, info: RequestInfo) -> Reply:
         model_for(request.path_params["name"])
-        return JSONResponse({"name": request.path_params["name"], "ready": state.ready},
-                            status_code=200 if state.ready else 503)
+        return json_reply({"name": request.path_params["name"], "ready": state.ready}, 200 if state.ready else 503)
 
-    async def server_metadata(request: Request, info: RequestInfo) -> Response:
-        return JSONResponse({"name": "aeguard", "version": __version__, "extensions": []})
+    async def server_metadata(request: HttpRequest, info: RequestInfo) -> Reply:
+        return json_reply({"name": "aeguard", "version": __version__, "extensions": []})
 
-    async def live(request: Request, info: RequestInfo) -> Response:
-        return JSONResponse({"live": True})
+    async def live(request: HttpRequest, info: RequestInfo) -> Reply:
+        return json_reply({"live": True})
 
-    async def ready(request: Request, info: RequestInfo) -> Response:
+    async def ready(request: HttpRequest, info: RequestInfo) -> Reply:
         body = {"ready": state.ready}
         if state.store.last_error:
             body["last_reload_error"] = state.store.last_error
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+        return json_reply(body, 200 if state.ready else 503)
 
-    async def metrics_endpoint(request: Request, info: RequestInfo) -> Response:
+    async def metrics_endpoint(request: HttpRequest, info: RequestInfo) -> Reply:
         data, content_type = metrics.exposition()
-        return Response(data, media_type=content_type)
+        return Reply(data, content_type=content_type.encode())
 
-    async def admin_reload(request: Request, info: RequestInfo) -> Response:
+    async def admin_reload(request: HttpRequest, info: RequestInfo) -> Reply:
         if settings.admin_token is None:
             raise ModelNotFoundError("admin endpoint is disabled; set AEGUARD_ADMIN_TOKEN to enable it")
         _check_token(request, settings.admin_token)
         try:
             model = await state.reload("admin request")
         except AeguardError as exc:
-            return JSONResponse({"reloaded": False, "error": str(exc),
-                                 "serving": state.store.serving_version}, status_code=422)
-        return JSONResponse({"reloaded": True, "model": model.name, "version": model.version})
+            return json_reply({"reloaded": False, "error": str(exc), "serving": state.store.serving_version}, 422)
+        return json_reply({"reloaded": True, "model": model.name, "version": model.version})
 
-    async def openapi(request: Request, info: RequestInfo) -> Response:
-        return JSONResponse(openapi_document())
+    async def openapi(request: HttpRequest, info: RequestInfo) -> Reply:
+        return json_reply(openapi_document())
 
     # Starlette tries routes in order: the scoring endpoints come first, they take nearly all the traffic.
     routes = [
@@ -350,11 +334,14 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         status = getattr(exc, "status_code", 404)
         metrics.requests.labels(endpoint="unknown", code=str(status)).inc()
         message = "no such endpoint; see /openapi.json" if status == 404 else f"method {request.method} not allowed"
-        return JSONResponse({"error": {"type": "NotFound" if status == 404 else "MethodNotAllowed",
-                                       "message": message}}, status_code=status)
+        return Response(orjson.dumps({"error": {"type": "NotFound" if status == 404 else "MethodNotAllowed",
+                                                "message": message}}),
+                        status_code=status, media_type="application/json")
 
+    # An Endpoint is an ASGI app, not a function: Starlette routes to it without its Request/Response wrapper.
     app = Starlette(
-        routes=[Route(path, _endpoint(name, handler), methods=methods) for path, name, handler, methods in routes],
+        routes=[Route(path, Endpoint(name, handler, metrics, new_request_id), methods=methods)
+                for path, name, handler, methods in routes],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )

@@ -107,7 +107,7 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
     return arrays, errors
 
 
-OIP_BINARY_HEADER = "inference-header-content-length"
+OIP_BINARY_HEADER = b"inference-header-content-length"  # as ASGI delivers header names
 
 
 def split_oip_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview | None]:

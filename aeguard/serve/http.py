@@ -1,0 +1,98 @@
+"""The daemon's request and reply, read and written straight over ASGI.
+
+Starlette still routes (paths, methods, 404 and 405), but every endpoint is a plain ASGI app: the
+scoring path builds no Request, Headers or Response objects, which cost a single-image request more
+event-loop time than its whole payload handling (see benchmarks/serve_load.py).
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+
+from aeguard.errors import PayloadTooLargeError, RequestError
+
+
+class HttpRequest:
+    """What a handler reads of one request: method, path, path parameters, headers, body."""
+
+    __slots__ = ("scope", "receive", "_body")
+
+    def __init__(self, scope: dict, receive):
+        self.scope, self.receive = scope, receive
+        self._body: bytes | None = None
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def path(self) -> str:
+        return self.scope["path"]
+
+    @property
+    def path_params(self) -> dict:
+        return self.scope.get("path_params", {})
+
+    def raw_header(self, name: bytes) -> bytes | None:
+        """The first value of a header; `name` in lower case, as ASGI servers deliver header names."""
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value
+        return None
+
+    def header(self, name: bytes) -> str | None:
+        value = self.raw_header(name)
+        return None if value is None else value.decode("latin-1")
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
+        if self._body is not None:
+            return self._body
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"body of {declared} bytes is over the limit of {limit}")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError("the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._body
+
+    def starlette_request(self) -> Request:
+        """Starlette's Request over the body already read, for what it parses well (multipart forms)."""
+        request = Request(self.scope, self.receive)
+        if self._body is not None:
+            request._body = self._body  # Starlette's own cache: form() parses these bytes instead of receiving
+        return request
+
+
+class Reply:
+    """A whole response: status, body bytes, content type and any further headers."""
+
+    __slots__ = ("body", "status", "content_type", "headers")
+
+    def __init__(self, body: bytes, status: int = 200, content_type: bytes = b"application/json",
+                 headers: list[tuple[bytes, bytes]] | None = None):
+        self.body, self.status, self.content_type, self.headers = body, status, content_type, headers
+
+
+def json_reply(content, status: int = 200) -> Reply:
+    """orjson renders score lists several times faster than the json module, numpy values included."""
+    return Reply(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status)
+
+
+async def send_reply(send, reply: Reply, request_id: bytes) -> None:
+    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body)),
+               (b"x-request-id", request_id)]
+    if reply.headers:
+        headers += reply.headers
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
