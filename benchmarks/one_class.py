@@ -49,6 +49,9 @@ PRESETS: dict[str, dict] = {
     "conv-erase-blur": {"model": "conv", "noise": "erase:0.25", "score": "blur"},
     # the same, three seeded models with their error maps averaged in the graph (3x the training time)
     "conv-erase-blur-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "ensemble": 3},
+    # the best recipe with the score multiplied by the latent code's mean distance to its 5 nearest training codes
+    "conv-erase-blur-knn": {"model": "conv", "noise": "erase:0.25", "score": "blur", "knn": 5},
+    "conv-erase-blur-knn-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "knn": 5, "ensemble": 3},
 }
 DEFAULT_EPOCHS = 20
 FPR_GRID = np.linspace(0.0, 1.0, 101)

@@ -64,6 +64,7 @@ def fit(
     beta: Optional[float] = typer.Option(None, help="KL weight of the variational models [1]."),
     score: str = typer.Option("mse", help="Score function in the exported graph: mse, blur, ssim, or elbo (variational models)."),
     score_sigma: Optional[float] = typer.Option(None, help="Gaussian width in pixels for --score blur (default 1) and ssim (1.5)."),
+    knn: int = typer.Option(0, min=0, help="Multiply the score by the mean distance from the image's latent code to its K nearest training codes (0: off)."),
     ensemble: int = typer.Option(1, min=1, help="Train this many independently seeded models and average their error maps."),
     max_images: Optional[int] = typer.Option(None, min=2, help="Train on at most this many normal images (quick trials)."),
     epochs: int = typer.Option(20, min=1),
@@ -89,7 +90,7 @@ def fit(
     options = FitOptions(
         out=out, dataset=dataset, normal=normal, data=data, data_dir=data_dir, image_size=image_size,
         model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), noise=noise, sparsity=sparsity, k=k,
-        contraction=contraction, beta=beta, score=score, score_sigma=score_sigma, ensemble=ensemble,
+        contraction=contraction, beta=beta, score=score, score_sigma=score_sigma, knn=knn, ensemble=ensemble,
         max_images=max_images,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
                           device=device, seed=seed),

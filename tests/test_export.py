@@ -88,3 +88,36 @@ def test_parity_failure_refuses():
         check_parity({"max_abs_diff": 0.0, "error_map_max_abs_diff": 2e-5, "n_images": 4})
     # the SSIM map has its own, looser tolerance; its score does not
     check_parity({"max_abs_diff": 0.0, "error_map_max_abs_diff": 2e-5, "error_map_tolerance": 1e-3, "n_images": 4})
+
+
+def test_knn_term_multiplies_the_error_by_the_latent_distance(tmp_path):
+    torch.manual_seed(0)
+    config = default_config("conv", 1, 28, 28) | {"ensemble": 2}
+    graph = scoring_graph(config, score_config("blur", knn=3)).eval()
+    training = torch.rand(50, 1, 28, 28)
+    assert graph.set_reference_codes(training) == 50 and graph.reference_codes.shape == (2, 50, 16)
+    images = torch.rand(7, 1, 28, 28)
+    with torch.no_grad():
+        score, error_map, _, _ = graph(images)
+        distances = []
+        for member, references in zip(graph.members, graph.reference_codes):
+            pairwise = torch.cdist(member.encode(images).double(), references.double())
+            distances.append(pairwise.topk(3, largest=False).values.mean(dim=1))
+        expected = error_map.mean(dim=(1, 2, 3)).double() * torch.stack(distances).mean(dim=0)
+    torch.testing.assert_close(score.double(), expected, rtol=1e-5, atol=0)
+    path = tmp_path / "model.onnx"
+    export_onnx(graph, (1, 28, 28), path)
+    check_parity(parity_max_abs_diff(graph, path, torch.cat([images, training[:5]]).numpy()))
+
+
+def test_knn_reference_codes_are_capped_and_knn_must_not_be_negative():
+    from aeguard.train import scoring
+
+    graph = scoring_graph(default_config("dense", 1, 4, 4), score_config("mse", knn=2)).eval()
+    original, scoring.MAX_REFERENCE_CODES = scoring.MAX_REFERENCE_CODES, 10
+    try:
+        assert graph.set_reference_codes(torch.rand(25, 1, 4, 4)) == 10
+    finally:
+        scoring.MAX_REFERENCE_CODES = original
+    with pytest.raises(UsageError, match="--knn must be 0"):
+        score_config("mse", knn=-1)

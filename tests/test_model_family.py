@@ -80,6 +80,8 @@ def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):
     import torch
 
     from aeguard.artifact import MANIFEST_NAME, read_manifest, write_manifest
+    import torch
+
     from aeguard.train.export import load_bundle_graph
 
     bundle = tmp_path / "old"
@@ -96,3 +98,18 @@ def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):
     images = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(old(images)[0], current(images)[0])
+
+
+def test_knn_score_stores_training_codes_and_reloads(data_dir, tmp_path):
+    import torch
+
+    from aeguard.train.export import load_bundle_graph
+
+    manifest = quick_fit(tmp_path / "knn", data_dir, "conv", noise="erase:0.25", score="blur", knn=5)
+    assert manifest["score"]["knn"] == 5 and manifest["score"]["references"] == manifest["data"]["n_train"]
+    assert "nearest latent codes" in manifest["score"]["definition"]
+    assert manifest["parity"]["max_abs_diff"] < 1e-5
+    images = dataset_eval_set("mnist", (4,), data_dir, allow_download=False).images[:64]
+    graph = load_bundle_graph(tmp_path / "knn")  # the codes come back with the weights
+    np.testing.assert_allclose(graph(torch.from_numpy(images))[0].detach().numpy(),
+                               Scorer(tmp_path / "knn").score_many(images), rtol=1e-5)

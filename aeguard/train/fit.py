@@ -54,6 +54,7 @@ class FitOptions:
     beta: float | None = None  # KL weight of a variational model
     score: str = "mse"
     score_sigma: float | None = None
+    knn: int = 0  # > 0: the score is multiplied by the mean latent distance to the knn nearest training codes
     ensemble: int = 1  # independently seeded members whose error maps are averaged
     max_images: int | None = None  # cap on the normal training images, for quick trials
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -114,7 +115,8 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
 
 
 def model_score_config(options: FitOptions, config: dict) -> dict:
-    return score_config(options.score, options.score_sigma, config["training"]["beta"] if config["variational"] else 1.0)
+    return score_config(options.score, options.score_sigma, config["training"]["beta"] if config["variational"] else 1.0,
+                        options.knn)
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -210,6 +212,9 @@ def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: di
     staging = _prepare_out(out, options.force)
     try:
         graph = graph.cpu().eval()
+        score = model_score_config(options, config)
+        if graph.knn:  # the codes of the training split only: validation and test images stay unseen
+            score["references"] = graph.set_reference_codes(torch.from_numpy(data.train), seed=options.train.seed)
         torch.save(graph.state_dict(), staging / WEIGHTS_NAME)
         export_onnx(graph, data.input_shape, staging / MODEL_NAME)
         parity_source = data.evaluation.images if data.evaluation is not None else data.validation
@@ -223,7 +228,7 @@ def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: di
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": preprocessing_spec(*data.input_shape[1:]),
             "model": config,
-            "score": {**model_score_config(options, config), "higher_is_anomalous": True, "is_anomaly": "score > threshold"},
+            "score": {**score, "higher_is_anomalous": True, "is_anomaly": "score > threshold"},
             "onnx": {"opset": OPSET, "input": INPUT_NAME, "outputs": list(OUTPUTS)},
             "data": data.source,
             "normal_classes": data.source.get("normal_classes"),

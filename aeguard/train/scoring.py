@@ -7,6 +7,11 @@ Each maps (image, reconstruction) to a per-pixel error map whose mean over pixel
 - ssim: 1 - SSIM(x, r) with a Gaussian window of width sigma: structure, not intensity
 - elbo: (x - r)^2 plus beta * KL(q(z|x) || p(z)) / pixels, the negative ELBO of a VAE at its mean code
 An ensemble averages its members' error maps (and scores).
+
+With knn = K the score is also multiplied by the mean distance from the image's latent code to its K
+nearest codes of training images (stored in the graph): an image the decoder reconstructs well but
+whose code lies away from every normal code is still flagged. A product needs no scale matching
+between the two terms, and for an ensemble the distance is averaged over the members.
 """
 
 from __future__ import annotations
@@ -30,10 +35,19 @@ DEFINITIONS = {
 }
 
 
-def score_config(function: str, sigma: float | None = None, beta: float = 1.0) -> dict:
+MAX_REFERENCE_CODES = 10_000  # bounds the graph's size and the per-image cost of the distance search
+
+
+def score_config(function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0) -> dict:
     if function not in SCORE_FUNCTIONS:
         raise UsageError(f"--score must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
+    if knn < 0:
+        raise UsageError(f"--knn must be 0 (off) or a positive number of neighbours, got {knn}")
     config: dict = {"function": function, "definition": DEFINITIONS[function]}
+    if knn:
+        config["knn"] = int(knn)
+        config["definition"] += (f", times the mean distance from the latent code to its {knn} nearest latent codes "
+                                 "of the training images")
     if function in ("blur", "ssim"):
         config["sigma"] = float(sigma if sigma is not None else (1.0 if function == "blur" else 1.5))
         if config["sigma"] <= 0:
@@ -80,6 +94,19 @@ class ErrorMap(nn.Module):
         return (images - reconstruction) ** 2
 
 
+def nearest_distance(codes: torch.Tensor, references: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean Euclidean distance from each code to its k nearest references: a matmul and TopK, as in ONNX.
+
+    In float64: |a|^2 - 2ab + |b|^2 cancels, and in float32 torch and onnxruntime (which sum the matmul in
+    different orders) then disagree by more than the 1e-5 parity tolerance.
+    """
+    codes, references = codes.double(), references.double()
+    squared = ((codes * codes).sum(dim=1, keepdim=True) - 2.0 * codes @ references.T
+               + (references * references).sum(dim=1)[None, :])
+    nearest = torch.topk(squared, k, dim=1, largest=False).values
+    return nearest.clamp(min=0.0).sqrt().mean(dim=1).float()
+
+
 class ScoringGraph(nn.Module):
     """The autoencoder(s) plus the scoring step: what goes to ONNX.
 
@@ -92,16 +119,35 @@ class ScoringGraph(nn.Module):
         self.members = nn.ModuleList(members)
         self.error_map = ErrorMap(config, channels)
         self.beta = float(config.get("beta", 0.0)) if config["function"] == "elbo" else 0.0
+        self.knn = int(config.get("knn") or 0)
+        if self.knn:
+            # (members, references, latent); filled by set_reference_codes, saved with the weights
+            shape = (len(members), int(config.get("references") or 1), members[0].latent)
+            self.register_buffer("reference_codes", torch.zeros(shape))
+
+    @torch.no_grad()
+    def set_reference_codes(self, images: torch.Tensor, seed: int = 0, batch_size: int = 1024) -> int:
+        """Store every member's codes of (at most MAX_REFERENCE_CODES of) the training images; returns the count."""
+        if len(images) > MAX_REFERENCE_CODES:
+            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:MAX_REFERENCE_CODES]
+            images = images[keep.sort().values]
+        codes = [torch.cat([member.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+                 for member in self.members]
+        self.reference_codes = torch.stack(codes).float()
+        return len(images)
 
     def forward(self, images: torch.Tensor):
-        maps, reconstructions, extras, first_code = [], [], [], None
-        for member in self.members:
+        maps, reconstructions, extras, distances, first_code = [], [], [], [], None
+        for index, member in enumerate(self.members):
             code, log_var = member.code_statistics(images)
             reconstruction = member.decode(code)
             maps.append(self.error_map(images, reconstruction))
             reconstructions.append(reconstruction)
             if self.beta and log_var is not None:
                 extras.append(self.beta * kl_per_image(code, log_var) / images[0].numel())
+            if self.knn:
+                references = self.reference_codes[index]
+                distances.append(nearest_distance(code, references, min(self.knn, len(references))))
             if first_code is None:
                 first_code = code
         error_map = torch.stack(maps).mean(dim=0) if len(maps) > 1 else maps[0]
@@ -109,4 +155,6 @@ class ScoringGraph(nn.Module):
         score = error_map.mean(dim=(1, 2, 3))
         if extras:
             score = score + torch.stack(extras).mean(dim=0)
+        if distances:
+            score = score * (torch.stack(distances).mean(dim=0) if len(distances) > 1 else distances[0])
         return score, error_map, reconstruction, first_code
