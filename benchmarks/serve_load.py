@@ -163,8 +163,8 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_urls: dict[str, str], a
     for key in scenarios:
         results[key] = best_run(runs[key])
     results["ratios"] = {f"{key}_over_a": rate / a for key, rate in batch_image_rates(results).items()}
-    for base in ("d", "d2"):
-        rate = results["d_bare" if base == "d" else "d2_bare_starlette"]["requests_per_s"]
+    for base, baseline in (("d", "d_bare"), ("d2", "d2_bare_starlette")):
+        rate = results[baseline]["requests_per_s"]
         for key in ("c_batched", "c_batched_binary", "c_unbatched"):
             results["ratios"][f"{key}_over_{base}"] = results[key]["requests_per_s"] / rate
     add_ceiling(results)

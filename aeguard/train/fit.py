@@ -203,16 +203,16 @@ def fit(
     if not context.is_main:
         return None
     graph = scoring_graph(config, score, members)
-    return _write_bundle(options, out, data, config, graph, results, context, log)
+    return _write_bundle(options, out, data, config, score, graph, results, context, log)
 
 
-def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: dict, graph: ScoringGraph,
+def _write_bundle(options: FitOptions, out: Path, data: TrainingData, config: dict, score: dict, graph: ScoringGraph,
                   results: list[TrainResult], context: DistributedContext, log: Callable[[str], None]) -> dict:
     """Export, check parity, calibrate, evaluate; then move the finished bundle into place."""
     staging = _prepare_out(out, options.force)
     try:
         graph = graph.cpu().eval()
-        score = model_score_config(options, config)
+        score = dict(score)
         if graph.knn:  # the codes of the training split only: validation and test images stay unseen
             score["references"] = graph.set_reference_codes(torch.from_numpy(data.train), seed=options.train.seed)
         torch.save(graph.state_dict(), staging / WEIGHTS_NAME)
