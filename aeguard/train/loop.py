@@ -66,13 +66,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on GPUs that support it: no loss scaling needed, about twice the matmul rate.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
 @torch.no_grad()
 def reconstruction_loss(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> float:
     """Mean per-pixel squared error over `images`, in eval mode."""
@@ -80,9 +73,7 @@ def reconstruction_loss(model: nn.Module, images: torch.Tensor, batch_size: int 
     total = torch.zeros((), device=images.device, dtype=torch.float64)
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        with _autocast(images.device):
-            recon = model(batch)
-        total += F.mse_loss(recon.float(), batch, reduction="sum").double()
+        total += F.mse_loss(model(batch), batch, reduction="sum").double()
     return float(total) / images.numel()
 
 
@@ -121,7 +112,10 @@ def train(
     network = Objective(model, training_terms)
     if distributed.enabled:
         network = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    # These models are small enough that a CUDA step is bound by kernel launches, not arithmetic: the
+    # fused Adam (one kernel for all parameters) trains ~1.4x faster there, and bf16 autocast was slower
+    # (its casts add launches), so training stays fp32 (measured on an H100, see README).
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, fused=device.type == "cuda")
     generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same shuffle on every rank
     per_rank = len(train_x) // world  # equal shares, so every rank takes the same number of steps
     step = max(1, config.batch_size // world)
@@ -137,8 +131,7 @@ def train(
         running = torch.zeros((), device=device)
         for index in range(n_batches):
             batch = train_x[order[index * step : (index + 1) * step]]
-            with _autocast(device):
-                loss = network(batch)
+            loss = network(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
