@@ -56,6 +56,13 @@ class ParityError(AeguardError):
     http_status = 500
 
 
+class TrainingCollapsedError(AeguardError):
+    """Training ended with a model that gives every image the same reconstruction; no bundle is written."""
+
+    exit_code = 6
+    http_status = 500
+
+
 class RequestError(AeguardError):
     """A daemon request that cannot be served as sent: bad JSON, bad base64, wrong shape or type."""
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeguard.train.loop import TrainConfig, reconstruction_loss, resolve_device, train
+from aeguard.train.loop import TrainConfig, reconstruction_loss, reconstruction_spread, resolve_device, train
 from aeguard.train.models import build_model, default_config
 from aeguard.errors import UsageError
 
@@ -56,3 +56,13 @@ def test_device_names():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_reconstruction_spread_tells_a_trained_model_from_a_dead_one(blobs):
+    model, _ = fit_blobs(blobs, epochs=40, learning_rate=1e-2)
+    images = torch.from_numpy(blobs[48:])
+    assert reconstruction_spread(model, images) > 0.3
+    # every ReLU of the decoder's hidden layer dead: one output image for every input, as collapsed training leaves it
+    with torch.no_grad():
+        model.decoder[0].bias.fill_(-100.0)
+    assert reconstruction_spread(model, images) == pytest.approx(0.0, abs=1e-6)

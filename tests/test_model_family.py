@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from aeguard.cli.main import app
@@ -71,6 +72,28 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
                                      "--no-download", "--epochs", "1"])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_collapsed_training_is_refused_with_its_reason(data_dir, tmp_path, monkeypatch):
+    """Training that ends with one output for every input (dead ReLUs: seen with the conv model, code size 8, on
+    MNIST digit 1) must not become a bundle whose score only measures brightness."""
+    import aeguard.train.fit as fit_module
+
+    real_train = fit_module.train
+
+    def train_then_die(model, *args, **kwargs):
+        result = real_train(model, *args, **kwargs)
+        with torch.no_grad():
+            model.decoder[0].bias.fill_(-100.0)  # the code's first decoder layer: every ReLU after it dead
+        return result
+
+    monkeypatch.setattr(fit_module, "train", train_then_die)
+    out = tmp_path / "collapsed"
+    result = runner.invoke(app, ["fit", "--model", "dense", "--max-images", "300", "--epochs", "1", "--device", "cpu",
+                                 "--out", str(out), "--data-dir", str(data_dir), "--no-download"])
+    assert result.exit_code == 6, result.output
+    assert "training collapsed (seed 0)" in result.stderr and "another --seed" in result.stderr
+    assert not out.exists()
 
 
 def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):

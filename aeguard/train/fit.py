@@ -19,14 +19,16 @@ from aeguard.artifact import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, w
 from aeguard.calibrate import calibration_summary
 from aeguard.data.images import preprocessing_spec
 from aeguard.data.sources import TrainingData, dataset_training_data, folder_training_data
-from aeguard.errors import UsageError
+from aeguard.errors import TrainingCollapsedError, UsageError
 from aeguard.evaluate import evaluate_bundle
 from aeguard.runtime import Scorer, open_session, score_array
 from aeguard.train.export import INPUT_NAME, OPSET, OUTPUTS, check_parity, export_onnx, parity_max_abs_diff, scoring_graph
 from aeguard.train.distributed import (
     DistributedContext, barrier, init_from_env, launched_by_torchrun, process_device, shutdown,
 )
-from aeguard.train.loop import BatchCallback, EpochCallback, TrainConfig, TrainResult, seed_everything, train
+from aeguard.train.loop import (
+    BatchCallback, EpochCallback, TrainConfig, TrainResult, reconstruction_spread, seed_everything, train,
+)
 from aeguard.train.models import backbone_of, build_model, default_config
 from aeguard.train.objectives import parse_noise
 from aeguard.train.scoring import ScoringGraph, score_config
@@ -158,6 +160,23 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
     }
 
 
+# Reconstructions that vary less than this share of the inputs' own variation: one output for every input.
+# A dead network measures 0.0 %; a model trained one epoch on 100 images (as in the tests) about 3 %.
+COLLAPSE_SPREAD = 0.005
+
+
+def check_not_collapsed(model, validation: np.ndarray, seed: int) -> float:
+    """Refuse a model whose reconstructions are all alike: its scores would rank images by brightness alone."""
+    device = next(model.parameters()).device
+    spread = reconstruction_spread(model, torch.from_numpy(np.ascontiguousarray(validation, np.float32)).to(device))
+    if spread < COLLAPSE_SPREAD:
+        raise TrainingCollapsedError(
+            f"training collapsed (seed {seed}): the model reconstructs every held-out image as nearly the same "
+            f"image (their spread is {spread:.1%} of the inputs'), so its score would not separate anomalies; "
+            "no bundle was written. Try another --seed, a larger --latent, or --noise erase:0.25")
+    return spread
+
+
 def fit(
     options: FitOptions,
     on_batch: BatchCallback | None = None,
@@ -194,7 +213,9 @@ def fit(
                 + (f", {context.world_size} processes" if context.enabled else ""))
             result = train(model, data.train, data.validation, dataclasses.replace(train_config, seed=seed),
                            on_batch, on_epoch, context, config["training"])
-            log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}")
+            spread = check_not_collapsed(model, data.validation, seed)
+            log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
+                f"reconstruction spread {spread:.2f}")
             members.append(model)
             results.append(result)
     finally:
