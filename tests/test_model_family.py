@@ -74,26 +74,47 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
-def test_a_collapsed_training_is_refused_with_its_reason(data_dir, tmp_path, monkeypatch):
-    """Training that ends with one output for every input (dead ReLUs: seen with the conv model, code size 8, on
-    MNIST digit 1) must not become a bundle whose score only measures brightness."""
+def _collapse_first_attempts(monkeypatch, attempts: int) -> list[int]:
+    """Make fit's first `attempts` trainings end collapsed, as dead ReLUs leave them (seen with the conv model on
+    MNIST digit 1): the decoder's first layer stuck below zero, one output image for every input."""
     import aeguard.train.fit as fit_module
 
-    real_train = fit_module.train
+    real_train, seen = fit_module.train, []
 
-    def train_then_die(model, *args, **kwargs):
+    def train(model, *args, **kwargs):
         result = real_train(model, *args, **kwargs)
-        with torch.no_grad():
-            model.decoder[0].bias.fill_(-100.0)  # the code's first decoder layer: every ReLU after it dead
+        seen.append(len(seen))
+        if len(seen) <= attempts:
+            with torch.no_grad():
+                model.decoder[0].bias.fill_(-100.0)
         return result
 
-    monkeypatch.setattr(fit_module, "train", train_then_die)
+    monkeypatch.setattr(fit_module, "train", train)
+    return seen
+
+
+def test_a_collapsed_training_is_trained_again_from_a_fresh_initialisation(data_dir, tmp_path, monkeypatch):
+    from aeguard.train.fit import RETRY_SEED_STRIDE
+
+    trainings = _collapse_first_attempts(monkeypatch, 1)
+    lines = []
+    options = FitOptions(out=tmp_path / "b", dataset="mnist", normal="4", model="dense", data_dir=data_dir,
+                         max_images=300, train=TrainConfig(epochs=1, device="cpu", seed=3), allow_download=False)
+    manifest = fit(options, log=lines.append)
+    assert len(trainings) == 2
+    assert any("training collapsed (initialisation seed 3)" in line for line in lines)
+    assert manifest["training"]["init_seed"] == 3 + RETRY_SEED_STRIDE and manifest["training"]["config"]["seed"] == 3
+    assert any(line.startswith("best validation loss") and "reconstruction spread" in line for line in lines)
+
+
+def test_a_training_that_keeps_collapsing_is_refused_with_its_reason(data_dir, tmp_path, monkeypatch):
+    trainings = _collapse_first_attempts(monkeypatch, 99)
     out = tmp_path / "collapsed"
     result = runner.invoke(app, ["fit", "--model", "dense", "--max-images", "300", "--epochs", "1", "--device", "cpu",
                                  "--out", str(out), "--data-dir", str(data_dir), "--no-download"])
     assert result.exit_code == 6, result.output
-    assert "training collapsed (seed 0)" in result.stderr and "another --seed" in result.stderr
-    assert not out.exists()
+    assert "training collapsed 3 times" in result.stderr and "another --seed" in result.stderr
+    assert len(trainings) == 3 and not out.exists()
 
 
 def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):

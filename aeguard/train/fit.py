@@ -156,6 +156,7 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
+        "init_seed": result.init_seed,  # differs from config.seed only after a collapsed first attempt
         "history": [dataclasses.asdict(r) for r in result.history],
     }
 
@@ -163,18 +164,40 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
 # Reconstructions that vary less than this share of the inputs' own variation: one output for every input.
 # A dead network measures 0.0 %; a model trained one epoch on 100 images (as in the tests) about 3 %.
 COLLAPSE_SPREAD = 0.005
+COLLAPSE_RETRIES = 2  # fresh initialisations tried after a collapsed one
+RETRY_SEED_STRIDE = 1_000_003  # retry k initialises with seed + k * stride: deterministic, far from other members
 
 
-def check_not_collapsed(model, validation: np.ndarray, seed: int) -> float:
-    """Refuse a model whose reconstructions are all alike: its scores would rank images by brightness alone."""
-    device = next(model.parameters()).device
-    spread = reconstruction_spread(model, torch.from_numpy(np.ascontiguousarray(validation, np.float32)).to(device))
-    if spread < COLLAPSE_SPREAD:
-        raise TrainingCollapsedError(
-            f"training collapsed (seed {seed}): the model reconstructs every held-out image as nearly the same "
-            f"image (their spread is {spread:.1%} of the inputs'), so its score would not separate anomalies; "
-            "no bundle was written. Try another --seed, a larger --latent, or --noise erase:0.25")
-    return spread
+def _train_member(config: dict, data: TrainingData, train_config: TrainConfig, on_batch, on_epoch,
+                  context: DistributedContext, log: Callable[[str], None]):
+    """Train one model; a collapsed one (its reconstructions all alike) is trained again from a fresh initialisation.
+
+    A collapsed network (every ReLU of a layer dead, the decoder stuck at the data's mean grey) gives every
+    image the same reconstruction, so its score only measures brightness. Seen with the conv backbone on
+    MNIST digit 1: the loss never moves after the first epoch and the AUROC falls from 99.9 to 90. The
+    data split, batch order and corruption keep the run's seed; only the initial weights change, and the
+    manifest records the initialisation seed used. Healthy runs are untouched.
+    """
+    seed = train_config.seed
+    for attempt in range(COLLAPSE_RETRIES + 1):
+        init_seed = seed + attempt * RETRY_SEED_STRIDE
+        seed_everything(init_seed)  # before the model exists: initial weights are part of the run
+        model = build_model(config)
+        result = train(model, data.train, data.validation, train_config, on_batch, on_epoch, context, config["training"])
+        device = next(model.parameters()).device
+        spread = reconstruction_spread(model, torch.from_numpy(np.ascontiguousarray(data.validation, np.float32)).to(device))
+        result.init_seed = init_seed
+        if spread >= COLLAPSE_SPREAD:
+            log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
+                f"reconstruction spread {spread:.2f}")
+            return model, result
+        log(f"training collapsed (initialisation seed {init_seed}): every held-out image gets nearly the same "
+            f"reconstruction (spread {spread:.1%} of the images'); "
+            + ("training again from a fresh initialisation" if attempt < COLLAPSE_RETRIES else "giving up"))
+    raise TrainingCollapsedError(
+        f"training collapsed {COLLAPSE_RETRIES + 1} times (seed {seed} and {COLLAPSE_RETRIES} fresh initialisations): "
+        "the model reconstructs every held-out image as nearly the same image, so its score would not separate "
+        "anomalies; no bundle was written. Try another --seed, a larger --latent, or --noise erase:0.25")
 
 
 def fit(
@@ -204,18 +227,12 @@ def fit(
         score = model_score_config(options, config)
         members, results = [], []
         for member in range(options.ensemble):
-            seed = options.train.seed + member
-            seed_everything(seed)  # before the model exists: initial weights are part of the run
-            model = build_model(config)
             log(f"training {config['kind']} autoencoder"
                 + (f" (ensemble member {member + 1}/{options.ensemble})" if options.ensemble > 1 else "")
                 + f" on {len(data.train)} normal images ({len(data.validation)} held out), input {data.input_shape}"
                 + (f", {context.world_size} processes" if context.enabled else ""))
-            result = train(model, data.train, data.validation, dataclasses.replace(train_config, seed=seed),
-                           on_batch, on_epoch, context, config["training"])
-            spread = check_not_collapsed(model, data.validation, seed)
-            log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
-                f"reconstruction spread {spread:.2f}")
+            model, result = _train_member(config, data, dataclasses.replace(train_config, seed=options.train.seed + member),
+                                          on_batch, on_epoch, context, log)
             members.append(model)
             results.append(result)
     finally:

@@ -44,6 +44,7 @@ class TrainResult:
     best_val_loss: float = float("inf")
     stopped_early: bool = False
     device: str = "cpu"
+    init_seed: int | None = None  # the seed the initial weights were drawn with (set by fit)
 
 
 def format_epoch(record: EpochRecord, epochs: int) -> str:
