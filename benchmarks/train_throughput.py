@@ -92,10 +92,9 @@ def main() -> None:
     lines += [f"| {r['model']} | {r['bare_images_per_s']:,.0f} | {r['aeguard_images_per_s']:,.0f} | "
               f"{r['ratio']:.3f} | {'n/a' if r['cpu_steal'] is None else format(r['cpu_steal'], '.0%')} |"
               for r in results]
-    lines += ["", "Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.train_throughput`"]
     # CUDA results are kept beside the CPU ones rather than over them (CI and this repo's machine have no GPU).
-    name = "train_throughput" if device.type == "cpu" else "train_throughput_cuda"
-    lines[-1] = lines[-1].replace("train_throughput`", f"train_throughput --device {device.type}`")
+    name, flag = ("train_throughput", "") if device.type == "cpu" else ("train_throughput_cuda", " --device cuda")
+    lines += ["", f"Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.train_throughput{flag}`"]
     path = write_results(name, {"settings": settings, "results": results}, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
