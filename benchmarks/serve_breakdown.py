@@ -42,7 +42,7 @@ CLIENTS = 64
 VARIANTS = ("bare", "handling", "batching", "executor", "full")
 
 
-def infer_request(model_name: str) -> tuple[bytes, list]:
+def infer_request() -> tuple[bytes, list]:
     pixels = np.random.default_rng(0).integers(0, 256, (1, 1, 28, 28), dtype=np.uint8)
     header = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "UINT8",
                                      "parameters": {"binary_data_size": pixels.size}}]}).encode()
@@ -133,7 +133,7 @@ def run(coroutine):
 
 def measure(bundle: Path, rounds: int, requests_per_client: int) -> dict:
     settings = ServeSettings(bundle=bundle, watch_interval_s=0, log_level="warning")
-    body, headers = infer_request(bundle.name)
+    body, headers = infer_request()
     path = f"/v2/models/{bundle.name}/infer"
     runs = {variant: [] for variant in VARIANTS}
     for _ in range(rounds):
