@@ -110,14 +110,11 @@ def test_knn_term_multiplies_the_error_by_the_latent_distance(tmp_path):
     check_parity(parity_max_abs_diff(graph, path, torch.cat([images, training[:5]]).numpy()))
 
 
-def test_knn_reference_codes_are_capped_and_knn_must_not_be_negative():
+def test_knn_reference_codes_are_capped_and_knn_must_not_be_negative(monkeypatch):
     from aeguard.train import scoring
 
     graph = scoring_graph(default_config("dense", 1, 4, 4), score_config("mse", knn=2)).eval()
-    original, scoring.MAX_REFERENCE_CODES = scoring.MAX_REFERENCE_CODES, 10
-    try:
-        assert graph.set_reference_codes(torch.rand(25, 1, 4, 4)) == 10
-    finally:
-        scoring.MAX_REFERENCE_CODES = original
+    monkeypatch.setattr(scoring, "MAX_REFERENCE_CODES", 10)
+    assert graph.set_reference_codes(torch.rand(25, 1, 4, 4)) == 10
     with pytest.raises(UsageError, match="--knn must be 0"):
         score_config("mse", knn=-1)

@@ -107,6 +107,11 @@ def nearest_distance(codes: torch.Tensor, references: torch.Tensor, k: int) -> t
     return nearest.clamp(min=0.0).sqrt().mean(dim=1).float()
 
 
+def members_mean(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The ensemble's mean of one per-member output; a single member's output as it is (no extra graph nodes)."""
+    return torch.stack(parts).mean(dim=0) if len(parts) > 1 else parts[0]
+
+
 class ScoringGraph(nn.Module):
     """The autoencoder(s) plus the scoring step: what goes to ONNX.
 
@@ -150,11 +155,10 @@ class ScoringGraph(nn.Module):
                 distances.append(nearest_distance(code, references, min(self.knn, len(references))))
             if first_code is None:
                 first_code = code
-        error_map = torch.stack(maps).mean(dim=0) if len(maps) > 1 else maps[0]
-        reconstruction = torch.stack(reconstructions).mean(dim=0) if len(maps) > 1 else reconstructions[0]
+        error_map = members_mean(maps)
         score = error_map.mean(dim=(1, 2, 3))
         if extras:
-            score = score + torch.stack(extras).mean(dim=0)
+            score = score + members_mean(extras)
         if distances:
-            score = score * (torch.stack(distances).mean(dim=0) if len(distances) > 1 else distances[0])
-        return score, error_map, reconstruction, first_code
+            score = score * members_mean(distances)
+        return score, error_map, members_mean(reconstructions), first_code
