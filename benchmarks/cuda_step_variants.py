@@ -13,32 +13,23 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from aeguard.train.models import build_model, default_config
 from benchmarks.results_io import write_results
+from benchmarks.train_throughput import bare_loop
 
 VARIANTS = {"fp32, Adam": (False, False), "fp32, fused Adam": (False, True),
             "bf16 autocast, Adam": (True, False), "bf16 autocast, fused Adam": (True, True)}
 
 
-def images_per_second(kind: str, autocast: bool, fused: bool, images: torch.Tensor, epochs: int) -> float:
+def images_per_second(kind: str, autocast: bool, fused: bool, images: np.ndarray, epochs: int) -> float:
     torch.manual_seed(0)
-    model = build_model(default_config(kind, 1, 28, 28)).to(images.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-    torch.cuda.synchronize()
+    device = torch.device("cuda")
+    model = build_model(default_config(kind, 1, 28, 28)).to(device)
     started = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(images), device=images.device)
-        for start in range(0, len(images), 128):
-            batch = images[order[start : start + 128]]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = F.mse_loss(model(batch).float(), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    torch.cuda.synchronize()
+    bare_loop(model, images, epochs, 128, device, fused=fused, autocast=autocast)  # ends with a synchronize
     return epochs * len(images) / (time.perf_counter() - started)
 
 
@@ -49,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("cuda_step_variants needs a CUDA device")
-    images = torch.rand(5400, 1, 28, 28, device="cuda")
+    images = np.random.default_rng(0).random((5400, 1, 28, 28), dtype=np.float32)
     images_per_second("conv", False, False, images, 1)  # warm-up: CUDA context, cuDNN autotuning
     results = {}
     for kind in ("dense", "conv"):

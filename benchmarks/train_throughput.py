@@ -23,15 +23,19 @@ from aeguard.train.models import build_model, default_config
 from benchmarks.results_io import StealMeter, write_results
 
 
-def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: torch.device) -> None:
+def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: torch.device,
+              fused: bool | None = None, autocast: bool = False) -> None:
+    """Forward, backward, step and nothing else. The optimizer is fused on CUDA, as aeguard's loop, unless
+    `fused` says otherwise; `autocast` runs the forward pass in bf16 (benchmarks/cuda_step_variants.py)."""
     x = torch.from_numpy(images).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")  # as aeguard's loop
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda" if fused is None else fused)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), device=device)
         for start in range(0, len(x), batch_size):
             batch = x[order[start : start + batch_size]]
-            loss = F.mse_loss(model(batch), batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = F.mse_loss(model(batch), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
