@@ -179,13 +179,13 @@ def _train_member(config: dict, data: TrainingData, train_config: TrainConfig, o
     manifest records the initialisation seed used. Healthy runs are untouched.
     """
     seed = train_config.seed
+    validation = torch.from_numpy(np.ascontiguousarray(data.validation, np.float32))
     for attempt in range(COLLAPSE_RETRIES + 1):
         init_seed = seed + attempt * RETRY_SEED_STRIDE
         seed_everything(init_seed)  # before the model exists: initial weights are part of the run
         model = build_model(config)
         result = train(model, data.train, data.validation, train_config, on_batch, on_epoch, context, config["training"])
-        device = next(model.parameters()).device
-        spread = reconstruction_spread(model, torch.from_numpy(np.ascontiguousarray(data.validation, np.float32)).to(device))
+        spread = reconstruction_spread(model, validation.to(next(model.parameters()).device))
         result.init_seed = init_seed
         if spread >= COLLAPSE_SPREAD:
             log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
