@@ -57,6 +57,7 @@ def fit(
     model: str = typer.Option("conv", help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models)."),
     latent: Optional[int] = typer.Option(None, min=1, help="Size of the code [default: 16 for conv models, 32 for dense ones]."),
     hidden: Optional[str] = typer.Option(None, help="Hidden widths (dense backbone, default 256,128) or conv channels (conv backbone, default 32,64), comma-separated."),
+    activation: Optional[str] = typer.Option(None, help="Hidden-layer activation: leaky-relu (slope 0.2) or relu [leaky-relu]."),
     noise: Optional[str] = typer.Option(None, help="Train on corrupted inputs: gaussian, mask, salt-pepper or erase, with :LEVEL (e.g. gaussian:0.2; 'none' turns the denoising model's default off)."),
     sparsity: Optional[float] = typer.Option(None, help="L1 weight on the code [sparse: 1e-3, others 0]."),
     k: Optional[int] = typer.Option(None, min=1, help="Keep only the k largest code units [k-sparse: 8]."),
@@ -89,7 +90,7 @@ def fit(
         out = Path("runs") / f"{source}-{model}"
     options = FitOptions(
         out=out, dataset=dataset, normal=normal, data=data, data_dir=data_dir, image_size=image_size,
-        model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), noise=noise, sparsity=sparsity, k=k,
+        model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), activation=activation, noise=noise, sparsity=sparsity, k=k,
         contraction=contraction, beta=beta, score=score, score_sigma=score_sigma, knn=knn, ensemble=ensemble,
         max_images=max_images,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,

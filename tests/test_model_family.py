@@ -56,18 +56,20 @@ def test_a_fixed_seed_gives_the_same_auroc_twice(model, extra, data_dir, tmp_pat
 def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
     out = tmp_path / "ks"
     result = runner.invoke(app, ["fit", "--model", "k-sparse", "--k", "4", "--score", "blur", "--score-sigma", "2",
+                                 "--activation", "relu",
                                  "--max-images", "300", "--epochs", "1", "--device", "cpu", "--out", str(out),
                                  "--data-dir", str(data_dir), "--no-download"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model"]["k_sparse"] == 4
+    assert manifest["model"]["k_sparse"] == 4 and manifest["model"]["activation"] == "relu"
     assert manifest["score"]["function"] == "blur" and manifest["score"]["sigma"] == 2.0
     codes = Scorer(out).codes(np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32))
     assert ((codes != 0).sum(axis=1) <= 4).all()
     for args, message in ((["--model", "conv", "--score", "elbo"], "--score elbo needs a variational model"),
                           (["--model", "dense", "--beta", "0.5"], "--beta applies to the variational models"),
                           (["--model", "dense", "--noise", "blur:1"], "--noise must be"),
-                          (["--model", "k-sparse", "--k", "64"], "exceeds the code size")):
+                          (["--model", "k-sparse", "--k", "64"], "exceeds the code size"),
+                          (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'")):
         result = runner.invoke(app, ["fit", *args, "--out", str(tmp_path / "bad"), "--data-dir", str(data_dir),
                                      "--no-download", "--epochs", "1"])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
@@ -76,7 +78,7 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
 
 def _collapse_first_attempts(monkeypatch, attempts: int) -> list[int]:
     """Make fit's first `attempts` trainings end collapsed, as dead ReLUs leave them (seen with the conv model on
-    MNIST digit 1): the decoder's first layer stuck below zero, one output image for every input."""
+    MNIST digit 1): the decoder's first layer deaf to the code, one output image for every input."""
     import aeguard.train.fit as fit_module
 
     real_train, seen = fit_module.train, []
@@ -86,7 +88,7 @@ def _collapse_first_attempts(monkeypatch, attempts: int) -> list[int]:
         seen.append(len(seen))
         if len(seen) <= attempts:
             with torch.no_grad():
-                model.decoder[0].bias.fill_(-100.0)
+                model.decoder[0].weight.zero_()
         return result
 
     monkeypatch.setattr(fit_module, "train", train)
@@ -118,30 +120,34 @@ def test_a_training_that_keeps_collapsing_is_refused_with_its_reason(data_dir, t
 
 
 def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):
-    """0.1 bundles kept one model's state dict and a config without backbone / variant fields."""
+    """0.1 bundles kept one model's state dict and a config without backbone / variant / activation fields."""
     import shutil
 
     import torch
 
     from aeguard.artifact import MANIFEST_NAME, read_manifest, write_manifest
-    import torch
-
     from aeguard.train.export import load_bundle_graph
 
     bundle = tmp_path / "old"
     shutil.copytree(mnist_bundle, bundle)
-    current = load_bundle_graph(bundle)
-    torch.save(current.members[0].state_dict(), bundle / "weights.pt")
+    torch.save(load_bundle_graph(bundle).members[0].state_dict(), bundle / "weights.pt")
     manifest = read_manifest(bundle, verify=False)  # weights.pt was just replaced
-    manifest["model"] = {key: manifest["model"][key]
-                         for key in ("kind", "channels", "height", "width", "conv_channels", "latent")}
+
+    def rewrite(model_config: dict) -> None:
+        manifest["model"] = model_config
+        write_manifest(bundle, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
+
+    rewrite({**manifest["model"], "activation": "relu"})  # what 0.1 trained, in today's terms
+    current = load_bundle_graph(bundle)
+    rewrite({key: manifest["model"][key] for key in ("kind", "channels", "height", "width", "conv_channels", "latent")})
     del manifest["score"]["function"]
-    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
+    rewrite(manifest["model"])
     assert (bundle / MANIFEST_NAME).is_file()
     old = load_bundle_graph(bundle)
     images = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(old(images)[0], current(images)[0])
+    assert isinstance(old.members[0].encoder[1], torch.nn.ReLU)
 
 
 def test_knn_score_stores_training_codes_and_reloads(data_dir, tmp_path):

