@@ -90,7 +90,8 @@ def fit(
         out = Path("runs") / f"{source}-{model}"
     options = FitOptions(
         out=out, dataset=dataset, normal=normal, data=data, data_dir=data_dir, image_size=image_size,
-        model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), activation=activation, noise=noise, sparsity=sparsity, k=k,
+        model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), activation=activation, noise=noise,
+        sparsity=sparsity, k=k,
         contraction=contraction, beta=beta, score=score, score_sigma=score_sigma, knn=knn, ensemble=ensemble,
         max_images=max_images,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,

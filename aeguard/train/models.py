@@ -27,8 +27,9 @@ MODEL_KINDS = {
 
 
 # Hidden-layer activations. LeakyReLU (slope 0.2) is the default: on the one-class benchmark it raised
-# the plain conv AE from 96.2 to 96.7 mean AUROC on MNIST and the dense one from 96.2 to 96.5, and
-# a unit never dies for good. Bundles written before the option existed have no key: they used ReLU.
+# the plain conv AE's mean AUROC on MNIST from 96.15 to 96.53 (3 seeds) and the dense one's from 96.22
+# to 96.53, and a unit it drives negative still has a gradient, where a ReLU's would die for good.
+# Bundles written before the option existed have no key: they used ReLU.
 ACTIVATIONS = {"relu": nn.ReLU, "leaky-relu": lambda: nn.LeakyReLU(0.2)}
 DEFAULT_ACTIVATION = "leaky-relu"
 
