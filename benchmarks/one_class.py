@@ -57,8 +57,9 @@ PRESETS: dict[str, dict] = {
                                 "ensemble": 3},
     # the score multiplied by the latent code's mean distance to its 5 nearest training codes
     "conv-erase-blur-knn": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur", "knn": 5},
-    "conv-erase-blur-knn-x3": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur",
-                               "knn": 5, "ensemble": 3},
+    "conv-erase-blur-knn-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "knn": 5, "ensemble": 3},
+    "conv-erase-blur-knn-x3-relu": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur",
+                                    "knn": 5, "ensemble": 3},
 }
 DEFAULT_EPOCHS = 20
 FPR_GRID = np.linspace(0.0, 1.0, 101)
