@@ -30,8 +30,12 @@ def test_incomplete_table_has_no_mean_and_says_so():
 
 
 def test_presets_are_valid_fit_options():
-    from aeguard.train.fit import FitOptions
+    from aeguard.train.fit import FitOptions, model_config
 
     for name, preset in one_class.PRESETS.items():
-        FitOptions(out=".", **preset)  # an unknown key would raise TypeError
+        options = FitOptions(out=".", **preset)  # an unknown key would raise TypeError
+        config = model_config(options, (1, 28, 28))  # an unknown model, activation or noise raises UsageError
+        assert config["activation"] == preset.get("activation", "leaky-relu"), name
+        if name.endswith("-relu"):  # the rows kept from before LeakyReLU became the default
+            assert config["activation"] == "relu", name
         assert one_class.command_line(preset, 20).startswith(f"aeguard fit --model {preset['model']}")
