@@ -116,7 +116,7 @@ class DenseAutoencoder(Autoencoder):
     """A mirrored MLP with a sigmoid output (784-256-128-32 by default)."""
 
     def __init__(self, channels: int, height: int, width: int, hidden: list[int], latent: int,
-                 variational: bool = False, k_sparse: int | None = None, activation: str = "relu"):
+                 variational: bool = False, k_sparse: int | None = None, *, activation: str):
         self.shape = (channels, height, width)
         sizes = [channels * height * width, *hidden]
         encoder = nn.Sequential(nn.Flatten(), *dense_layers(sizes, activation),
@@ -137,7 +137,7 @@ class ConvAutoencoder(Autoencoder):
     """
 
     def __init__(self, channels: int, height: int, width: int, conv_channels: list[int], latent: int,
-                 variational: bool = False, k_sparse: int | None = None, activation: str = "relu"):
+                 variational: bool = False, k_sparse: int | None = None, *, activation: str):
         self.shape = (channels, height, width)
         factor = 2 ** len(conv_channels)
         padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
@@ -174,7 +174,7 @@ def build_model(config: dict) -> Autoencoder:
     backbone = backbone_of(config)
     shape = (config["channels"], config["height"], config["width"])
     extra = {"variational": bool(config.get("variational", False)), "k_sparse": config.get("k_sparse"),
-             "activation": config.get("activation", "relu")}
+             "activation": config.get("activation", "relu")}  # no key: a bundle from before the option, a ReLU net
     if backbone == "dense":
         return DenseAutoencoder(*shape, hidden=list(config["hidden"]), latent=config["latent"], **extra)
     if backbone == "conv":
