@@ -118,3 +118,27 @@ def test_knn_reference_codes_are_capped_and_knn_must_not_be_negative(monkeypatch
     assert graph.set_reference_codes(torch.rand(25, 1, 4, 4)) == 10
     with pytest.raises(UsageError, match="--knn must be 0"):
         score_config("mse", knn=-1)
+
+
+def test_top_share_score_is_the_mean_of_the_largest_error_map_values(tmp_path):
+    score = score_config("blur", top=0.1, knn=2)
+    assert score["top"] == 0.1 and "largest 0.1 share of pixels" in score["definition"]
+    assert "top" not in score_config("blur", top=1.0)  # the plain mean: bundles stay as they were
+    graph, path = exported(tmp_path, "conv", score, shape=(1, 28, 28), ensemble=2)
+    graph.set_reference_codes(torch.rand(20, 1, 28, 28))
+    export_onnx(graph, (1, 28, 28), path)
+    plain = scoring_graph(default_config("conv", 1, 28, 28) | {"ensemble": 2},
+                          score_config("blur", knn=2) | {"references": 20})
+    plain.load_state_dict(graph.state_dict())  # the same members and codes, scored over every pixel
+    images = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        result, error_map, _, _ = graph(images)
+        plain_result = plain(images)[0]
+    knn_factor = plain_result / error_map.mean(dim=(1, 2, 3))
+    largest = error_map.flatten(1).sort(dim=1, descending=True).values[:, :78]  # round(0.1 * 784)
+    torch.testing.assert_close(result, largest.mean(dim=1) * knn_factor, rtol=1e-5, atol=0)
+    assert (result > plain_result).all()  # the largest tenth of a map averages above the whole map
+    check_parity(parity_max_abs_diff(graph, path, images.numpy()))
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(UsageError, match="--score-top must be a share of the pixels"):
+            score_config("mse", top=bad)

@@ -56,20 +56,22 @@ def test_a_fixed_seed_gives_the_same_auroc_twice(model, extra, data_dir, tmp_pat
 def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
     out = tmp_path / "ks"
     result = runner.invoke(app, ["fit", "--model", "k-sparse", "--k", "4", "--score", "blur", "--score-sigma", "2",
-                                 "--activation", "relu",
+                                 "--score-top", "0.2", "--activation", "relu",
                                  "--max-images", "300", "--epochs", "1", "--device", "cpu", "--out", str(out),
                                  "--data-dir", str(data_dir), "--no-download"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["k_sparse"] == 4 and manifest["model"]["activation"] == "relu"
     assert manifest["score"]["function"] == "blur" and manifest["score"]["sigma"] == 2.0
+    assert manifest["score"]["top"] == 0.2 and "largest 0.2 share" in manifest["score"]["definition"]
     codes = Scorer(out).codes(np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32))
     assert ((codes != 0).sum(axis=1) <= 4).all()
     for args, message in ((["--model", "conv", "--score", "elbo"], "--score elbo needs a variational model"),
                           (["--model", "dense", "--beta", "0.5"], "--beta applies to the variational models"),
                           (["--model", "dense", "--noise", "blur:1"], "--noise must be"),
                           (["--model", "k-sparse", "--k", "64"], "exceeds the code size"),
-                          (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'")):
+                          (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'"),
+                          (["--model", "conv", "--score-top", "0"], "--score-top must be a share")):
         result = runner.invoke(app, ["fit", *args, "--out", str(tmp_path / "bad"), "--data-dir", str(data_dir),
                                      "--no-download", "--epochs", "1"])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)

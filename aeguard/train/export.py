@@ -83,7 +83,8 @@ def scoring_graph(model_config: dict, score: dict | None, members: list | None =
     if members is None:
         members = [build_model(model_config) for _ in range(int(model_config.get("ensemble", 1)))]
     score = score or {}
-    config = score_config(score.get("function", "mse"), score.get("sigma"), score.get("beta", 1.0), score.get("knn", 0))
+    config = score_config(score.get("function", "mse"), score.get("sigma"), score.get("beta", 1.0), score.get("knn", 0),
+                          score.get("top"))
     if config.get("knn"):
         config["references"] = int(score.get("references") or 1)  # how many codes the saved weights hold
     return ScoringGraph(members, config, model_config["channels"])

@@ -57,6 +57,7 @@ class FitOptions:
     beta: float | None = None  # KL weight of a variational model
     score: str = "mse"
     score_sigma: float | None = None
+    score_top: float | None = None  # the score averages the largest share of the error map's values [1: all]
     knn: int = 0  # > 0: the score is multiplied by the mean latent distance to the knn nearest training codes
     ensemble: int = 1  # independently seeded members whose error maps are averaged
     max_images: int | None = None  # cap on the normal training images, for quick trials
@@ -122,7 +123,7 @@ def model_config(options: FitOptions, input_shape: tuple[int, int, int]) -> dict
 
 def model_score_config(options: FitOptions, config: dict) -> dict:
     return score_config(options.score, options.score_sigma, config["training"]["beta"] if config["variational"] else 1.0,
-                        options.knn)
+                        options.knn, options.score_top)
 
 
 def check_out(out: Path, force: bool) -> None:

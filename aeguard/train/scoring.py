@@ -8,6 +8,10 @@ Each maps (image, reconstruction) to a per-pixel error map whose mean over pixel
 - elbo: (x - r)^2 plus beta * KL(q(z|x) || p(z)) / pixels, the negative ELBO of a VAE at its mean code
 An ensemble averages its members' error maps (and scores).
 
+With top = Q < 1 the score is the mean of the largest Q share of the error map's values instead of all of
+them: an anomaly usually differs from the normal class in a part of the image (a missing loop, an extra
+stroke), and averaging that part with the many pixels the model gets right dilutes it.
+
 With knn = K the score is also multiplied by the mean distance from the image's latent code to its K
 nearest codes of training images (stored in the graph): an image the decoder reconstructs well but
 whose code lies away from every normal code is still flagged. A product needs no scale matching
@@ -38,12 +42,19 @@ DEFINITIONS = {
 MAX_REFERENCE_CODES = 10_000  # bounds the graph's size and the per-image cost of the distance search
 
 
-def score_config(function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0) -> dict:
+def score_config(function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0,
+                 top: float | None = None) -> dict:
     if function not in SCORE_FUNCTIONS:
         raise UsageError(f"--score must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
     if knn < 0:
         raise UsageError(f"--knn must be 0 (off) or a positive number of neighbours, got {knn}")
+    if top is not None and not 0.0 < top <= 1.0:
+        raise UsageError(f"--score-top must be a share of the pixels, 0 < Q <= 1, got {top}")
     config: dict = {"function": function, "definition": DEFINITIONS[function]}
+    if top is not None and top < 1.0:  # 1 is the plain mean: bundles keep the key only when it changes the score
+        config["top"] = float(top)
+        config["definition"] = config["definition"].replace(
+            "mean over pixels of", f"mean over the largest {top:.4g} share of pixels of")
     if knn:
         config["knn"] = int(knn)
         config["definition"] += (f", times the mean distance from the latent code to its {knn} nearest latent codes "
@@ -125,6 +136,9 @@ class ScoringGraph(nn.Module):
         self.error_map = ErrorMap(config, channels)
         self.beta = float(config.get("beta", 0.0)) if config["function"] == "elbo" else 0.0
         self.knn = int(config.get("knn") or 0)
+        self.top = float(config.get("top") or 1.0)
+        # how many error-map values the score averages: a bundle's image size is fixed, so k is a graph constant
+        self.top_values = max(1, round(self.top * math.prod(members[0].shape)))
         if self.knn:
             # (members, references, latent); filled by set_reference_codes, saved with the weights
             shape = (len(members), int(config.get("references") or 1), members[0].latent)
@@ -156,7 +170,10 @@ class ScoringGraph(nn.Module):
             if first_code is None:
                 first_code = code
         error_map = members_mean(maps)
-        score = error_map.mean(dim=(1, 2, 3))
+        if self.top < 1.0:
+            score = error_map.flatten(1).topk(self.top_values, dim=1).values.mean(dim=1)
+        else:
+            score = error_map.mean(dim=(1, 2, 3))
         if extras:
             score = score + members_mean(extras)
         if distances:
