@@ -8,7 +8,7 @@ Mean over the ten classes per seed, then mean +- std over seeds.
 Results go to benchmarks/results/one_class_<dataset>.json / .md after every run, and a run already
 in the JSON is not repeated, so an interrupted benchmark continues where it stopped.
 
-    python -m benchmarks.one_class --models conv-erase-blur-x3 --datasets mnist --seeds 0   # the best MNIST model
+    python -m benchmarks.one_class --models conv-erase-blur-top-x3 --datasets mnist --seeds 0   # the best MNIST model
     python -m benchmarks.one_class --models conv,conv-erase-blur-x3 --seeds 0,1,2
     python -m benchmarks.one_class --datasets mnist --classes 2 --models vae --seeds 0 --fresh
 """
@@ -50,10 +50,10 @@ PRESETS: dict[str, dict] = {
     "conv-blur": {"model": "conv", "activation": "relu", "score": "blur"},
     # restore an erased square, score the blurred residual
     "conv-erase-blur": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur"},
-    # the best measured on MNIST: erase-and-blur with the default activation, three seeded models with
-    # their error maps averaged in the graph (3x the training time)
+    # erase-and-blur with the default activation, three seeded models with their error maps averaged in
+    # the graph (3x the training time)
     "conv-erase-blur-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "ensemble": 3},
-    # ... scored by the mean of the largest tenth of the (averaged) error map instead of all of it
+    # ... scored by the mean of the largest tenth of the averaged error map: the best measured on MNIST
     "conv-erase-blur-top-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "score_top": 0.1, "ensemble": 3},
     "conv-erase-blur-x3-relu": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur",
                                 "ensemble": 3},
