@@ -1,0 +1,162 @@
+"""Score functions compared on the same trained models: which way of turning error maps into one number separates best.
+
+For each normal class it trains the erase-and-blur ensemble of the one-class benchmark once (the members
+`aeguard fit --model conv --noise erase:0.25 --ensemble N` trains, same seeds, so the same weights), then
+scores the full test set many ways in torch and records the AUROC of each:
+
+- sigma: the Gaussian blur of the residual before squaring (0: plain squared error; `--score-sigma`)
+- top:   the mean over the largest share of the error map's values (`--score-top`; 1: every pixel)
+- m0 / xN: the first member alone, or the mean of the N members' error maps (`--ensemble`)
+- knnK^A: times (mean distance from the latent code to its K nearest training codes) ** A (`--knn K` is A = 1)
+
+Retraining dominates the cost, so comparing 100+ variants costs what one `fit` per class costs (about
+70 s per class on 2 CPU cores with 3 members). The one-class benchmark then measures the chosen variant
+through the real pipeline (ONNX export, onnxruntime) over several seeds; on seed 0 they agree to the
+last digit. Results: benchmarks/results/score_variants_<dataset>.json / .md (resumable per class).
+
+    python -m benchmarks.score_variants --dataset fashion-mnist --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.nn import functional as F
+
+from aeguard.train.distributed import DistributedContext
+from aeguard.train.fit import FitOptions, _train_member, load_training_data, model_config
+from aeguard.train.loop import TrainConfig
+from aeguard.train.scoring import MAX_REFERENCE_CODES, gaussian_kernel
+from benchmarks.results_io import RESULTS_DIR, machine
+
+SIGMAS = (0.0, 0.75, 1.0, 1.5, 2.0)
+TOPS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)
+NEIGHBOURS = (1, 5, 20)
+EXPONENTS = (0.5, 1.0, 2.0, 3.0)
+BATCH = 1000
+
+
+def variant_name(sigma: float, top: float, members: str, knn: int = 0, exponent: float = 1.0) -> str:
+    return f"sigma={sigma} top={top} {members}" + (f" knn{knn}^{exponent}" if knn else "")
+
+
+def nearest_distances(codes: torch.Tensor, references: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Mean distance to the K nearest references for every K in NEIGHBOURS (float64, as the graph computes it)."""
+    codes, references = codes.double(), references.double()
+    squared = ((codes * codes).sum(dim=1, keepdim=True) - 2.0 * codes @ references.T
+               + (references * references).sum(dim=1)[None, :])
+    nearest = squared.topk(max(NEIGHBOURS), dim=1, largest=False).values.clamp(min=0.0).sqrt()
+    return {k: nearest[:, :k].mean(dim=1) for k in NEIGHBOURS}
+
+
+def top_mean(error_maps: torch.Tensor, share: float) -> torch.Tensor:
+    flat = error_maps.flatten(1)
+    return flat.topk(max(1, round(share * flat.shape[1])), dim=1).values.mean(dim=1)
+
+
+def variant_aurocs(is_anomaly: np.ndarray, residuals: list[torch.Tensor],
+                   distances: list[dict[int, torch.Tensor]]) -> dict[str, float]:
+    """AUROC of every variant, from each member's residual (image - reconstruction) and kNN distances."""
+    results = {}
+    ensemble = f"x{len(residuals)}"
+    for sigma in SIGMAS:
+        if sigma:
+            kernel = gaussian_kernel(sigma, residuals[0].shape[1])
+            maps = [F.conv2d(r, kernel, padding=kernel.shape[-1] // 2, groups=r.shape[1]) ** 2 for r in residuals]
+        else:
+            maps = [r**2 for r in residuals]
+        for members, error_maps, member_distances in (("m0", maps[0], distances[:1]),
+                                                      (ensemble, torch.stack(maps).mean(dim=0), distances)):
+            for top in TOPS:
+                # in logs, so an exponent weighs the two terms; ranks (and AUROC) are those of the product
+                log_error = top_mean(error_maps, top).double().clamp(min=1e-300).log()
+                results[variant_name(sigma, top, members)] = roc_auc_score(is_anomaly, log_error.numpy())
+                for k in NEIGHBOURS:
+                    log_distance = torch.stack([d[k] for d in member_distances]).mean(dim=0).clamp(min=1e-300).log()
+                    for exponent in EXPONENTS:
+                        results[variant_name(sigma, top, members, k, exponent)] = roc_auc_score(
+                            is_anomaly, (log_error + exponent * log_distance).numpy())
+    return {name: round(float(auroc), 6) for name, auroc in results.items()}
+
+
+def run_class(dataset: str, normal: int, seed: int, members: int, epochs: int) -> dict:
+    started = time.perf_counter()
+    options = FitOptions(out=Path("unused"), dataset=dataset, normal=str(normal), noise="erase:0.25", score="blur",
+                         ensemble=members, allow_download=False, train=TrainConfig(epochs=epochs, seed=seed, device="cpu"))
+    data = load_training_data(options)
+    config = model_config(options, data.input_shape)
+    images = torch.from_numpy(np.ascontiguousarray(data.evaluation.images, np.float32))
+    train_images = torch.from_numpy(np.ascontiguousarray(data.train[:MAX_REFERENCE_CODES], np.float32))
+    residuals, distances = [], []
+    for member in range(members):  # the seeds fit gives its members
+        model, _ = _train_member(config, data, dataclasses.replace(options.train, seed=seed + member), None, None,
+                                 DistributedContext(), lambda line: None)
+        model = model.cpu().eval()
+        with torch.no_grad():
+            reconstruction = torch.cat([model(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+            codes = torch.cat([model.encode(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+            references = torch.cat([model.encode(train_images[i : i + BATCH])
+                                    for i in range(0, len(train_images), BATCH)])
+        residuals.append(images - reconstruction)
+        distances.append(nearest_distances(codes, references))
+    aurocs = variant_aurocs(np.asarray(data.evaluation.is_anomaly), residuals, distances)
+    return {"normal": normal, "seed": seed, "members": members, "epochs": epochs,
+            "seconds": round(time.perf_counter() - started, 1), "auroc": aurocs}
+
+
+def render_markdown(dataset: str, runs: list[dict], shown: int = 15) -> str:
+    classes = sorted({r["normal"] for r in runs})
+    variants = set.intersection(*(set(r["auroc"]) for r in runs))
+    means = sorted(((statistics.fmean(r["auroc"][v] for r in runs), v) for v in variants), reverse=True)
+    members = f"x{runs[0]['members']}"
+    baselines = [variant_name(1.0, 1.0, members), variant_name(1.0, 1.0, members, 5, 1.0)]
+    lines = [f"# Score variants on {dataset}: one trained ensemble per class, scored many ways", "",
+             f"Classes {classes}, seed(s) {sorted({r['seed'] for r in runs})}, {runs[0]['members']} members, "
+             f"{runs[0]['epochs']} epochs at most. AUROC (%) mean over the classes, then per class. "
+             "Produced by `python -m benchmarks.score_variants`; names: see its docstring.", "",
+             "| variant | mean | " + " | ".join(str(r["normal"]) for r in runs) + " |",
+             "|---" * (len(runs) + 2) + "|"]
+    rows = means[:shown] + [(m, v) for m, v in means if v in baselines and (m, v) not in means[:shown]]
+    for mean, variant in rows:
+        label = variant + (" (fit's `--score blur`" + (" `--knn 5`)" if "knn" in variant else ")")
+                           if variant in baselines else "")
+        lines.append(f"| {label} | {100 * mean:.2f} | " + " | ".join(f"{100 * r['auroc'][variant]:.2f}" for r in runs)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # as the one-class benchmark runs
+    path = RESULTS_DIR / f"score_variants_{args.dataset}.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": path.stem, "runs": []}
+    for normal in (int(c) for c in args.classes.split(",")):
+        if any(r["normal"] == normal and r["seed"] == args.seed and r["members"] == args.members
+               for r in payload["runs"]):
+            continue
+        run = run_class(args.dataset, normal, args.seed, args.members, args.epochs)
+        payload["runs"].append(run)
+        payload["machine"] = machine()
+        path.write_text(json.dumps(payload, indent=1) + "\n")
+        path.with_suffix(".md").write_text(render_markdown(args.dataset, payload["runs"]))
+        best = max(run["auroc"], key=run["auroc"].get)
+        print(f"{args.dataset} class {normal}: {run['seconds']:.0f} s, best {best} {100 * run['auroc'][best]:.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
