@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from torch.nn import functional as F
 
 from aeguard.train.distributed import DistributedContext
 from aeguard.train.fit import FitOptions, _train_member, load_training_data, model_config
 from aeguard.train.loop import TrainConfig
-from aeguard.train.scoring import MAX_REFERENCE_CODES, gaussian_kernel
+from aeguard.train.scoring import (
+    MAX_REFERENCE_CODES, ErrorMap, largest_mean, members_mean, nearest_distance, score_config, top_count,
+)
 from benchmarks.results_io import RESULTS_DIR, machine
 
 SIGMAS = (0.0, 0.75, 1.0, 1.5, 2.0)
@@ -48,43 +49,39 @@ def variant_name(sigma: float, top: float, members: str, knn: int = 0, exponent:
     return f"sigma={sigma} top={top} {members}" + (f" knn{knn}^{exponent}" if knn else "")
 
 
-def nearest_distances(codes: torch.Tensor, references: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Mean distance to the K nearest references for every K in NEIGHBOURS (float64, as the graph computes it)."""
-    codes, references = codes.double(), references.double()
-    squared = ((codes * codes).sum(dim=1, keepdim=True) - 2.0 * codes @ references.T
-               + (references * references).sum(dim=1)[None, :])
-    nearest = squared.topk(max(NEIGHBOURS), dim=1, largest=False).values.clamp(min=0.0).sqrt()
-    return {k: nearest[:, :k].mean(dim=1) for k in NEIGHBOURS}
+def error_map(sigma: float, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """The graph's own error map: the blurred residual squared, or the plain one for sigma 0."""
+    config = score_config("blur", sigma) if sigma else score_config("mse")
+    return ErrorMap(config, images.shape[1])(images, reconstruction)
 
 
-def top_mean(error_maps: torch.Tensor, share: float) -> torch.Tensor:
-    flat = error_maps.flatten(1)
-    return flat.topk(max(1, round(share * flat.shape[1])), dim=1).values.mean(dim=1)
-
-
-def variant_aurocs(is_anomaly: np.ndarray, residuals: list[torch.Tensor],
+def variant_aurocs(is_anomaly: np.ndarray, images: torch.Tensor, reconstructions: list[torch.Tensor],
                    distances: list[dict[int, torch.Tensor]]) -> dict[str, float]:
-    """AUROC of every variant, from each member's residual (image - reconstruction) and kNN distances."""
+    """AUROC of every variant, from each member's reconstruction and kNN distances (K -> distance per image)."""
     results = {}
-    ensemble = f"x{len(residuals)}"
+    ensemble = f"x{len(reconstructions)}"
     for sigma in SIGMAS:
-        if sigma:
-            kernel = gaussian_kernel(sigma, residuals[0].shape[1])
-            maps = [F.conv2d(r, kernel, padding=kernel.shape[-1] // 2, groups=r.shape[1]) ** 2 for r in residuals]
-        else:
-            maps = [r**2 for r in residuals]
-        for members, error_maps, member_distances in (("m0", maps[0], distances[:1]),
-                                                      (ensemble, torch.stack(maps).mean(dim=0), distances)):
+        with torch.no_grad():
+            maps = [error_map(sigma, images, r) for r in reconstructions]
+        for members, member_maps, member_distances in (("m0", maps[:1], distances[:1]), (ensemble, maps, distances)):
+            averaged = members_mean(member_maps)
             for top in TOPS:
                 # in logs, so an exponent weighs the two terms; ranks (and AUROC) are those of the product
-                log_error = top_mean(error_maps, top).double().clamp(min=1e-300).log()
+                error = largest_mean(averaged, top_count(top, averaged[0].numel()))
+                log_error = error.double().clamp(min=1e-300).log()
                 results[variant_name(sigma, top, members)] = roc_auc_score(is_anomaly, log_error.numpy())
                 for k in NEIGHBOURS:
-                    log_distance = torch.stack([d[k] for d in member_distances]).mean(dim=0).clamp(min=1e-300).log()
+                    distance = members_mean([d[k] for d in member_distances])
+                    log_distance = distance.double().clamp(min=1e-300).log()
                     for exponent in EXPONENTS:
                         results[variant_name(sigma, top, members, k, exponent)] = roc_auc_score(
                             is_anomaly, (log_error + exponent * log_distance).numpy())
     return {name: round(float(auroc), 6) for name, auroc in results.items()}
+
+
+@torch.no_grad()
+def batched(function, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([function(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
 
 
 def run_class(dataset: str, normal: int, seed: int, members: int, epochs: int) -> dict:
@@ -95,19 +92,15 @@ def run_class(dataset: str, normal: int, seed: int, members: int, epochs: int) -
     config = model_config(options, data.input_shape)
     images = torch.from_numpy(np.ascontiguousarray(data.evaluation.images, np.float32))
     train_images = torch.from_numpy(np.ascontiguousarray(data.train[:MAX_REFERENCE_CODES], np.float32))
-    residuals, distances = [], []
+    reconstructions, distances = [], []
     for member in range(members):  # the seeds fit gives its members
         model, _ = _train_member(config, data, dataclasses.replace(options.train, seed=seed + member), None, None,
                                  DistributedContext(), lambda line: None)
         model = model.cpu().eval()
-        with torch.no_grad():
-            reconstruction = torch.cat([model(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
-            codes = torch.cat([model.encode(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
-            references = torch.cat([model.encode(train_images[i : i + BATCH])
-                                    for i in range(0, len(train_images), BATCH)])
-        residuals.append(images - reconstruction)
-        distances.append(nearest_distances(codes, references))
-    aurocs = variant_aurocs(np.asarray(data.evaluation.is_anomaly), residuals, distances)
+        reconstructions.append(batched(model, images))
+        codes, references = batched(model.encode, images), batched(model.encode, train_images)
+        distances.append({k: nearest_distance(codes, references, k) for k in NEIGHBOURS})
+    aurocs = variant_aurocs(np.asarray(data.evaluation.is_anomaly), images, reconstructions, distances)
     return {"normal": normal, "seed": seed, "members": members, "epochs": epochs,
             "seconds": round(time.perf_counter() - started, 1), "auroc": aurocs}
 

@@ -8,7 +8,8 @@ from benchmarks import score_variants as sv
 
 def synthetic(n=40, seed=0):
     """Normal images: a faint residual everywhere; anomalies: a strong 2x2 blob and nothing else, with the
-    same mean squared error, so only a score that looks at the largest values separates them."""
+    same mean squared error, so only a score that looks at the largest values separates them. The images
+    are the residuals, against reconstructions of zeros."""
     generator = torch.Generator().manual_seed(seed)
     is_anomaly = np.arange(n) % 2 == 1
     residuals = torch.full((n, 1, 8, 8), 0.1) * (1 + 0.05 * torch.randn(n, 1, 8, 8, generator=generator))
@@ -22,7 +23,8 @@ def synthetic(n=40, seed=0):
 
 def test_every_variant_is_scored_and_the_top_share_finds_a_local_anomaly():
     is_anomaly, residuals, distances = synthetic()
-    aurocs = sv.variant_aurocs(is_anomaly, [residuals, residuals.clone()], [distances, distances])
+    zeros = torch.zeros_like(residuals)
+    aurocs = sv.variant_aurocs(is_anomaly, residuals, [zeros, zeros.clone()], [distances, distances])
     per_members = len(sv.TOPS) * (1 + len(sv.NEIGHBOURS) * len(sv.EXPONENTS))
     assert len(aurocs) == len(sv.SIGMAS) * 2 * per_members
     assert aurocs[sv.variant_name(0.0, 1.0, "x2")] < 0.8  # the plain mean barely tells them apart
@@ -34,7 +36,8 @@ def test_every_variant_is_scored_and_the_top_share_finds_a_local_anomaly():
 def test_markdown_lists_the_best_variant_first_and_always_the_baselines():
     is_anomaly, residuals, distances = synthetic()
     runs = [{"normal": c, "seed": 0, "members": 2, "epochs": 1, "seconds": 1.0,
-             "auroc": sv.variant_aurocs(is_anomaly, [residuals, residuals], [distances, distances])} for c in (3, 7)]
+             "auroc": sv.variant_aurocs(is_anomaly, residuals, [torch.zeros_like(residuals)] * 2, [distances] * 2)}
+            for c in (3, 7)]
     table = sv.render_markdown("mnist", runs, shown=2)
     rows = [line for line in table.splitlines() if line.startswith("| sigma=")]
     assert rows[0].split(" | ")[1] == "100.00"

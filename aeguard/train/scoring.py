@@ -118,6 +118,16 @@ def nearest_distance(codes: torch.Tensor, references: torch.Tensor, k: int) -> t
     return nearest.clamp(min=0.0).sqrt().mean(dim=1).float()
 
 
+def top_count(share: float, values: int) -> int:
+    """How many of an error map's `values` the largest `share` of them is (at least one)."""
+    return max(1, round(share * values))
+
+
+def largest_mean(error_map: torch.Tensor, count: int) -> torch.Tensor:
+    """Mean of each image's `count` largest error-map values: the --score-top score."""
+    return error_map.flatten(1).topk(count, dim=1).values.mean(dim=1)
+
+
 def members_mean(parts: list[torch.Tensor]) -> torch.Tensor:
     """The ensemble's mean of one per-member output; a single member's output as it is (no extra graph nodes)."""
     return torch.stack(parts).mean(dim=0) if len(parts) > 1 else parts[0]
@@ -138,7 +148,7 @@ class ScoringGraph(nn.Module):
         self.knn = int(config.get("knn") or 0)
         self.top = float(config.get("top") or 1.0)
         # how many error-map values the score averages: a bundle's image size is fixed, so k is a graph constant
-        self.top_values = max(1, round(self.top * math.prod(members[0].shape)))
+        self.top_values = top_count(self.top, math.prod(members[0].shape))
         if self.knn:
             # (members, references, latent); filled by set_reference_codes, saved with the weights
             shape = (len(members), int(config.get("references") or 1), members[0].latent)
@@ -171,7 +181,7 @@ class ScoringGraph(nn.Module):
                 first_code = code
         error_map = members_mean(maps)
         if self.top < 1.0:
-            score = error_map.flatten(1).topk(self.top_values, dim=1).values.mean(dim=1)
+            score = largest_mean(error_map, self.top_values)
         else:
             score = error_map.mean(dim=(1, 2, 3))
         if extras:
