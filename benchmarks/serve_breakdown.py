@@ -8,9 +8,9 @@ taken for five variants, interleaved within each round, best round kept:
   bare       the do-nothing endpoint of benchmarks/bare_app.py (Starlette's router, plain ASGI endpoint);
   handling   the daemon with scoring replaced by a stub that returns at once: parsing, checks, reply,
              metrics, request id; no batching, no inference;
-  batching   plus the micro-batcher, the batch "scored" by a stub run inline on the event loop;
-  executor   plus the hand-off of each batch to the inference thread pool (stub scores there);
-  full       the real daemon: onnxruntime on the thread pool.
+  batching   plus the micro-batcher (futures, the request's suspension and wake-up, the batch's
+             assembly and split), the batch "scored" by a stub;
+  full       the real daemon: onnxruntime, on the event loop for batches this small (batching.py).
 
 Each step's cost is the difference from the one before. The HTTP server's own cost (uvicorn: parsing,
 the connection, the ASGI messages) is not in these figures: it is the same for every endpoint and sits
@@ -39,7 +39,7 @@ from benchmarks.results_io import StealMeter, write_results
 from benchmarks.serve_load import fit_bundle
 
 CLIENTS = 64
-VARIANTS = ("bare", "handling", "batching", "executor", "full")
+VARIANTS = ("bare", "handling", "batching", "full")
 
 
 def infer_request() -> tuple[bytes, list]:
@@ -60,22 +60,13 @@ class Stubbed:
 
     def __enter__(self):
         scorer = batching.BatchingScorer
-        self.saved = {name: getattr(scorer, name) for name in ("score", "_infer", "_launch")}
+        self.saved = {name: getattr(scorer, name) for name in ("score", "_infer")}
         if self.variant == "handling":
             async def score(self, images):
-                return np.zeros(len(images), np.float32), self.store.current
+                return [0.0] * len(images), self.store.current
             scorer.score = score
-        if self.variant in ("batching", "executor"):
-            scorer._infer = lambda self, model, images: np.zeros(len(images), np.float32)
         if self.variant == "batching":
-            def launch_inline(self, batch):
-                model = self.store.current
-                images = np.concatenate([images for images, _ in batch])
-                done = asyncio.get_running_loop().create_future()
-                done.set_result(self._infer(model, images))
-                self._running += 1
-                self._finish(batch, model, done)
-            scorer._launch = launch_inline
+            scorer._infer = lambda self, model, parts: np.zeros(sum(map(len, parts)), np.float32)
         return self
 
     def __exit__(self, *exc):
@@ -154,8 +145,7 @@ def measure(bundle: Path, rounds: int, requests_per_client: int) -> dict:
 def render_markdown(model: str, results: dict, steal: float | None) -> str:
     labels = {"bare": "do-nothing endpoint (router + plain ASGI endpoint)",
               "handling": "+ the daemon's request handling (parse, checks, reply, metrics, request id)",
-              "batching": "+ the micro-batcher (futures, timers, the batch's split)",
-              "executor": "+ the hand-off to the inference thread pool",
+              "batching": "+ the micro-batcher (futures, suspension and wake-up, the batch's assembly and split)",
               "full": "+ onnxruntime inference (the real daemon)"}
     lines = ["# Where a single-image request's CPU goes (in process, no HTTP)", "",
              f"Model: {model}, fitted for 2 epochs on MNIST digit 0. {CLIENTS} concurrent in-process clients send the "

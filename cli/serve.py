@@ -22,6 +22,7 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, envvar="AEGUARD_MAX_WAIT_MS", help="Longest wait for a batch to fill; 0 turns micro-batching off."),
     threads: int = typer.Option(1, envvar="AEGUARD_THREADS", help="onnxruntime threads per call (0: its default, all cores)."),
     inference_workers: int = typer.Option(0, envvar="AEGUARD_INFERENCE_WORKERS", help="onnxruntime calls in flight at once (0: one per core)."),
+    inline_max_ms: float = typer.Option(1.0, envvar="AEGUARD_INLINE_MAX_MS", help="Batches the model scores in under this many ms run on the event loop instead of a thread (0: never)."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, envvar="AEGUARD_MAX_BODY_BYTES"),
     max_images: int = typer.Option(256, envvar="AEGUARD_MAX_IMAGES", help="Images per request."),
     max_pixels: int = typer.Option(16_000_000, envvar="AEGUARD_MAX_PIXELS", help="Pixels per decoded image."),
@@ -41,7 +42,7 @@ def serve(
     settings = ServeSettings(
         bundle=bundle, host=host, port=port, metrics_port=metrics_port, model_name=model_name, workers=workers,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, intra_op_threads=threads,
-        inference_workers=inference_workers,
+        inference_workers=inference_workers, inline_max_ms=inline_max_ms,
         max_body_bytes=max_body_bytes, max_images_per_request=max_images, max_pixels=max_pixels,
         request_timeout_s=request_timeout, api_token=api_token or None, admin_token=admin_token or None,
         watch_interval_s=watch_interval, drain_seconds=drain_seconds, graceful_timeout_s=graceful_timeout,

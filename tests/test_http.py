@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from aeguard.errors import PayloadTooLargeError, RequestError
-from aeguard.serve.http import HttpRequest, Reply, send_reply
+from aeguard.serve.http import HttpRequest, Reply, reply_messages
 
 
 def request(messages: list[dict], headers: list[tuple[bytes, bytes]] = ()) -> HttpRequest:
@@ -49,15 +49,9 @@ def test_body_limits_and_disconnect():
         asyncio.run(gone.body(10))
 
 
-def test_send_reply_writes_length_type_id_and_extra_headers():
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
+def test_reply_messages_carry_length_type_id_and_extra_headers():
     reply = Reply(b"hello", 201, b"application/octet-stream", headers=[(b"x-extra", b"1")])
-    asyncio.run(send_reply(send, reply, b"rid"))
-    start, body = sent
+    start, body = reply_messages(reply, b"rid")
     assert start["status"] == 201
     assert dict(start["headers"]) == {b"content-type": b"application/octet-stream", b"content-length": b"5",
                                       b"x-request-id": b"rid", b"x-extra": b"1"}

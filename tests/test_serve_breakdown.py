@@ -5,7 +5,7 @@ from benchmarks import serve_breakdown
 
 
 def test_every_variant_serves_and_the_stubs_are_put_back(mnist_bundle):
-    shipped = {name: getattr(BatchingScorer, name) for name in ("score", "_infer", "_launch")}
+    shipped = {name: getattr(BatchingScorer, name) for name in ("score", "_infer")}
     results = serve_breakdown.measure(mnist_bundle, rounds=1, requests_per_client=2)  # drive() checks every 200
     assert set(results) == set(serve_breakdown.VARIANTS)
     assert all(entry["best_us"] > 0 for entry in results.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import itertools
 import os
@@ -32,7 +33,7 @@ from aeguard.errors import (
 )
 from aeguard.serve import payloads
 from aeguard.serve.batching import BatchingScorer
-from aeguard.serve.http import HttpRequest, Reply, json_reply, send_reply
+from aeguard.serve.http import HttpRequest, Reply, json_reply, reply_messages
 from aeguard.serve.metrics import Metrics
 from aeguard.serve.model_store import LoadedModel, ModelStore
 from aeguard.serve.openapi import openapi_document
@@ -41,16 +42,7 @@ from aeguard.serve.settings import ServeSettings
 log = logging.getLogger("aeguard.serve")
 
 
-class RequestInfo:
-    """What a handler tells the request log beyond the status: the images it scored."""
-
-    __slots__ = ("request_id", "images")
-
-    def __init__(self, request_id: str):
-        self.request_id, self.images = request_id, 0
-
-
-Handler = Callable[[HttpRequest, RequestInfo], Awaitable[Reply]]
+Handler = Callable[[HttpRequest], Awaitable[Reply]]
 
 
 class DaemonState:
@@ -62,7 +54,8 @@ class DaemonState:
         self.store = ModelStore(settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics)
         self.scorer = BatchingScorer(self.store, self.metrics, settings.max_batch_size,
                                      settings.max_wait_ms / 1000.0, settings.batching,
-                                     settings.inference_workers or os.cpu_count() or 1, settings.request_timeout_s)
+                                     settings.inference_workers or os.cpu_count() or 1, settings.request_timeout_s,
+                                     settings.inline_max_ms / 1000.0)
         self.draining = False
         self._watch_task: asyncio.Task | None = None
 
@@ -96,6 +89,7 @@ class DaemonState:
     async def start(self) -> None:
         await self._reload_quietly("startup")
         await self.scorer.start()
+        tune_garbage_collector()
         if self.settings.watch_interval_s > 0:
             self._watch_task = asyncio.create_task(self._watch())
         if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
@@ -107,6 +101,17 @@ class DaemonState:
         if self._watch_task is not None:
             self._watch_task.cancel()
         await self.scorer.stop()
+
+
+def tune_garbage_collector() -> None:
+    """Requests allocate many short-lived containers, and CPython's default thresholds then run a collection
+    every few requests, each walking every object of the process: onnxruntime's, numpy's and the model's
+    included. Freezing what startup created (it lives as long as the process) takes those out of every walk,
+    and a larger first threshold makes the young collections rarer; the daemon's serve_load throughput
+    with single-image requests rises by about a tenth (benchmarks/serve_load.py)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def request_id_maker() -> Callable[[], str]:
@@ -136,30 +141,33 @@ class Endpoint:
 
     def __init__(self, name: str, handler: Handler, metrics: Metrics, new_request_id: Callable[[], str]):
         self.name, self.handler, self.metrics, self.new_request_id = name, handler, metrics, new_request_id
+        self.log_requests = name != "metrics"  # scrapes every few seconds would drown the log
 
     async def __call__(self, scope: dict, receive, send) -> None:
+        started = time.perf_counter()
         request = HttpRequest(scope, receive)
         raw_id = request.raw_header(b"x-request-id")
-        info = RequestInfo(raw_id.decode("latin-1") if raw_id else self.new_request_id())
-        started = time.perf_counter()
-        self.metrics.in_flight.inc()
+        request.request_id = raw_id.decode("latin-1") if raw_id else self.new_request_id()
+        self.metrics.request_started()
         try:
-            reply = await self.handler(request, info)
+            reply = await self.handler(request)
         except AeguardError as exc:
-            reply = json_reply(error_body(exc, info.request_id), exc.http_status)
+            reply = json_reply(error_body(exc, request.request_id), exc.http_status)
         except Exception as exc:  # a fault of ours: 500, logged with its traceback, daemon lives on
-            log.exception("request failed", extra={"fields": {"request_id": info.request_id}})
-            reply = json_reply(error_body(exc, info.request_id), 500)
+            log.exception("request failed", extra={"fields": {"request_id": request.request_id}})
+            reply = json_reply(error_body(exc, request.request_id), 500)
+        start, body = reply_messages(reply, raw_id or request.request_id.encode())
+        try:
+            await send(start)
+            await send(body)
         finally:
-            self.metrics.in_flight.dec()
-        await send_reply(send, reply, raw_id or info.request_id.encode())
-        seconds = time.perf_counter() - started
-        self.metrics.request_done(self.name, reply.status, seconds)
-        if log.isEnabledFor(logging.INFO) and self.name != "metrics":
+            seconds = time.perf_counter() - started
+            self.metrics.request_done(self.name, reply.status, seconds)
+        if self.log_requests and log.isEnabledFor(logging.INFO):
             log.info("request", extra={"fields": {
-                "request_id": info.request_id, "endpoint": self.name, "method": request.method,
+                "request_id": request.request_id, "endpoint": self.name, "method": request.method,
                 "path": request.path, "status": reply.status,
-                "duration_ms": round(seconds * 1000, 3), "images": info.images}})
+                "duration_ms": round(seconds * 1000, 3), "images": request.images}})
 
 
 def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> Starlette:
@@ -167,7 +175,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     metrics = state.metrics
     new_request_id = request_id_maker()
 
-    async def score_items(items: list, labels: list[str], info: RequestInfo, names: list[str] | None = None) -> Reply:
+    async def score_items(items: list, labels: list[str], request: HttpRequest, names: list[str] | None = None) -> Reply:
         model = state.store.current
         height, width = model.scorer.height, model.scorer.width
         decode = lambda: payloads.decode_items(items, labels, height, width, settings.max_pixels)  # noqa: E731
@@ -178,8 +186,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             raise RequestError(errors[0] if len(errors) == 1 else
                                f"none of the {len(errors)} images could be read; first: {errors[0]}")
         scores, model = await state.scorer.score(np.stack(good))
-        info.images = len(good)
-        results, good_scores = [], iter(scores.tolist())
+        request.images = len(good)
+        results, good_scores = [], iter(scores)
         for index, error in enumerate(errors):
             if error:
                 row = {"error": error}
@@ -194,13 +202,13 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             "results": results, "n_scored": len(good), "n_errors": len(items) - len(good),
         })
 
-    async def v1_score(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def v1_score(request: HttpRequest) -> Reply:
         _check_token(request, settings.api_token)
         payload = payloads.parse_json(await request.body(settings.max_body_bytes))
         items = payloads.score_request_items(payload, settings.max_images_per_request)
-        return await score_items(items, [f"images[{i}]" for i in range(len(items))], info)
+        return await score_items(items, [f"images[{i}]" for i in range(len(items))], request)
 
-    async def v1_score_image(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def v1_score_image(request: HttpRequest) -> Reply:
         _check_token(request, settings.api_token)
         body = await request.body(settings.max_body_bytes)
         if (request.header(b"content-type") or "").startswith("multipart/form-data"):
@@ -214,8 +222,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                         f"{len(uploads)} files in one request; the limit is {settings.max_images_per_request}")
                 names = [upload.filename or f"file[{i}]" for i, upload in enumerate(uploads)]
                 items = [await upload.read() for upload in uploads]
-            return await score_items(items, names, info, names=names)
-        return await score_items([body], ["body"], info)
+            return await score_items(items, names, request, names=names)
+        return await score_items([body], ["body"], request)
 
     def model_for(name: str) -> LoadedModel:
         model = state.store.current
@@ -223,47 +231,49 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             raise ModelNotFoundError(f"unknown model {name!r}; this daemon serves {model.name!r}")
         return model
 
-    async def oip_infer(request: HttpRequest, info: RequestInfo) -> Reply:
-        _check_token(request, settings.api_token)
+    plans = payloads.PlanCache()
+
+    async def oip_infer(request: HttpRequest) -> Reply:
+        if settings.api_token is not None:
+            _check_token(request, settings.api_token)
         params = request.path_params
         model = model_for(params["name"])
         version = params.get("version")
         if version is not None and version != model.version:
             raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
-        payload, binary = payloads.split_oip_body(await request.body(settings.max_body_bytes),
-                                                  request.header(payloads.OIP_BINARY_HEADER))
-        images = payloads.oip_input_tensor(payload, model.scorer.input_name, model.scorer.input_shape,
-                                           settings.max_images_per_request, binary)
-        requested = {o.get("name"): o for o in payload.get("outputs") or [] if isinstance(o, dict)}
-        unknown = set(requested) - {"score", "is_anomaly"}
-        if unknown:
-            raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
+        body = await request.body(settings.max_body_bytes)
+        scorer, header_length = model.scorer, request.header(payloads.OIP_BINARY_HEADER)
+        if header_length is None:
+            payload, binary = payloads.parse_json(body), None
+            plan = payloads.oip_plan(payload, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
+        else:
+            header, binary = payloads.split_binary_body(body, header_length)
+            payload = None
+            plan = plans.plan(header, model, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
+        images = payloads.oip_pixels(plan, payload, binary)
         scores, model = await state.scorer.score(images)
-        info.images = len(images)
-        values = {"score": ("FP32", scores.astype("<f4")), "is_anomaly": ("BOOL", scores > model.threshold)}
-        binary_default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+        request.images = len(images)
+        threshold, shape = model.threshold, [len(scores)]
+        columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", [s > threshold for s in scores], "?")}
         outputs, blobs = [], []
-        for name in requested or values:
-            datatype, array = values[name]
-            entry = {"name": name, "datatype": datatype, "shape": [len(scores)]}
-            if ((requested.get(name) or {}).get("parameters") or {}).get("binary_data", binary_default):
-                blob = array.tobytes()
-                entry["parameters"] = {"binary_data_size": len(blob)}
+        for name, as_binary in plan.outputs:
+            datatype, values, binary_type = columns[name]
+            if as_binary:
+                blob = np.asarray(values, binary_type).tobytes()
+                outputs.append({"name": name, "datatype": datatype, "shape": shape,
+                                "parameters": {"binary_data_size": len(blob)}})
                 blobs.append(blob)
             else:
-                entry["data"] = array.tolist()
-            outputs.append(entry)
+                outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": values})
         body = {"model_name": model.name, "model_version": model.version,
-                "parameters": {"threshold": model.threshold}, "outputs": outputs}
-        if "id" in payload:
-            body["id"] = payload["id"]
+                "parameters": {"threshold": threshold}, "outputs": outputs, **plan.echo}
         if not blobs:
             return json_reply(body)
         header = orjson.dumps(body)
         return Reply(header + b"".join(blobs), content_type=b"application/octet-stream",
                      headers=[(payloads.OIP_BINARY_HEADER, b"%d" % len(header))])
 
-    async def oip_model_metadata(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def oip_model_metadata(request: HttpRequest) -> Reply:
         model = model_for(request.path_params["name"])
         c, h, w = model.scorer.input_shape
         return json_reply({
@@ -274,27 +284,27 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
         })
 
-    async def oip_model_ready(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def oip_model_ready(request: HttpRequest) -> Reply:
         model_for(request.path_params["name"])
         return json_reply({"name": request.path_params["name"], "ready": state.ready}, 200 if state.ready else 503)
 
-    async def server_metadata(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def server_metadata(request: HttpRequest) -> Reply:
         return json_reply({"name": "aeguard", "version": __version__, "extensions": []})
 
-    async def live(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def live(request: HttpRequest) -> Reply:
         return json_reply({"live": True})
 
-    async def ready(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def ready(request: HttpRequest) -> Reply:
         body = {"ready": state.ready}
         if state.store.last_error:
             body["last_reload_error"] = state.store.last_error
         return json_reply(body, 200 if state.ready else 503)
 
-    async def metrics_endpoint(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def metrics_endpoint(request: HttpRequest) -> Reply:
         data, content_type = metrics.exposition()
         return Reply(data, content_type=content_type.encode())
 
-    async def admin_reload(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def admin_reload(request: HttpRequest) -> Reply:
         if settings.admin_token is None:
             raise ModelNotFoundError("admin endpoint is disabled; set AEGUARD_ADMIN_TOKEN to enable it")
         _check_token(request, settings.admin_token)
@@ -304,7 +314,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             return json_reply({"reloaded": False, "error": str(exc), "serving": state.store.serving_version}, 422)
         return json_reply({"reloaded": True, "model": model.name, "version": model.version})
 
-    async def openapi(request: HttpRequest, info: RequestInfo) -> Reply:
+    async def openapi(request: HttpRequest) -> Reply:
         return json_reply(openapi_document())
 
     # Starlette tries routes in order: the scoring endpoints come first, they take nearly all the traffic.

@@ -1,16 +1,20 @@
 """Micro-batching: requests from many clients are gathered into one onnxruntime call.
 
-When no batch is running, the first request waits at most max_wait for company (or until
-max_batch_size images are pending). When a batch is running and a worker is free, the requests that
-arrived in the same event-loop turn go together at once; when every worker is busy, requests pile
-up and go the moment one frees: batches grow with load, and a busy daemon adds no waiting. Up to
-`workers` batches run at once on a thread pool (onnxruntime sessions are thread-safe and release
-the GIL), so small calls do not wait on each other and the event loop keeps accepting and parsing
-requests meanwhile.
+When the daemon is quiet, the first request waits at most max_wait for company (or until
+max_batch_size images are pending). When it is busy (a batch running, or the previous request less
+than max_wait ago), the requests that arrived in the same event-loop turn go together at once; when every
+inference worker is busy, requests pile up and go the moment one frees: batches grow with load, and a
+busy daemon adds no waiting.
 
-The scheduling is plain event-loop callbacks (a timer, the executor's done callback) rather than a
-task with events: a single-image request costs the loop only a future, a timer and a deque entry,
-which is what lets the daemon keep up with the HTTP stack under many small requests.
+Where a batch runs depends on what it costs. A batch the model scores in under `inline_max_s` (timed
+when the model loads) runs right on the event loop: handing it to a thread costs more than that (a
+wake-up, two GIL hand-offs, a call back into the loop), and for small models that hand-off, not
+inference, limited single-image throughput. Longer batches go to a thread pool of `workers` threads
+(onnxruntime releases the GIL), so the event loop keeps accepting and parsing requests meanwhile.
+
+The scheduling is plain event-loop callbacks rather than tasks with events, and request timeouts are
+one periodic sweep rather than a timer per request: a single-image request costs the loop only a
+future and two deque entries.
 """
 
 from __future__ import annotations
@@ -28,18 +32,26 @@ from aeguard.serve.metrics import Metrics
 from aeguard.serve.model_store import LoadedModel, ModelStore
 
 Pending = tuple[np.ndarray, asyncio.Future]
+UINT8_SCALE = np.float32(255.0)
 
 
-def _expire(future: asyncio.Future, timeout_s: float) -> None:
-    if not future.done():
-        future.set_exception(RequestTimeoutError(f"scoring took longer than {timeout_s:g}s"))
+def model_input(parts: list[np.ndarray]) -> np.ndarray:
+    """One float32 batch in [0, 1] from the requests' arrays: float32 ones as they are, uint8 ones (0-255,
+    as the Open Inference Protocol's UINT8 tensors arrive) scaled here, once per batch rather than per request.
+    The same float32 division as to_model_input and the image decoder."""
+    joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if joined.dtype == np.uint8:  # every part was uint8 (one float32 part would have made it float32)
+        return np.divide(joined, UINT8_SCALE, dtype=np.float32)
+    if len(parts) == 1 or not any(part.dtype == np.uint8 for part in parts):
+        return joined
+    return np.concatenate([np.divide(p, UINT8_SCALE, dtype=np.float32) if p.dtype == np.uint8 else p for p in parts])
 
 
 class BatchingScorer:
     """Scores image arrays for request handlers, batching them when configured to."""
 
     def __init__(self, store: ModelStore, metrics: Metrics, max_batch_size: int, max_wait_s: float, batching: bool,
-                 workers: int = 1, timeout_s: float = 30.0):
+                 workers: int = 1, timeout_s: float = 30.0, inline_max_s: float = 0.001):
         self.store = store
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -47,56 +59,78 @@ class BatchingScorer:
         self.batching = batching
         self.workers = workers
         self.timeout_s = timeout_s
+        self.inline_max_s = inline_max_s
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aeguard-infer")
         self._running = 0  # batches handed to the executor and not finished
+        self._last_arrival = -float("inf")  # event-loop time of the latest request
         self._pending: deque[Pending] = deque()
         self._pending_images = 0
         self._flush_handle: asyncio.Handle | None = None  # a scheduled _flush
+        # (deadline, future) in arrival order: with one timeout for all, deadlines only grow
+        self._deadlines: deque[tuple[float, asyncio.Future]] = deque()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._sweep_interval = min(max(timeout_s / 8, 0.001), 1.0)
 
     async def start(self) -> None:
         pass  # nothing runs until the first request: the scheduling lives in callbacks
 
     async def stop(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        for handle in (self._flush_handle, self._sweep_handle):
+            if handle is not None:
+                handle.cancel()
         self.executor.shutdown(wait=True)
 
-    def _infer(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
-        """One onnxruntime call, on an executor thread; its metrics are written there too, off the event loop."""
+    def _infer(self, model: LoadedModel, parts: list[np.ndarray]) -> np.ndarray:
+        """One onnxruntime call, with its metrics (on an executor thread for long batches, off the event loop)."""
         started = time.perf_counter()
+        images = model_input(parts)
         scores = model.scorer.score(images).scores
         seconds = time.perf_counter() - started
         self.metrics.observe_batch(len(images), seconds)
         self.metrics.observe_scores(scores, model.threshold)
         return scores
 
-    async def score(self, images: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
-        """Scores for (N, C, H, W) float32 images, and the model that produced them.
+    def score(self, images: np.ndarray) -> asyncio.Future:
+        """A future of the scores (a list of floats) for (N, C, H, W) images (float32 in [0, 1] or uint8 0-255) and the model that
+        produced them: `scores, model = await scorer.score(images)`. (A plain function returning the future, not
+        a coroutine: one frame less for the event loop to resume per request.)
 
-        Raises RequestTimeoutError when they are not scored within timeout_s (the request is then dropped
-        from its batch if that batch has not started).
+        The future fails with RequestTimeoutError when the images are not scored within timeout_s (the request
+        is then dropped from its batch if that batch has not started).
         """
         self.store.current  # raises NotReadyError now rather than inside a batch
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        expiry = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
+        now = loop.time()
+        self._deadlines.append((now + self.timeout_s, future))
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
         if not self.batching or len(images) >= self.max_batch_size:
             self._launch([(images, future)])
         else:
             self._pending.append((images, future))
             self._pending_images += len(images)
-            self._schedule()
-        try:
-            return await future
-        finally:
-            expiry.cancel()
+            self._schedule(busy=self._running > 0 or now - self._last_arrival < self.max_wait_s)
+        self._last_arrival = now
+        return future
 
-    def _schedule(self) -> None:
+    def _sweep(self) -> None:
+        """Fails the requests whose deadline has passed and forgets the finished ones; runs while any are waiting."""
+        loop = asyncio.get_running_loop()
+        now, deadlines = loop.time(), self._deadlines
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(RequestTimeoutError(f"scoring took longer than {self.timeout_s:g}s"))
+        self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep) if deadlines else None
+
+    def _schedule(self, busy: bool) -> None:
         """Called when work arrives: start a batch at once when it is full, else gather company first.
 
-        A quiet daemon gives the first request max_wait to find company. A busy one (a batch already running,
-        a worker free) waits only for the end of this event-loop iteration, which gathers every request that
-        arrived with this one and adds no idle time.
+        A quiet daemon gives the first request max_wait to find company. A busy one waits only for the end of
+        this event-loop iteration, which gathers every request that arrived with this one and adds no idle time
+        (timing busyness from the last batch's end instead left the loop idle: answering a batch of 64 takes
+        longer than max_wait, so the next requests looked like a quiet daemon's and waited).
         """
         if self._running >= self.workers:
             return  # the next batch starts when one finishes (_finish)
@@ -104,8 +138,7 @@ class BatchingScorer:
             self._flush()
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            quiet = self._running == 0
-            self._flush_handle = loop.call_later(self.max_wait_s, self._flush) if quiet else loop.call_soon(self._flush)
+            self._flush_handle = loop.call_soon(self._flush) if busy else loop.call_later(self.max_wait_s, self._flush)
 
     def _flush(self) -> None:
         """Start batches from the pending requests while inference workers are free."""
@@ -135,27 +168,40 @@ class BatchingScorer:
         try:  # every image of one batch goes through the same model, even if a reload lands meanwhile
             model = self.store.current
         except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            self._deliver(batch, model=None, scores=None, error=exc)
             return
-        images = batch[0][0] if len(batch) == 1 else np.concatenate([images for images, _ in batch])
+        parts = [images for images, _ in batch]
+        count = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        loop = asyncio.get_running_loop()
+        if count * model.seconds_per_image <= self.inline_max_s:
+            try:
+                scores, error = self._infer(model, parts), None
+            except Exception as exc:  # the daemon lives on; these requests get the failure
+                scores, error = None, exc
+            self._deliver(batch, model, scores, error)
+            return
         self._running += 1
-        done = asyncio.get_running_loop().run_in_executor(self.executor, self._infer, model, images)
+        done = loop.run_in_executor(self.executor, self._infer, model, parts)
         done.add_done_callback(functools.partial(self._finish, batch, model))
 
     def _finish(self, batch: list[Pending], model: LoadedModel, done: asyncio.Future) -> None:
-        """Hand each request its share of the batch's scores (or the failure: the daemon lives on)."""
         self._running -= 1
         error = done.exception()
-        scores = done.result() if error is None else None
+        self._deliver(batch, model, done.result() if error is None else None, error)
+        if self._pending:
+            self._flush()
+
+    @staticmethod
+    def _deliver(batch: list[Pending], model: LoadedModel | None, scores: np.ndarray | None,
+                 error: BaseException | None) -> None:
+        """Hand each request its share of the batch's scores (Python floats: what the replies are made of, and
+        one conversion per batch instead of numpy calls per request), or the batch's failure."""
+        values = scores.tolist() if error is None else None
         offset = 0
         for images, future in batch:
             if not future.done():
                 if error is not None:
                     future.set_exception(error)
                 else:
-                    future.set_result((scores[offset : offset + len(images)], model))
+                    future.set_result((values[offset : offset + len(images)], model))
             offset += len(images)
-        if self._pending:
-            self._flush()

@@ -14,13 +14,16 @@ from aeguard.errors import PayloadTooLargeError, RequestError
 
 
 class HttpRequest:
-    """What a handler reads of one request: method, path, path parameters, headers, body."""
+    """What a handler reads of one request (method, path, path parameters, headers, body), and what it tells
+    the request log: the request id and the number of images it scored."""
 
-    __slots__ = ("scope", "receive", "_body")
+    __slots__ = ("scope", "receive", "_body", "_headers", "request_id", "images")
 
     def __init__(self, scope: dict, receive):
         self.scope, self.receive = scope, receive
         self._body: bytes | None = None
+        self._headers: dict[bytes, bytes] | None = None
+        self.request_id, self.images = "", 0
 
     @property
     def method(self) -> str:
@@ -36,10 +39,10 @@ class HttpRequest:
 
     def raw_header(self, name: bytes) -> bytes | None:
         """The first value of a header; `name` in lower case, as ASGI servers deliver header names."""
-        for key, value in self.scope["headers"]:
-            if key == name:
-                return value
-        return None
+        headers = self._headers
+        if headers is None:  # one dict for every lookup, built in C; reversed, so a repeated header reads first
+            headers = self._headers = dict(reversed(self.scope["headers"]))
+        return headers.get(name)
 
     def header(self, name: bytes) -> str | None:
         value = self.raw_header(name)
@@ -49,20 +52,27 @@ class HttpRequest:
         """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
         if self._body is not None:
             return self._body
-        declared = self.header(b"content-length")
+        declared = self.raw_header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"body of {declared} bytes is over the limit of {limit}")
-        chunks, size, more = [], 0, True
-        while more:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise RequestError("the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+            raise PayloadTooLargeError(f"body of {declared.decode()} bytes is over the limit of {limit}")
+        message = await self.receive()
+        if not message.get("more_body") and message["type"] == "http.request":  # the usual case: one message
+            chunks, size = [message.get("body", b"")], len(message.get("body", b""))
+        else:
+            chunks, size = [], 0
+            while True:
+                if message["type"] == "http.disconnect":
+                    raise RequestError("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+                message = await self.receive()
+        if size > limit:
+            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
         self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
 
@@ -89,10 +99,11 @@ def json_reply(content, status: int = 200) -> Reply:
     return Reply(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status)
 
 
-async def send_reply(send, reply: Reply, request_id: bytes) -> None:
+def reply_messages(reply: Reply, request_id: bytes) -> tuple[dict, dict]:
+    """The two ASGI messages that send a whole reply (the caller awaits send() on each: no coroutine of its own)."""
     headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body)),
                (b"x-request-id", request_id)]
     if reply.headers:
         headers += reply.headers
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
+    return ({"type": "http.response.start", "status": reply.status, "headers": headers},
+            {"type": "http.response.body", "body": reply.body})

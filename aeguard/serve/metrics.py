@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import numpy as np
@@ -79,6 +80,11 @@ class Metrics:
         self._info_labels: tuple | None = None
         # labels() costs a lock and a dict build per call; the hot path looks its children up here instead
         self._request_children: dict[tuple[str, int], tuple] = {}
+        # Requests are recorded in plain Python on the event loop and written to the metrics once per loop
+        # iteration (and before every scrape): per request, a prometheus_client call costs a lock each.
+        self._in_flight = 0
+        self._done: list[tuple[str, int, float]] = []
+        self._flush_handle: asyncio.Handle | None = None
         for result in ("success", "failure"):
             self.reloads.labels(result=result)  # both series exist from the start, at 0
 
@@ -92,14 +98,33 @@ class Metrics:
         self.threshold.set(threshold)
         self.calibrated_fpr.set(calibrated_fpr)
 
+    def request_started(self) -> None:
+        self._in_flight += 1
+
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        children = self._request_children.get((endpoint, status))
-        if children is None:
-            children = (self.requests.labels(endpoint=endpoint, code=str(status)),
-                        self.request_seconds.labels(endpoint=endpoint))
-            self._request_children[(endpoint, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Called on the event loop; the metrics show it after this loop iteration (or at the next scrape)."""
+        self._in_flight -= 1
+        self._done.append((endpoint, status, seconds))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush_requests)
+
+    def flush_requests(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.in_flight.set(self._in_flight)
+        done, self._done = self._done, []
+        durations: dict[tuple[str, int], list[float]] = {}
+        for endpoint, status, seconds in done:
+            durations.setdefault((endpoint, status), []).append(seconds)
+        for key, values in durations.items():
+            children = self._request_children.get(key)
+            if children is None:
+                endpoint, status = key
+                children = self._request_children[key] = (self.requests.labels(endpoint=endpoint, code=str(status)),
+                                                          self.request_seconds.labels(endpoint=endpoint))
+            children[0].inc(len(values))
+            observe_many(children[1], np.array(values))
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.inference_seconds.observe(seconds)
@@ -115,6 +140,7 @@ class Metrics:
         observe_many(self.score_ratio, ratios)
 
     def exposition(self) -> tuple[bytes, str]:
+        self.flush_requests()
         if multiprocess_dir() is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class LoadedModel:
     name: str
     version: str  # first 12 hex digits of model.onnx's sha256: changes whenever the graph does
     bundle_sha256: str  # sha256 of manifest.json, which itself pins every bundle file
+    seconds_per_image: float  # onnxruntime time per image in a small batch, timed at load; picks where batches run
 
     @property
     def threshold(self) -> float:
@@ -40,7 +42,19 @@ def load_model(bundle: Path, name: str | None, intra_op_threads: int) -> LoadedM
         name=name or scorer.manifest.get("name") or Path(bundle).resolve().name,
         version=scorer.manifest["files"][MODEL_NAME]["sha256"][:12],
         bundle_sha256=sha256_file(Path(bundle) / MANIFEST_NAME),
+        seconds_per_image=time_per_image(scorer),
     )
+
+
+def time_per_image(scorer: Scorer, images: int = 64, repeats: int = 3) -> float:
+    """Best of a few timed calls on a blank batch of the default micro-batch size (tens of milliseconds at load)."""
+    batch = np.zeros((images, *scorer.input_shape), np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        scorer.score(batch)
+        best = min(best, time.perf_counter() - started)
+    return best / images
 
 
 def manifest_signature(bundle: Path) -> tuple | None:

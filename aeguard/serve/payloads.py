@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -13,7 +14,8 @@ import orjson
 from aeguard.data.images import decode_image
 from aeguard.errors import ImageError, ImageTooLargeError, PayloadTooLargeError, RequestError
 
-OIP_DATATYPES = {"FP32": np.float32, "UINT8": np.uint8}
+OIP_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype(np.uint8)}
+OIP_OUTPUTS = ("score", "is_anomaly")
 
 
 def parse_json(body: bytes) -> dict:
@@ -110,22 +112,13 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
 OIP_BINARY_HEADER = b"inference-header-content-length"  # as ASGI delivers header names
 
 
-def split_oip_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview | None]:
-    """The JSON part and, with the binary tensor extension, the raw bytes that follow it."""
-    if header_length is None:
-        return parse_json(body), None
+def split_binary_body(body: bytes, header_length: str) -> tuple[bytes, memoryview]:
+    """The binary tensor extension's body: the JSON header, and a view of the raw bytes that follow it
+    (a view: image tensors can be megabytes)."""
     if not header_length.isdigit() or int(header_length) > len(body):
         raise RequestError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
     cut = int(header_length)
-    return parse_json(body[:cut]), memoryview(body)[cut:]  # a view: image tensors can be megabytes
-
-
-def _check_range(array: np.ndarray, datatype: str) -> np.ndarray:
-    """float32 in [0, 1]: UINT8 is scaled by 1/255, FP32 must already lie in [0, 1]."""
-    if datatype == "UINT8":
-        # one pass, one allocation; the same float32 division as to_model_input and the image decoder
-        return np.divide(array, np.float32(255.0), dtype=np.float32)
-    return require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
+    return body[:cut], memoryview(body)[cut:]
 
 
 def _flat_uint8(data: list, count: int) -> np.ndarray | None:
@@ -141,13 +134,22 @@ def _flat_uint8(data: list, count: int) -> np.ndarray | None:
         return None
 
 
-def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int,
-                     binary: bytes | memoryview | None = None) -> np.ndarray:
-    """The one input tensor of an Open Inference Protocol v2 infer request, as float32 NCHW in [0, 1].
+@dataclass(frozen=True)
+class OipPlan:
+    """Everything an Open Inference Protocol infer request asks for except its pixels, checked against the model.
 
-    Data comes as JSON ("data", flat or nested) or, with the binary tensor extension, as raw
-    little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}).
+    With the binary tensor extension the plan depends only on the request's JSON header, which a client sends
+    byte for byte the same for every request of one shape: PlanCache keeps plans by those bytes.
     """
+
+    dims: tuple[int, int, int, int]  # N, C, H, W
+    datatype: str  # FP32 or UINT8
+    binary_size: int | None  # bytes of tensor data after the JSON header (binary extension), else None
+    outputs: tuple[tuple[str, bool], ...]  # (name, sent as binary) in reply order
+    echo: dict  # what the reply repeats of the request: its "id", if it had one
+
+
+def oip_plan(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int) -> OipPlan:
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError('"inputs" must be a list holding exactly one tensor')
@@ -169,35 +171,92 @@ def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int]
         raise RequestError("the batch holds no image")
     if dims[0] > max_images:
         raise PayloadTooLargeError(f"{dims[0]} images in one request; the limit is {max_images}")
-    count = math.prod(dims)
-    dtype = np.dtype(OIP_DATATYPES[datatype]).newbyteorder("<")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
+    needed = math.prod(dims) * OIP_DATATYPES[datatype].itemsize
+    if size is not None and size != needed:
+        raise RequestError(f"binary_data_size {size} does not fit shape {dims} of {datatype}, which needs {needed}")
+    requested = {o.get("name"): o for o in payload.get("outputs") or [] if isinstance(o, dict)}
+    unknown = set(requested) - set(OIP_OUTPUTS)
+    if unknown:
+        raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
+    binary_default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    outputs = tuple((name, bool(((requested.get(name) or {}).get("parameters") or {}).get("binary_data", binary_default)))
+                    for name in (requested or OIP_OUTPUTS))
+    return OipPlan(tuple(dims), datatype, size, outputs, {"id": payload["id"]} if "id" in payload else {})
+
+
+def oip_pixels(plan: OipPlan, payload: dict, binary: bytes | memoryview | None) -> np.ndarray:
+    """The request's images as NCHW: float32 in [0, 1] (FP32) or uint8 0-255 (UINT8, scaled by the batcher)."""
+    datatype, dims = plan.datatype, plan.dims
+    if plan.binary_size is not None:
         if binary is None:
             raise RequestError("binary_data_size given but the request has no Inference-Header-Content-Length")
-        if size != count * dtype.itemsize or len(binary) != size:
-            raise RequestError(f"binary data holds {len(binary)} bytes; shape {dims} of {datatype} needs "
-                               f"{count * dtype.itemsize}")
-        array = np.frombuffer(binary, dtype=dtype)
+        if len(binary) != plan.binary_size:
+            raise RequestError(f"binary data holds {len(binary)} bytes; shape {list(dims)} of {datatype} needs "
+                               f"{plan.binary_size}")
+        array = np.frombuffer(binary, dtype=OIP_DATATYPES[datatype])
     else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise RequestError('"data" must be a flat or nested list of numbers')
-        fast = _flat_uint8(data, count) if datatype == "UINT8" else None
-        if fast is not None:
-            return _check_range(fast, datatype).reshape(dims)
-        try:
-            array = np.array(data).reshape(-1)
-            if array.size and array.dtype.kind not in "iuf":  # strings, booleans, objects
-                raise TypeError
-        except (ValueError, TypeError):
-            raise RequestError('"data" must be a flat or nested list of numbers') from None
-        if datatype == "UINT8":
-            # a cast would wrap 300 to 44 and cut 1.5 to 1: refuse anything that is not an integer 0-255
-            fractional = array.dtype.kind == "f" and not np.array_equal(array, np.round(array))
-            if array.size and (fractional or array.min() < 0 or array.max() > 255):
-                raise RequestError("UINT8 data must be integers in 0-255")
-            array = array.astype(np.uint8)
-        if array.size != count:
-            raise RequestError(f'"data" holds {array.size} values; shape {dims} needs {count}')
-    return _check_range(array, datatype).reshape(dims)
+        array = _json_tensor_data(payload["inputs"][0].get("data"), datatype, math.prod(dims), dims)
+    if datatype == "FP32":
+        array = require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
+    return array.reshape(dims)
+
+
+def _json_tensor_data(data, datatype: str, count: int, dims) -> np.ndarray:
+    if not isinstance(data, list):
+        raise RequestError('"data" must be a flat or nested list of numbers')
+    fast = _flat_uint8(data, count) if datatype == "UINT8" else None
+    if fast is not None:
+        return fast
+    try:
+        array = np.array(data).reshape(-1)
+        if array.size and array.dtype.kind not in "iuf":  # strings, booleans, objects
+            raise TypeError
+    except (ValueError, TypeError):
+        raise RequestError('"data" must be a flat or nested list of numbers') from None
+    if datatype == "UINT8":
+        # a cast would wrap 300 to 44 and cut 1.5 to 1: refuse anything that is not an integer 0-255
+        fractional = array.dtype.kind == "f" and not np.array_equal(array, np.round(array))
+        if array.size and (fractional or array.min() < 0 or array.max() > 255):
+            raise RequestError("UINT8 data must be integers in 0-255")
+        array = array.astype(np.uint8)
+    if array.size != count:
+        raise RequestError(f'"data" holds {array.size} values; shape {list(dims)} needs {count}')
+    return array
+
+
+def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int,
+                     binary: bytes | memoryview | None = None) -> np.ndarray:
+    """The one input tensor of an Open Inference Protocol v2 infer request, NCHW (see oip_pixels).
+
+    Data comes as JSON ("data", flat or nested) or, with the binary tensor extension, as raw
+    little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}).
+    """
+    return oip_pixels(oip_plan(payload, input_name, shape, max_images), payload, binary)
+
+
+class PlanCache:
+    """Plans of binary infer requests by the bytes of their JSON header, for one model at a time.
+
+    A hit skips the JSON parse and every check of oip_plan: most of a single-image request's own cost.
+    Headers over 4 KiB are not kept, and the cache starts afresh when full (a client that puts a new
+    "id" in every header just misses).
+    """
+
+    MAX_ENTRIES, MAX_HEADER_BYTES = 256, 4096
+
+    def __init__(self):
+        self._model: object = None
+        self._plans: dict[bytes, OipPlan] = {}
+
+    def plan(self, header: bytes, model, input_name: str, shape: tuple[int, int, int], max_images: int) -> OipPlan:
+        if model is not self._model:
+            self._model, self._plans = model, {}
+        plan = self._plans.get(header)
+        if plan is None:
+            plan = oip_plan(parse_json(header), input_name, shape, max_images)
+            if len(header) <= self.MAX_HEADER_BYTES:
+                if len(self._plans) >= self.MAX_ENTRIES:
+                    self._plans.clear()
+                self._plans[header] = plan
+        return plan

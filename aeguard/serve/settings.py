@@ -26,6 +26,7 @@ class ServeSettings:
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for company; 0 disables batching
     intra_op_threads: int = 1  # onnxruntime threads per call; 0 = its default (all cores)
     inference_workers: int = 0  # onnxruntime calls in flight at once; 0 = one per core
+    inline_max_ms: float = 1.0  # batches the model scores faster than this run on the event loop; 0 = never
     max_body_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 256
     max_pixels: int = 16_000_000  # per decoded image
@@ -42,7 +43,7 @@ class ServeSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"serve setting {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "watch_interval_s", "drain_seconds", "intra_op_threads", "inference_workers"):
+        for name in ("max_wait_ms", "inline_max_ms", "watch_interval_s", "drain_seconds", "intra_op_threads", "inference_workers"):
             if getattr(self, name) < 0:
                 raise UsageError(f"serve setting {name} must not be negative, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
