@@ -167,8 +167,18 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_urls: dict[str, str], a
         rate = results[baseline]["requests_per_s"]
         for key in ("c_batched", "c_batched_binary", "c_unbatched"):
             results["ratios"][f"{key}_over_{base}"] = results[key]["requests_per_s"] / rate
+    results["round_ratios"] = {f"{key}_over_d": round_ratios(results, key, "d_bare")
+                               for key in ("c_batched", "c_batched_binary", "c_unbatched")}
     add_ceiling(results)
     return results
+
+
+def round_ratios(results: dict, key: str, baseline: str) -> dict:
+    """Each round's rate over the baseline's rate in the same round, and their median. The best-of-rounds
+    ratio pairs each scenario's best moment with the baseline's; on a machine whose speed drifts within a
+    minute (steal from neighbours), the ratio within one round is the steadier figure."""
+    ratios = [c / d for c, d in zip(results[key]["rounds_requests_per_s"], results[baseline]["rounds_requests_per_s"])]
+    return {"rounds": ratios, "median": float(np.median(ratios))}
 
 
 def batch_image_rates(results: dict) -> dict[str, float]:
@@ -212,6 +222,10 @@ def model_table(results: dict) -> list[str]:
               f"one is parsed while the other is scored); {r['b_json_over_a']:.2f} with JSON data",
               f"- (c) / (d) with micro-batching (target >= 0.6): **{r['c_batched_over_d']:.2f}** with JSON data, "
               f"**{r['c_batched_binary_over_d']:.2f}** with binary tensors; {r['c_unbatched_over_d']:.2f} without batching",
+              "- (c) / (d) within each round (the steadier figure when the machine's speed drifts): "
+              + ", ".join(f"{label} {' / '.join(f'{v:.2f}' for v in rr['rounds'])} (median {rr['median']:.2f})"
+                          for label, rr in (("binary", results["round_ratios"]["c_batched_binary_over_d"]),
+                                            ("JSON", results["round_ratios"]["c_batched_over_d"]))),
               f"- (c) / (d2), against the Starlette function endpoint: {r['c_batched_over_d2']:.2f} with JSON data, "
               f"{r['c_batched_binary_over_d2']:.2f} with binary tensors; {r['c_unbatched_over_d2']:.2f} without batching",
               f"- ceiling for (c) / (d) on this machine, 1 / (1 + d / capacity), with the best inference rate of the "

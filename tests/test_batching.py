@@ -232,7 +232,8 @@ def test_plan_cache_parses_a_header_once_per_model_and_never_keeps_a_refused_one
                                      "parameters": {"binary_data_size": 4}}]}).encode()
     cache, model, other, larger = payloads.PlanCache(), object(), object(), object()
     plan = cache.plan(header, model, "images", (1, 2, 2), 8)
-    assert plan.dims == (1, 1, 2, 2) and plan.binary_size == 4 and plan.outputs == (("score", False), ("is_anomaly", False))
+    assert plan.dims == (1, 1, 2, 2) and plan.binary_size == 4
+    assert plan.outputs == (("score", False), ("is_anomaly", False))
     assert cache.plan(header, model, "images", (1, 2, 2), 8) is plan  # a hit: no parse, no checks
     assert cache.plan(header, other, "images", (1, 2, 2), 8) is not plan  # a reloaded model starts afresh
     with pytest.raises(RequestError, match="does not fit this model"):

@@ -175,7 +175,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
     metrics = state.metrics
     new_request_id = request_id_maker()
 
-    async def score_items(items: list, labels: list[str], request: HttpRequest, names: list[str] | None = None) -> Reply:
+    async def score_items(items: list, labels: list[str], request: HttpRequest,
+                          names: list[str] | None = None) -> Reply:
         model = state.store.current
         height, width = model.scorer.height, model.scorer.width
         decode = lambda: payloads.decode_items(items, labels, height, width, settings.max_pixels)  # noqa: E731

@@ -91,9 +91,9 @@ class BatchingScorer:
         return scores
 
     def score(self, images: np.ndarray) -> asyncio.Future:
-        """A future of the scores (a list of floats) for (N, C, H, W) images (float32 in [0, 1] or uint8 0-255) and the model that
-        produced them: `scores, model = await scorer.score(images)`. (A plain function returning the future, not
-        a coroutine: one frame less for the event loop to resume per request.)
+        """A future of the scores (a list of floats) for (N, C, H, W) images (float32 in [0, 1] or uint8 0-255)
+        and the model that produced them: `scores, model = await scorer.score(images)`. (A plain function
+        returning the future, not a coroutine: one frame less for the event loop to resume per request.)
 
         The future fails with RequestTimeoutError when the images are not scored within timeout_s (the request
         is then dropped from its batch if that batch has not started).
@@ -115,7 +115,8 @@ class BatchingScorer:
         return future
 
     def _sweep(self) -> None:
-        """Fails the requests whose deadline has passed and forgets the finished ones; runs while any are waiting."""
+        """Fails the requests whose deadline has passed and drops finished ones from the front of the queue;
+        runs every timeout/8 while any request is queued."""
         loop = asyncio.get_running_loop()
         now, deadlines = loop.time(), self._deadlines
         while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):

@@ -150,6 +150,7 @@ class OipPlan:
 
 
 def oip_plan(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int) -> OipPlan:
+    """Checks an infer request's JSON against the model (input name, datatype, shape, limits, outputs)."""
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError('"inputs" must be a list holding exactly one tensor')
@@ -180,8 +181,11 @@ def oip_plan(payload: dict, input_name: str, shape: tuple[int, int, int], max_im
     if unknown:
         raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
     binary_default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
-    outputs = tuple((name, bool(((requested.get(name) or {}).get("parameters") or {}).get("binary_data", binary_default)))
-                    for name in (requested or OIP_OUTPUTS))
+
+    def as_binary(name: str) -> bool:
+        return bool(((requested.get(name) or {}).get("parameters") or {}).get("binary_data", binary_default))
+
+    outputs = tuple((name, as_binary(name)) for name in (requested or OIP_OUTPUTS))
     return OipPlan(tuple(dims), datatype, size, outputs, {"id": payload["id"]} if "id" in payload else {})
 
 
