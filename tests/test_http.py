@@ -56,3 +56,34 @@ def test_reply_messages_carry_length_type_id_and_extra_headers():
     assert dict(start["headers"]) == {b"content-type": b"application/octet-stream", b"content-length": b"5",
                                       b"x-request-id": b"rid", b"x-extra": b"1"}
     assert body == {"type": "http.response.body", "body": b"hello"}
+
+
+def test_endpoint_records_each_request_once_and_a_cancelled_one_leaves_the_in_flight_count():
+    from aeguard.serve.app import Endpoint
+    from aeguard.serve.http import json_reply
+    from aeguard.serve.metrics import Metrics
+
+    metrics, sent = Metrics(), []
+
+    async def fine(req):
+        return json_reply({"ok": True})
+
+    async def cancelled(req):
+        raise asyncio.CancelledError
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"x-request-id", b"mine")]}
+        await Endpoint("live", fine, metrics, lambda: "generated")(scope, None, send)
+        with pytest.raises(asyncio.CancelledError):
+            await Endpoint("live", cancelled, metrics, lambda: "generated")(scope, None, send)
+        await asyncio.sleep(0)  # the loop turn that writes the recorded requests to the metrics
+
+    asyncio.run(main())
+    value = lambda name, **labels: metrics.registry.get_sample_value(name, labels)  # noqa: E731
+    assert value("aeguard_http_requests_total", endpoint="live", code="200") == 1
+    assert value("aeguard_http_request_duration_seconds_count", endpoint="live") == 1
+    assert value("aeguard_http_requests_in_flight") == 0
+    assert (b"x-request-id", b"mine") in sent[0]["headers"] and len(sent) == 2  # the cancelled one sent nothing

@@ -101,10 +101,12 @@ class Metrics:
     def request_started(self) -> None:
         self._in_flight += 1
 
-    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        """Called on the event loop; the metrics show it after this loop iteration (or at the next scrape)."""
+    def request_done(self, endpoint: str, status: int | None, seconds: float) -> None:
+        """Called on the event loop; the metrics show it after this loop iteration (or at the next scrape).
+        A status of None (no reply went out: the request was cancelled) only takes it out of the in-flight count."""
         self._in_flight -= 1
-        self._done.append((endpoint, status, seconds))
+        if status is not None:
+            self._done.append((endpoint, status, seconds))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self.flush_requests)
 

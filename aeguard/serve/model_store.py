@@ -25,7 +25,7 @@ class LoadedModel:
     name: str
     version: str  # first 12 hex digits of model.onnx's sha256: changes whenever the graph does
     bundle_sha256: str  # sha256 of manifest.json, which itself pins every bundle file
-    seconds_per_image: float  # onnxruntime time per image in a small batch, timed at load; picks where batches run
+    seconds_per_image: float  # onnxruntime time per image in a batch of 64, timed at load; picks where batches run
 
     @property
     def threshold(self) -> float:
