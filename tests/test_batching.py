@@ -83,11 +83,12 @@ def test_batches_never_exceed_the_maximum_and_later_requests_follow():
     assert max(scorer.batches) <= 8 and sum(scorer.batches) == 20
 
 
-def test_a_failed_batch_fails_its_requests_and_the_next_batch_works():
+@pytest.mark.parametrize("seconds_per_image", [1.0, 0.0], ids=["thread pool", "event loop"])
+def test_a_failed_batch_fails_its_requests_and_the_next_batch_works(seconds_per_image):
     scorer = FakeScorer()
 
     async def main():
-        scoring = batcher(scorer)
+        scoring = batcher(scorer, seconds_per_image=seconds_per_image)
         scorer.fail = True
         failed = await asyncio.gather(scoring.score(image(0.1)), scoring.score(image(0.2)), return_exceptions=True)
         scorer.fail = False
@@ -97,7 +98,7 @@ def test_a_failed_batch_fails_its_requests_and_the_next_batch_works():
 
     failed, scores = run(main())
     assert all(isinstance(f, RuntimeError) and "fell over" in str(f) for f in failed)
-    assert scores == pytest.approx([0.3])
+    assert scores == pytest.approx([0.3]) and scorer.batches == [2, 1]
 
 
 def test_a_request_that_is_not_scored_in_time_gets_a_timeout_and_leaves_its_batch():
@@ -135,23 +136,6 @@ def test_fast_batches_run_on_the_event_loop_and_slow_ones_on_the_pool():
     assert fast.batches == slow.batches == [5]
     assert fast.threads == [threading.main_thread().name] and slow.threads[0].startswith("aeguard-infer")
     assert fast_scores == slow_scores == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
-
-
-def test_a_failed_inline_batch_fails_its_requests_and_the_next_batch_works():
-    scorer = FakeScorer()
-
-    async def main():
-        scoring = batcher(scorer, seconds_per_image=0.0)
-        scorer.fail = True
-        failed = await asyncio.gather(scoring.score(image(0.1)), scoring.score(image(0.2)), return_exceptions=True)
-        scorer.fail = False
-        scores, _ = await scoring.score(image(0.3))
-        await scoring.stop()
-        return failed, scores
-
-    failed, scores = run(main())
-    assert all(isinstance(f, RuntimeError) and "fell over" in str(f) for f in failed)
-    assert scores == pytest.approx([0.3]) and scorer.batches == [2, 1]
 
 
 def test_uint8_images_are_scaled_once_per_batch_and_mix_with_float32():
