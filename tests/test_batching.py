@@ -168,10 +168,15 @@ def oip(data, datatype="UINT8", shape=(1, 2, 2)):
     return {"inputs": [{"name": "images", "shape": list(shape), "datatype": datatype, "data": data}]}
 
 
+def tensor(payload: dict) -> np.ndarray:
+    """What the daemon makes of a JSON-data infer request for a 1x2x2 model: its plan, then its pixels."""
+    return payloads.oip_pixels(payloads.oip_plan(payload, "images", (1, 2, 2), 8), payload, None)
+
+
 def test_uint8_data_flat_nested_and_integral_floats_read_alike():
-    flat = payloads.oip_input_tensor(oip([0, 51, 255, 102]), "images", (1, 2, 2), 8)
-    nested = payloads.oip_input_tensor(oip([[[0, 51], [255, 102]]]), "images", (1, 2, 2), 8)
-    floats = payloads.oip_input_tensor(oip([0.0, 51.0, 255.0, 102.0]), "images", (1, 2, 2), 8)
+    flat = tensor(oip([0, 51, 255, 102]))
+    nested = tensor(oip([[[0, 51], [255, 102]]]))
+    floats = tensor(oip([0.0, 51.0, 255.0, 102.0]))
     assert flat.dtype == np.uint8 and flat.shape == (1, 1, 2, 2)  # the batcher scales it (model_input)
     np.testing.assert_array_equal(flat.ravel(), [0, 51, 255, 102])
     np.testing.assert_array_equal(model_input([flat]).ravel(), np.array([0, 51, 255, 102], np.float32) / 255.0)
@@ -188,7 +193,7 @@ def test_uint8_data_flat_nested_and_integral_floats_read_alike():
 ])
 def test_bad_uint8_data_is_refused_with_the_reason(data, words):
     with pytest.raises(RequestError, match=words):
-        payloads.oip_input_tensor(oip(data), "images", (1, 2, 2), 8)
+        tensor(oip(data))
 
 
 def test_observing_many_scores_at_once_equals_observing_them_one_by_one():

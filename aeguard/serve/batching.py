@@ -172,7 +172,7 @@ class BatchingScorer:
             self._deliver(batch, model=None, scores=None, error=exc)
             return
         parts = [images for images, _ in batch]
-        count = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        count = sum(map(len, parts))
         loop = asyncio.get_running_loop()
         if count * model.seconds_per_image <= self.inline_max_s:
             try:

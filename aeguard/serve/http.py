@@ -55,24 +55,17 @@ class HttpRequest:
         declared = self.raw_header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"body of {declared.decode()} bytes is over the limit of {limit}")
-        message = await self.receive()
-        if not message.get("more_body") and message["type"] == "http.request":  # the usual case: one message
-            chunks, size = [message.get("body", b"")], len(message.get("body", b""))
-        else:
-            chunks, size = [], 0
-            while True:
-                if message["type"] == "http.disconnect":
-                    raise RequestError("the client disconnected before sending the whole body")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    break
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-                message = await self.receive()
-        if size > limit:
-            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError("the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
         self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
 

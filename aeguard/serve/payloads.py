@@ -189,8 +189,13 @@ def oip_plan(payload: dict, input_name: str, shape: tuple[int, int, int], max_im
     return OipPlan(tuple(dims), datatype, size, outputs, {"id": payload["id"]} if "id" in payload else {})
 
 
-def oip_pixels(plan: OipPlan, payload: dict, binary: bytes | memoryview | None) -> np.ndarray:
-    """The request's images as NCHW: float32 in [0, 1] (FP32) or uint8 0-255 (UINT8, scaled by the batcher)."""
+def oip_pixels(plan: OipPlan, payload: dict | None, binary: bytes | memoryview | None) -> np.ndarray:
+    """The request's images as NCHW: float32 in [0, 1] (FP32) or uint8 0-255 (UINT8, scaled by the batcher).
+
+    Data comes as JSON (the payload's "data", flat or nested) or, with the binary tensor extension, as
+    raw little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}); the payload
+    is then not needed.
+    """
     datatype, dims = plan.datatype, plan.dims
     if plan.binary_size is not None:
         if binary is None:
@@ -227,16 +232,6 @@ def _json_tensor_data(data, datatype: str, count: int, dims) -> np.ndarray:
     if array.size != count:
         raise RequestError(f'"data" holds {array.size} values; shape {list(dims)} needs {count}')
     return array
-
-
-def oip_input_tensor(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int,
-                     binary: bytes | memoryview | None = None) -> np.ndarray:
-    """The one input tensor of an Open Inference Protocol v2 infer request, NCHW (see oip_pixels).
-
-    Data comes as JSON ("data", flat or nested) or, with the binary tensor extension, as raw
-    little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}).
-    """
-    return oip_pixels(oip_plan(payload, input_name, shape, max_images), payload, binary)
 
 
 class PlanCache:
