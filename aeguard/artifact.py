@@ -6,9 +6,12 @@ schema version and the sha256 of every bundle file; readers refuse a bundle that
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,37 +60,81 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any], files: list[str])
     return manifest
 
 
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a real manifest is a few kB; this bounds what a tampered one costs
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def bundle_file(bundle_dir: Path, name: object) -> Path:
+    """The path of a file the manifest names, which must be a plain name inside the bundle folder.
+
+    A manifest is data from wherever the bundle came from: a name with a separator, '..', an absolute
+    path or a NUL would let it point the reader (and its checksum messages) at any file on the machine.
+    """
+    if (not isinstance(name, str) or not name or name in (".", "..") or len(name) > 255
+            or any(char in name for char in "/\\\0")):
+        raise BundleError(f"the manifest names a bundle file {str(name)[:80]!r}; only plain file names inside "
+                          "the bundle folder are allowed")
+    return Path(bundle_dir) / name
+
+
+def read_plain_file(path: Path) -> bytes:
+    """A regular file's bytes, never through a symbolic link (which could point outside the bundle)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise BundleError(f"bundle file {path} is missing") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"bundle file {path} is a symbolic link; a bundle holds plain files only") from None
+        raise BundleError(f"cannot read bundle file {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise BundleError(f"bundle file {path} is not a regular file")
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise BundleError(f"cannot read bundle file {path}: {exc.strerror or exc}") from None
+
+
+def _check_files(files: object, manifest_path: Path) -> dict[str, dict]:
+    if not isinstance(files, dict) or MODEL_NAME not in files:
+        raise BundleError(f"{manifest_path} lists no files or no {MODEL_NAME}")
+    for name, entry in files.items():
+        bundle_file(manifest_path.parent, name)
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])):
+            raise BundleError(f"{manifest_path}: the entry of {name!r} has no valid sha256")
+    return files
+
+
 def read_manifest(bundle_dir: Path, verify: bool = True) -> dict[str, Any]:
-    """Load and check a bundle's manifest: schema version, and with `verify` every file's sha256."""
+    """Load and check a bundle's manifest: schema version, file names, and with `verify` every file's sha256."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle {bundle_dir} is not a directory; pass the --out folder of `aeguard fit`")
     manifest_path = bundle_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(f"bundle {bundle_dir} has no {MANIFEST_NAME}; is it the --out folder of `aeguard fit`?")
+    data = read_plain_file(manifest_path)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path} is {len(data)} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"cannot read {manifest_path}: {exc}") from exc
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {manifest_path}: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"cannot read {manifest_path}: its JSON is nested too deeply") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{manifest_path} is not a JSON object")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # type(): JSON true must not pass for 1
         raise BundleError(
             f"{manifest_path} has schema_version {version!r}; this aeguard reads schema {SCHEMA_VERSION}"
         )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or MODEL_NAME not in files:
-        raise BundleError(f"{manifest_path} lists no files or no {MODEL_NAME}")
+    files = _check_files(manifest.get("files"), manifest_path)
     if verify:
         for name, entry in files.items():
-            path = bundle_dir / name
-            if not path.is_file():
-                raise BundleError(f"bundle file {path} is missing")
-            actual = sha256_file(path)
-            if actual != entry.get("sha256"):
-                raise BundleError(
-                    f"checksum mismatch for {path}: manifest says {entry.get('sha256')}, file has {actual}; "
-                    "the bundle was modified or damaged"
-                )
+            path = bundle_file(bundle_dir, name)
+            if hashlib.sha256(read_plain_file(path)).hexdigest() != entry["sha256"]:
+                raise BundleError(f"checksum mismatch for {path}: the file differs from the manifest's sha256; "
+                                  "the bundle was modified or damaged")
     return manifest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,8 +20,8 @@ import numpy as np
 from aeguard.data.images import DEFAULT_MAX_PIXELS
 from aeguard.decoding import DecodePool
 from aeguard.heatmaps import save_heatmap
-from aeguard.outputs import RowWriter
-from aeguard.runtime import Scorer
+from aeguard.outputs import RowWriter, path_text
+from aeguard.runtime import NON_FINITE_SCORE, ItemResult, Scorer
 
 # Squared pixel error that saturates the heat-map colours: a pixel off by half the range or more.
 HEATMAP_SCALE = 0.25
@@ -53,27 +53,31 @@ class ScoreOptions:
     save_maps: Path | None = None
 
 
-def record_row(writer: RowWriter, summary: ScoreSummary, path: str, threshold: float,
-               score: float | None, error: str | None, on_error: Callable[[str], None] | None) -> bool:
-    """Write one input's row and count it; returns whether it was flagged anomalous."""
-    flagged = score is not None and score > threshold
-    writer.write({"path": path, "score": score, "threshold": threshold,
-                  "is_anomaly": None if score is None else flagged, "error": error})
-    if score is None:
+def record_row(writer: RowWriter, summary: ScoreSummary, path: str, threshold: float, result: ItemResult,
+               on_error: Callable[[str], None] | None) -> None:
+    """Write one input's row and count it."""
+    writer.write({"path": path, "score": result.score, "threshold": threshold,
+                  "is_anomaly": result.is_anomaly, "error": result.error})
+    if result.error is not None:
         summary.errors += 1
         if on_error is not None:
-            on_error(error)
+            on_error(f"{path_text(path)}: {result.error}" if result.error == NON_FINITE_SCORE else result.error)
     else:
         summary.scored += 1
-        summary.anomalies += int(flagged)
-    return flagged
+        summary.anomalies += int(result.is_anomaly)
 
 
-def unscored(paths: Iterable[Path], skip: set[str] | frozenset[str], summary: ScoreSummary) -> Iterable[str]:
-    """Path strings not yet in the output; counts the ones skipped."""
+def unscored(paths: Iterable[Path], done: Counter, summary: ScoreSummary) -> Iterable[str]:
+    """Path strings not yet in the output; counts the ones skipped.
+
+    `done` counts the rows each path already has, so a path listed twice gets two rows whether the run
+    was interrupted or not.
+    """
     for path in paths:
         name = str(path)
-        if name in skip:
+        key = path_text(name)
+        if done[key] > 0:
+            done[key] -= 1
             summary.skipped += 1
         else:
             yield name
@@ -84,7 +88,7 @@ def score_paths(
     paths: Iterable[Path],
     writer: RowWriter,
     options: ScoreOptions | None = None,
-    skip: set[str] | frozenset[str] = frozenset(),
+    done: Counter | None = None,
     on_error: Callable[[str], None] | None = None,
     on_progress: Callable[[ScoreSummary], None] | None = None,
 ) -> ScoreSummary:
@@ -100,18 +104,18 @@ def score_paths(
 
     def finish_batch() -> None:
         names, future = window.popleft()
-        decoded = list(zip(names, pool.result(names, future, *decode_args)))
-        good = [array for _, array in decoded if not isinstance(array, str)]
-        result = scorer.score(np.stack(good), error_maps=options.save_maps is not None) if good else None
+        decoded = pool.result(names, future, *decode_args)
+        good = [array for array in decoded if not isinstance(array, str)]
+        batch = scorer.score(np.stack(good), error_maps=options.save_maps is not None) if good else None
+        errors = [array if isinstance(array, str) else None for array in decoded]
+        results = scorer.results(errors, batch.scores if batch is not None else [])
         position = 0
-        for name, array in decoded:
-            if isinstance(array, str):
-                record_row(writer, summary, name, scorer.threshold, None, array, on_error)
-                continue
-            if record_row(writer, summary, name, scorer.threshold, float(result.scores[position]), None, on_error) \
-                    and options.save_maps is not None:
-                save_heatmap(options.save_maps, name, result.error_maps[position], HEATMAP_SCALE)
-            position += 1
+        for name, error, result in zip(names, errors, results):
+            record_row(writer, summary, name, scorer.threshold, result, on_error)
+            if error is None:
+                if result.is_anomaly and options.save_maps is not None:
+                    save_heatmap(options.save_maps, name, batch.error_maps[position], HEATMAP_SCALE)
+                position += 1
         writer.flush()  # a crash from here on loses at most the batch in flight
         summary.seconds = time.perf_counter() - started
         if on_progress is not None:
@@ -119,7 +123,7 @@ def score_paths(
 
     try:
         chunk: list[str] = []
-        for name in unscored(paths, skip, summary):
+        for name in unscored(paths, Counter(done or ()), summary):
             chunk.append(name)
             if len(chunk) == options.batch_size:
                 window.append((chunk, pool.submit(chunk, *decode_args)))

@@ -15,12 +15,13 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver
 from pathlib import Path
 
 import numpy as np
 
 from aeguard.data.images import load_image
-from aeguard.errors import ImageError
+from aeguard.errors import ImageError, SetupError
 
 
 def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray | str:
@@ -28,6 +29,8 @@ def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray 
         return load_image(path, height, width, max_pixels)
     except ImageError as exc:
         return str(exc)
+    except Exception as exc:  # noqa: BLE001 - load_image turns decoder failures into ImageError; this is the last guard
+        return f"{path}: cannot read ({type(exc).__name__}: {exc})"
 
 
 def _exit_with(parent_pid: int) -> None:
@@ -52,6 +55,33 @@ def decode_chunk(names: list[str], height: int, width: int, max_pixels: int) -> 
     return [_decode(Path(name), height, width, max_pixels) for name in names]
 
 
+def _worker_origin() -> str:
+    """Where the worker found this module: the probe that the pool started with the parent's aeguard."""
+    return __file__
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver so that it imports the same aeguard as this process, however it was started.
+
+    Python 3.11's forkserver preloads modules before it applies the parent's sys.path, and it runs
+    under `python -c`, whose sys.path starts with the working directory: run from inside a source
+    checkout, the workers imported the checkout's aeguard/ instead of the installed one and failed on
+    every file. PYTHONSAFEPATH drops the working directory, PYTHONPATH puts this aeguard first.
+    """
+    package_root = str(Path(__file__).resolve().parent.parent)
+    saved = {name: os.environ.get(name) for name in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    os.environ["PYTHONSAFEPATH"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved["PYTHONPATH"]) if p)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class DecodePool:
     """A process pool for decoding that survives a worker killed by a crashing decoder."""
 
@@ -60,7 +90,21 @@ class DecodePool:
         # forkserver: workers never inherit onnxruntime's threads from this process
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload([__name__])
+        _start_forkserver()
         self.pool = self._new_pool()
+        self._check_workers_start()
+
+    def _check_workers_start(self) -> None:
+        """A pool whose workers cannot start is a setup error, not one unreadable file after another."""
+        try:
+            origin = self.pool.submit(_worker_origin).result(timeout=120)
+        except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, a timeout, an import error in the worker
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            raise SetupError(f"the image decoding workers could not start ({type(exc).__name__}: {exc}); "
+                             "see the messages above for the cause") from None
+        if Path(origin).resolve() != Path(__file__).resolve():
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            raise SetupError(f"the image decoding workers imported aeguard from {origin}, not {__file__}")
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_exit_with,

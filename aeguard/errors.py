@@ -42,6 +42,20 @@ class ImageTooLargeError(ImageError):
     http_status = 413
 
 
+class SetupError(AeguardError):
+    """The environment cannot run the job: worker processes that do not start, a missing system library."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class OutputError(AeguardError):
+    """The results cannot be written: a full disk, a file-size limit, a folder or read-only path as output."""
+
+    exit_code = 7
+    http_status = 500
+
+
 class BundleError(AeguardError):
     """A model bundle is missing, unreadable, tampered with or of an unknown schema."""
 
@@ -86,6 +100,13 @@ class ModelNotFoundError(RequestError):
     """A request named a model this daemon does not serve."""
 
     http_status = 404
+
+
+class ModelOutputError(AeguardError):
+    """The model gave a score that cannot be judged (NaN or infinity) for a valid input."""
+
+    exit_code = 4
+    http_status = 422
 
 
 class NotReadyError(AeguardError):

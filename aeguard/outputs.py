@@ -9,14 +9,16 @@ continues.
 from __future__ import annotations
 
 import csv
-import io
+import errno
 import json
 import os
 import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from aeguard.errors import UsageError
+from aeguard.errors import OutputError, UsageError
 
 COLUMNS = ("path", "score", "threshold", "is_anomaly", "error")
 FORMATS = ("csv", "jsonl", "parquet")
@@ -39,78 +41,183 @@ def spool_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial.jsonl")
 
 
-def _complete_lines(path: Path) -> bytes:
-    """The file's bytes up to its last newline: a crash can leave half a row at the end."""
-    data = path.read_bytes()
-    return data[: data.rfind(b"\n") + 1]
+def path_text(name: str) -> str:
+    """A path as the text rows hold: valid UTF-8 always, so CSV, JSON Lines and Parquet can store it.
+
+    POSIX file names are bytes; Python reads the ones that are not UTF-8 with lone surrogates, which no
+    UTF-8 writer accepts. Those bytes are written as \\xNN escapes instead, the same way on every run,
+    so --resume recognises the row.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def done_paths(output: Path, fmt: str) -> set[str]:
-    """Paths already written by an earlier run of the same command (for --resume)."""
+@dataclass
+class ResumePoint:
+    """What an earlier run left in the output: how many rows each path has, and the intact bytes to keep."""
+
+    done: Counter = field(default_factory=Counter)
+    keep_bytes: int = 0
+    has_header: bool = False
+
+
+def _intact_csv(data: bytes, output: Path) -> ResumePoint:
+    """Parse the CSV record by record: a cut can fall inside a quoted path that holds a newline, so
+    the last newline is not the end of the last whole row."""
+    lines = data.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()  # a row cut off before its line ended
+    point, offsets = ResumePoint(), [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    text = [line.decode("utf-8", "backslashreplace") for line in lines]
+    reader = csv.reader(text, strict=True)
+    consumed = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            if reader.line_num < len(lines):  # bad quoting before the end: not a file cut short
+                raise UsageError(f"{output} is damaged at line {reader.line_num}; remove it to score again") from None
+            break  # the last record was cut inside a quoted field
+        if not point.has_header:
+            if tuple(row) != COLUMNS:
+                raise UsageError(f"{output} is not an aeguard score CSV (first row {row[:5]})")
+            point.has_header = True
+        elif len(row) != len(COLUMNS):
+            raise UsageError(f"{output} is damaged at line {reader.line_num}: a row of {len(row)} columns")
+        else:
+            point.done[row[0]] += 1
+        consumed = reader.line_num
+    point.keep_bytes = offsets[consumed]
+    return point
+
+
+def _intact_jsonl(data: bytes, output: Path) -> ResumePoint:
+    point = ResumePoint(has_header=True)
+    end = data.rfind(b"\n") + 1  # a crash can leave half a row after the last newline
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            point.done[json.loads(line)["path"]] += 1
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{output} is damaged at line {number}: not an aeguard score row") from None
+    point.keep_bytes = end
+    return point
+
+
+def resume_point(output: Path, fmt: str) -> ResumePoint:
+    """The rows an earlier run of the same command wrote (for --resume), and where its intact part ends."""
     if fmt == "parquet":
         if output.exists():
             raise UsageError(f"{output} is complete already; nothing to resume (remove it to score again)")
         target = spool_path(output)
     else:
         target = output
-    if not target.exists():
-        return set()
-    text = _complete_lines(target).decode("utf-8")
-    if fmt == "csv":
-        rows = csv.DictReader(io.StringIO(text))
-        if rows.fieldnames is not None and tuple(rows.fieldnames) != COLUMNS:
-            raise UsageError(f"{output} is not an aeguard score CSV (columns {rows.fieldnames})")
-        return {row["path"] for row in rows}
-    return {json.loads(line)["path"] for line in text.splitlines() if line.strip()}
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return ResumePoint()
+    except OSError as exc:
+        raise OutputError(f"cannot read {target} to resume it: {exc.strerror or exc}") from None
+    return _intact_csv(data, output) if fmt == "csv" else _intact_jsonl(data, output)
 
 
 class RowWriter:
-    """Writes score rows to a file (appending when resuming) or to stdout."""
+    """Writes score rows to a file (continuing an earlier run's intact rows when resuming) or to stdout.
 
-    def __init__(self, output: Path | None, fmt: str, resume: bool = False):
+    Every failure to open or write the output (a folder, a missing parent, no permission, a full disk,
+    a file-size limit) is an OutputError naming the file; the rows flushed before it stay intact.
+    """
+
+    def __init__(self, output: Path | None, fmt: str, resume: ResumePoint | None = None):
         self.format = fmt
         self.output = output
         if fmt == "parquet":
             require_pyarrow()  # before any work, not after hours of scoring
         target = spool_path(output) if fmt == "parquet" else output
         self._owns = target is not None
+        self.target = target
         if target is None:
             self._handle: IO[str] = sys.stdout
-            fresh = True
+            header = True
         else:
-            fresh = not (resume and target.exists() and target.stat().st_size > 0)
-            if not fresh:
-                # drop a half-written last row left by a crash before appending
-                complete = _complete_lines(target)
-                with open(target, "r+b") as handle:
-                    handle.truncate(len(complete))
-            self._handle = open(target, "w" if fresh else "a", newline="", encoding="utf-8")
+            header = resume is None or not resume.has_header
+            try:
+                if resume is not None and resume.keep_bytes:
+                    with open(target, "r+b") as handle:  # drop what a crash left after the last whole row
+                        handle.truncate(resume.keep_bytes)
+                    self._handle = open(target, "a", newline="", encoding="utf-8")
+                else:
+                    self._handle = open(target, "w", newline="", encoding="utf-8")
+            except OSError as exc:
+                raise OutputError(f"cannot write {target}: {_reason(exc)}") from None
         self._csv = csv.writer(self._handle) if fmt == "csv" else None
-        if self._csv is not None and fresh:
-            self._csv.writerow(COLUMNS)
+        if self._csv is not None and header:
+            self._guarded(self._csv.writerow, COLUMNS)
+
+    def _guarded(self, action, *args) -> None:
+        try:
+            action(*args)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.target or 'standard output'}: {_reason(exc)}; "
+                              "the rows written before this point are intact (--resume continues)") from None
 
     def write(self, row: dict) -> None:
+        path, error = path_text(row["path"]), row["error"] and path_text(row["error"])
         if self._csv is not None:
             score = row["score"]
-            self._csv.writerow([
-                row["path"], "" if score is None else f"{score:.8g}", f"{row['threshold']:.8g}",
-                "" if row["is_anomaly"] is None else str(row["is_anomaly"]).lower(), row["error"] or "",
+            self._guarded(self._csv.writerow, [
+                path, "" if score is None else f"{score:.8g}", f"{row['threshold']:.8g}",
+                "" if row["is_anomaly"] is None else str(row["is_anomaly"]).lower(), error or "",
             ])
         else:
-            self._handle.write(json.dumps({key: row[key] for key in COLUMNS}) + "\n")
+            values = {**{key: row[key] for key in COLUMNS}, "path": path, "error": error}
+            self._guarded(self._handle.write, json.dumps(values, allow_nan=False) + "\n")
 
     def flush(self) -> None:
-        self._handle.flush()
+        self._guarded(self._handle.flush)
         if self._owns:
-            os.fsync(self._handle.fileno())
+            self._guarded(_fsync, self._handle)
 
     def close(self, complete: bool = True) -> None:
         """Close; a completed Parquet run turns its spool into the Parquet file."""
-        self.flush()
-        if self._owns:
-            self._handle.close()
+        try:
+            self.flush()
+        finally:
+            if self._owns:
+                try:
+                    self._handle.close()
+                except OSError:
+                    pass  # the flush above already reported why
         if complete and self.format == "parquet":
-            _spool_to_parquet(spool_path(self.output), self.output)
+            self._guarded(_spool_to_parquet, spool_path(self.output), self.output)
+
+
+def _fsync(handle: IO[str]) -> None:
+    try:
+        os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a pipe or device that cannot be synced; nothing is lost
+            raise
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    if exc.errno == errno.EFBIG:
+        return "the file-size limit is reached"
+    if exc.errno == errno.EISDIR:
+        return "it is a folder; name a file"
+    if exc.errno == errno.ENOENT:
+        return "its folder does not exist"
+    return (exc.strerror or str(exc)).lower()
 
 
 def require_pyarrow() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -44,8 +45,9 @@ class _RayScorer:
             result = self.scorer.score(np.stack([decoded[i] for i in good]), error_maps=self.save_maps is not None)
             scores[good] = result.scores
             if self.save_maps is not None:
+                verdicts = self.scorer.results([None] * len(good), result.scores)
                 for position, i in enumerate(good):
-                    if result.scores[position] > self.scorer.threshold:
+                    if verdicts[position].is_anomaly:
                         save_heatmap(self.save_maps, str(batch["path"][i]), result.error_maps[position], HEATMAP_SCALE)
         return {"path": batch["path"], "score": scores, "error": errors}
 
@@ -55,7 +57,7 @@ def score_paths_on_ray(
     paths: Iterable[Path],
     writer: RowWriter,
     options: ScoreOptions,
-    skip: set[str],
+    done: Counter | None,
     address: str | None = None,
     on_error: Callable[[str], None] | None = None,
     num_cpus: int | None = None,
@@ -66,7 +68,8 @@ def score_paths_on_ray(
         raise UsageError("--engine ray needs Ray: pip install 'aeguard[ray]'") from None
     from aeguard.runtime import Scorer
 
-    threshold = Scorer(bundle).threshold
+    scorer = Scorer(bundle)
+    threshold = scorer.threshold
     if options.save_maps is not None:
         options.save_maps.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()
@@ -79,7 +82,7 @@ def score_paths_on_ray(
     summary = ScoreSummary()
     started = time.perf_counter()
     actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    remaining = unscored(paths, skip, summary)
+    remaining = unscored(paths, Counter(done or ()), summary)
     try:
         while window := list(itertools.islice(remaining, WINDOW)):
             dataset = ray.data.from_items([{"path": p} for p in window]).map_batches(
@@ -90,9 +93,10 @@ def score_paths_on_ray(
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
             )
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
-                for path, score, error in zip(batch["path"], batch["score"], batch["error"]):
-                    record_row(writer, summary, str(path), threshold, None if error else float(score),
-                               str(error) or None, on_error)
+                errors = [str(error) or None for error in batch["error"]]
+                scores = [score for score, error in zip(batch["score"], errors) if error is None]
+                for path, result in zip(batch["path"], scorer.results(errors, scores)):
+                    record_row(writer, summary, str(path), threshold, result, on_error)
                 writer.flush()
     finally:
         if started_here:

@@ -5,13 +5,15 @@ Imports onnxruntime and numpy only; the CLI's score/evaluate and the daemon buil
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from aeguard.artifact import MODEL_NAME, read_manifest
+from aeguard.artifact import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
 from aeguard.errors import BundleError, UsageError
 
 SCORE_OUTPUT = "score"
@@ -25,6 +27,34 @@ class ScoreBatch:
     scores: np.ndarray  # (N,) float32, higher = more anomalous
     error_maps: np.ndarray | None = None  # (N, 1, H, W) per-pixel squared error
     reconstructions: np.ndarray | None = None  # (N, 1, H, W)
+
+
+NON_FINITE_SCORE = "the model gave a non-finite score (NaN or infinity) for this image, so it cannot be judged"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One input's outcome: a score and its verdict, or the reason it has none."""
+
+    score: float | None = None
+    is_anomaly: bool | None = None
+    error: str | None = None
+
+
+def judge(score: float, threshold: float) -> ItemResult:
+    """The anomaly rule: a finite score above the threshold. A NaN compares as 'normal', so it is an error."""
+    score = float(score)
+    if not math.isfinite(score):
+        return ItemResult(error=NON_FINITE_SCORE)
+    return ItemResult(score, score > threshold)
+
+
+def item_results(errors: Sequence[str | None], scores: Sequence[float], threshold: float) -> list[ItemResult]:
+    """Per-item results of a batch: the scores, in order, of the items without an error, and each error."""
+    results, remaining = [], iter(scores)
+    for error in errors:
+        results.append(ItemResult(error=error) if error is not None else judge(next(remaining), threshold))
+    return results
 
 
 def session_options(intra_op_threads: int = 0, spin: bool = True) -> ort.SessionOptions:
@@ -57,26 +87,78 @@ def score_array(session: ort.InferenceSession, images: np.ndarray, batch_size: i
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+MAX_INPUT_SIDE = 8192  # pixels per side of the model input; also bounds what evaluate allocates per image
+MAX_CHANNELS = 4
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _input_spec(manifest: dict, where: str) -> tuple[int, int, int]:
+    spec = manifest.get("input")
+    if not isinstance(spec, dict):
+        raise BundleError(f"{where} has no input spec (an object with channels, height and width)")
+    values = [spec.get(key) for key in ("channels", "height", "width")]
+    if not all(type(v) is int for v in values):
+        raise BundleError(f"{where}: input channels, height and width must be integers, got {values}")
+    channels, height, width = values
+    if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE):
+        raise BundleError(f"{where}: input {channels}x{height}x{width} is outside 1-{MAX_CHANNELS} channels "
+                          f"and 1-{MAX_INPUT_SIDE} pixels a side")
+    return channels, height, width
+
+
+def _threshold(manifest: dict, where: str) -> float:
+    threshold, calibration = manifest.get("threshold"), manifest.get("calibration")
+    if not _finite_number(threshold):
+        raise BundleError(f"{where}: threshold {threshold!r} is not a finite number; calibrate the bundle again")
+    if not (isinstance(calibration, dict) and all(_finite_number(calibration.get(k))
+                                                   for k in ("target_fpr", "validation_fpr", "n_normal_validation"))):
+        raise BundleError(f"{where}: calibration is missing or incomplete (target_fpr, validation_fpr, "
+                          "n_normal_validation)")
+    return float(threshold)
+
+
 class Scorer:
-    """A loaded, verified bundle ready to score (N, 1, H, W) float32 batches in [0, 1]."""
+    """A loaded, verified bundle ready to score (N, C, H, W) float32 batches in [0, 1].
+
+    Loading checks everything a scoring run relies on, so a bad bundle is refused here with a BundleError
+    rather than failing later: the manifest's input spec, threshold and calibration, the graph's input
+    shape against the spec, and a probe that the graph gives a finite score for a blank image.
+    """
 
     def __init__(self, bundle_dir: Path, intra_op_threads: int = 0, verify: bool = True, spin: bool = True):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir, verify=verify)
-        spec = self.manifest.get("input", {})
+        where = f"{self.bundle_dir / MANIFEST_NAME}"
+        self.channels, self.height, self.width = _input_spec(self.manifest, where)
+        self.threshold = _threshold(self.manifest, where)
+        model_bytes = read_plain_file(bundle_file(self.bundle_dir, MODEL_NAME))
         try:
-            self.channels, self.height, self.width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
-            self.threshold = float(self.manifest["threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{self.bundle_dir}/manifest.json lacks a valid input spec or threshold: {exc}") from exc
-        try:
-            self.session = open_session(self.bundle_dir / MODEL_NAME, intra_op_threads, spin)
+            self.session = ort.InferenceSession(model_bytes, sess_options=session_options(intra_op_threads, spin),
+                                                providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
-            raise BundleError(f"onnxruntime cannot load {self.bundle_dir / MODEL_NAME}: {exc}") from exc
-        self.input_name = self.session.get_inputs()[0].name
+            raise BundleError(f"onnxruntime cannot load {self.bundle_dir / MODEL_NAME}: {exc}") from None
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
         outputs = {o.name for o in self.session.get_outputs()}
         if SCORE_OUTPUT not in outputs:
             raise BundleError(f"{MODEL_NAME} has no {SCORE_OUTPUT!r} output (has {sorted(outputs)})")
+        declared = list(graph_input.shape)
+        if len(declared) != 4 or any(isinstance(d, int) and d != want
+                                     for d, want in zip(declared[1:], self.input_shape)):
+            raise BundleError(f"{MODEL_NAME} takes input {declared}, but the manifest declares "
+                              f"[N, {self.channels}, {self.height}, {self.width}]")
+        self._probe()
+
+    def _probe(self) -> None:
+        try:
+            probe = self.score(np.zeros((1, *self.input_shape), np.float32)).scores
+        except Exception as exc:  # noqa: BLE001 - any failure of the graph on a valid input is the bundle's
+            raise BundleError(f"{self.bundle_dir / MODEL_NAME} fails on a blank image: {exc}") from None
+        if probe.shape != (1,) or not np.isfinite(probe).all():
+            raise BundleError(f"{self.bundle_dir}: the model gives no finite score for a blank image ({probe!r})")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -116,5 +198,5 @@ class Scorer:
         """Latent codes (N, latent) of bundles that export them (those from aeguard 0.2 on)."""
         return score_array(self.session, self.check_batch(images), batch_size, output=CODE_OUTPUT)
 
-    def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) > self.threshold
+    def results(self, errors: Sequence[str | None], scores: Sequence[float]) -> list[ItemResult]:
+        return item_results(errors, scores, self.threshold)

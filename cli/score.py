@@ -65,7 +65,7 @@ def score(
     from aeguard.batch import ScoreOptions, score_paths
     from aeguard.errors import UsageError
     from aeguard.inputs import BackgroundCount, iter_inputs
-    from aeguard.outputs import RowWriter, done_paths, infer_format
+    from aeguard.outputs import RowWriter, infer_format, resume_point
     from aeguard.runtime import Scorer
 
     inputs = inputs or []
@@ -78,20 +78,21 @@ def score(
     # no spin-waiting between calls: the decode workers need those cores
     scorer = Scorer(bundle, intra_op_threads=threads, spin=False)
     fmt = infer_format(output, format)
-    skip = done_paths(output, fmt) if resume else set()
+    previous = resume_point(output, fmt) if resume else None
     options = ScoreOptions(batch_size=batch_size, workers=workers, max_pixels=max_pixels, save_maps=save_maps)
     paths = iter_inputs(inputs, from_list)
-    writer = RowWriter(output, fmt, resume=resume)
+    writer = RowWriter(output, fmt, resume=previous)
+    done = previous.done if previous is not None else None
     complete = False
     progress = _Progress(BackgroundCount(inputs, from_list) if sys.stderr.isatty() else None)
     try:
         if engine == "ray":
             from aeguard.ray_engine import score_paths_on_ray
 
-            summary = score_paths_on_ray(bundle, paths, writer, options, skip, address,
+            summary = score_paths_on_ray(bundle, paths, writer, options, done, address,
                                          on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr))
         else:
-            summary = score_paths(scorer, paths, writer, options, skip,
+            summary = score_paths(scorer, paths, writer, options, done,
                                   on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr),
                                   on_progress=progress.update)
         complete = True

@@ -170,7 +170,8 @@ def oip(data, datatype="UINT8", shape=(1, 2, 2)):
 
 def tensor(payload: dict) -> np.ndarray:
     """What the daemon makes of a JSON-data infer request for a 1x2x2 model: its plan, then its pixels."""
-    return payloads.oip_pixels(payloads.oip_plan(payload, "images", (1, 2, 2), 8), payload, None)
+    request = payloads.infer_request(payload)
+    return payloads.oip_pixels(payloads.oip_plan(request, "images", (1, 2, 2), 8), request, None)
 
 
 def test_uint8_data_flat_nested_and_integral_floats_read_alike():

@@ -71,8 +71,9 @@ def test_reload_on_change_sighup_and_admin_call(mnist_bundle, dense_bundle, tmp_
         daemon.wait_until(lambda: daemon.metric("aeguard_model_reloads_total", result="failure") == 1,
                           "corrupt bundle not noticed")
         assert served_version(daemon) == version_of(dense_bundle)
-        ready = daemon.client.get("/v2/health/ready").json()
-        assert ready["ready"] is True and "checksum mismatch" in ready["last_reload_error"]
+        ready = daemon.client.get("/v2/health/ready")
+        assert ready.json() == {"ready": True, "last_reload_failed": "BundleError"}
+        assert str(served) not in ready.text  # unauthenticated: no paths, no hashes
         score = daemon.client.post("/v1/score", json={"images": [[[0.0] * 28] * 28]})
         assert score.status_code == 200 and score.json()["model"]["version"] == version_of(dense_bundle)
         assert "model reload refused" in daemon.log()
@@ -81,6 +82,7 @@ def test_reload_on_change_sighup_and_admin_call(mnist_bundle, dense_bundle, tmp_
         assert daemon.client.post("/admin/reload").status_code == 401
         refused = daemon.client.post("/admin/reload", headers={"authorization": "Bearer adm"})
         assert refused.status_code == 422 and refused.json()["serving"] == version_of(dense_bundle)
+        assert "checksum mismatch" in refused.json()["error"]  # the admin, authenticated, sees why
 
         # SIGHUP after the operator puts the first bundle back
         shutil.rmtree(served)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,6 +20,14 @@ from aeguard.errors import DataNotFoundError, ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm", ".pbm", ".tif", ".tiff", ".gif", ".webp"}
+)
+
+# Every raster format Pillow reads, but not EPS (its loader runs Ghostscript on the file) nor the
+# containers that only ever hold one of the others badly (MPEG headers, PDF is write-only anyway).
+DECODER_FORMATS = (
+    "PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM", "TGA", "ICO", "CUR", "ICNS", "IM", "SPIDER",
+    "DDS", "BLP", "PCX", "DCX", "SGI", "QOI", "AVIF", "JPEG2000", "PSD", "FITS", "FLI", "FTEX", "GBR", "IMT",
+    "MCIDAS", "PCD", "PIXAR", "SUN", "XBM", "XPM", "XVTHUMB", "WMF",
 )
 
 # Decompression-bomb guard: refuse anything above this many pixels (configurable per call).
@@ -68,16 +77,21 @@ def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: i
 
     The one decoder behind `aeguard score`, training folders and the daemon. The pixel limit is
     checked from the header, before any pixel is decoded. Every failure is an ImageError naming
-    `label` (default: the path).
+    `label` (default: the path): Pillow's format plugins raise nearly any exception type on a
+    damaged file (TypeError from an odd TIFF tag, NotImplementedError, AttributeError, ...), and
+    one bad input must never end a run. Non-finite pixels (float TIFFs can hold NaN) are refused
+    rather than scored, since a NaN score compares as "not an anomaly".
     """
     label = label or str(source)
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=_available_formats()) as image:
             if image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
                     f"{label}: {image.width}x{image.height} exceeds the pixel limit of {max_pixels}"
                 )
             image.load()
+            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # before clipping turns inf into 1
+                raise ImageError(f"{label}: the image holds non-finite pixel values (NaN or infinity)")
             return image_to_array(image, height, width)
     except ImageError:
         raise
@@ -85,20 +99,41 @@ def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: i
         raise ImageError(f"{label}: no such file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{label}: cannot decode image ({exc})") from None
+    except MemoryError:
+        raise ImageError(f"{label}: not enough memory to decode this image") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring: any decoder failure is this input's error
+        raise ImageError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+def _available_formats() -> tuple[str, ...]:
+    """DECODER_FORMATS that this Pillow build has (AVIF, JPEG2000 and WMF depend on optional libraries)."""
+    Image.init()
+    return tuple(name for name in DECODER_FORMATS if name in Image.OPEN)
+
+
+def _os_reason(exc: OSError | ValueError) -> str:
+    if isinstance(exc, ValueError):  # the OS was never asked: the name itself cannot be a path
+        return "not a valid path (it holds a NUL byte)" if "null" in str(exc) else f"not a valid path ({exc})"
+    return (exc.strerror or str(exc)).lower()
 
 
 def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file as (1, height, width) float32; any failure becomes an ImageError naming the file."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file (0 bytes)")
+        info = path.stat()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
+    except (OSError, ValueError) as exc:  # permission, symlink loop, ENOTDIR, ENAMETOOLONG, NUL in the name
+        raise ImageError(f"{path}: cannot read ({_os_reason(exc)})") from None
+    if stat.S_ISDIR(info.st_mode):
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            raise ImageError(f"{path}: folder cannot be listed ({_os_reason(exc)}); its images were not read") from None
+        raise ImageError(f"{path}: is a folder, not an image file")
+    if info.st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
     return decode_image(path, height, width, max_pixels)
 
 
@@ -107,31 +142,53 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.height, image.width
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ImageError(f"{path}: cannot read image size ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - as in decode_image: any failure is this file's
+        raise ImageError(f"{path}: cannot read image size ({type(exc).__name__}: {exc})") from None
+
+
+def _is_dir(path: Path) -> bool:
+    """Like Path.is_dir, but False for names the OS refuses (too long, NUL byte): those get an error row."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _walk_images(folder: Path, exclude: frozenset[Path]) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
+    """Image files under `folder`, sorted; a subfolder that cannot be listed is yielded itself, so the
+    loader reports it (an unreadable folder's images must not vanish from the results)."""
+    unreadable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable.append):
+        while unreadable:
+            yield Path(unreadable.pop(0).filename)
         dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d) not in exclude and not d.startswith("."))
         for name in sorted(filenames):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield Path(dirpath) / name
+    while unreadable:
+        yield Path(unreadable.pop(0).filename)
 
 
 def iter_image_paths(inputs: Iterable[str | Path], exclude: Iterable[Path] = ()) -> Iterator[Path]:
     """Expand files, folders (recursively, image suffixes only) and glob patterns, in a stable order.
 
-    A named file is yielded whatever its suffix, and even when it does not exist, so a broken,
-    missing or mislabelled file gets its own error row rather than vanishing or stopping the run.
-    A glob pattern that matches nothing raises DataNotFoundError.
+    A named file is yielded whatever its suffix, and even when it does not exist or cannot be a path,
+    so a broken, missing or mislabelled file gets its own error row rather than vanishing or stopping
+    the run. A glob pattern that matches nothing raises DataNotFoundError.
     """
     excluded = frozenset(Path(p) for p in exclude)
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if _is_dir(path):
             yield from _walk_images(path, excluded)
-        elif path.is_file():
+        elif _is_file(path):
             yield path
         elif any(char in str(item) for char in "*?["):
             matches = sorted(glob.glob(str(item), recursive=True))
@@ -139,7 +196,7 @@ def iter_image_paths(inputs: Iterable[str | Path], exclude: Iterable[Path] = ())
                 raise DataNotFoundError(f"pattern {item!r} matches no file")
             for match in matches:
                 match_path = Path(match)
-                if match_path.is_dir():
+                if _is_dir(match_path):
                     yield from _walk_images(match_path, excluded)
                 else:
                     yield match_path

@@ -89,6 +89,16 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
+def first_readable_size(paths: list[Path]) -> tuple[int, int]:
+    """(height, width) of the first image whose header can be read: one broken file must not stop a fit."""
+    for path in paths:
+        try:
+            return image_size(path)
+        except ImageError:
+            continue
+    raise DataNotFoundError(f"none of the {len(paths)} training images can be read")
+
+
 def load_images(paths: list[Path], height: int, width: int) -> tuple[np.ndarray, list[str]]:
     """Decode what can be decoded; return the stack and one message per file that failed."""
     arrays, failures = [], []
@@ -130,7 +140,7 @@ def folder_training_data(folder: Path, image_size_text: str | None, val_fraction
         raise DataNotFoundError(
             f"no training images under {folder} (outside its {NORMAL_SUBDIR}/ and {ANOMALY_SUBDIR}/ subfolders)"
         )
-    size = parse_image_size(image_size_text) or image_size(paths[0])
+    size = parse_image_size(image_size_text) or first_readable_size(paths)
     images, skipped = load_images(paths, *size)
     for message in skipped:
         print(f"warning: skipped {message}", file=sys.stderr)

@@ -23,13 +23,15 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from aeguard import __version__
 from aeguard.errors import (
-    AeguardError, ModelNotFoundError, PayloadTooLargeError, RequestError, UnauthorizedError,
+    AeguardError, ModelNotFoundError, ModelOutputError, PayloadTooLargeError, RequestError, UnauthorizedError,
 )
 from aeguard.serve import payloads
 from aeguard.serve.batching import BatchingScorer
@@ -79,11 +81,18 @@ class DaemonState:
             await self.reload(reason)
         except AeguardError:
             pass  # logged and counted by the store; the old model keeps serving
+        except Exception:  # noqa: BLE001 - a fault outside the store: logged, and the watcher lives on
+            log.exception("model reload failed", extra={"fields": {"reason": reason}})
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
-            if self.store.changed_on_disk():
+            try:
+                changed = self.store.changed_on_disk()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one check
+                log.exception("checking the bundle on disk failed")
+                continue
+            if changed:
                 await self._reload_quietly("bundle changed on disk")
 
     async def start(self) -> None:
@@ -121,6 +130,20 @@ def request_id_maker() -> Callable[[], str]:
     return lambda: f"{prefix}{next(counter):012x}"
 
 
+def client_error(exc: Exception) -> AeguardError | None:
+    """The one place where other libraries' errors about a request become aeguard's (and so a 4xx)."""
+    if isinstance(exc, AeguardError):
+        return exc
+    if isinstance(exc, (MultiPartException, HTTPException)):  # Starlette's form parser raises either
+        status, message = getattr(exc, "status_code", 400), str(getattr(exc, "detail", None) or exc.message)
+        if not 400 <= status < 500:
+            return None
+        if status == 413 or message.startswith("Too many"):  # more files or fields than the limits allow
+            return PayloadTooLargeError(f"multipart body over the limits: {message}")
+        return RequestError(f"multipart body cannot be read: {message}")
+    return None
+
+
 def error_body(exc: Exception, request_id: str) -> dict:
     kind = type(exc).__name__ if isinstance(exc, AeguardError) else "InternalError"
     message = str(exc) if isinstance(exc, AeguardError) else "internal error; see the daemon log for this request id"
@@ -153,11 +176,13 @@ class Endpoint:
         try:
             try:
                 reply = await self.handler(request)
-            except AeguardError as exc:
-                reply = json_reply(error_body(exc, request.request_id), exc.http_status)
-            except Exception as exc:  # a fault of ours: 500, logged with its traceback, daemon lives on
-                log.exception("request failed", extra={"fields": {"request_id": request.request_id}})
-                reply = json_reply(error_body(exc, request.request_id), 500)
+            except Exception as exc:
+                known = client_error(exc)
+                if known is not None:
+                    reply = json_reply(error_body(known, request.request_id), known.http_status)
+                else:  # a fault of ours: 500, logged with its traceback, daemon lives on
+                    log.exception("request failed", extra={"fields": {"request_id": request.request_id}})
+                    reply = json_reply(error_body(exc, request.request_id), 500)
             start, body = reply_messages(reply, raw_id or request.request_id.encode())
             await send(start)
             await send(body)
@@ -180,48 +205,43 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
                           names: list[str] | None = None) -> Reply:
         model = state.store.current
         height, width = model.scorer.height, model.scorer.width
-        decode = lambda: payloads.decode_items(items, labels, height, width, settings.max_pixels)  # noqa: E731
-        # Decoding many images is CPU work: keep it off the event loop.
-        arrays, errors = decode() if len(items) <= 8 else await asyncio.to_thread(decode)
+        # Decoding is CPU work of unbounded cost (a 4000x4000 PNG takes most of a second): never on the loop.
+        arrays, errors = await asyncio.to_thread(payloads.decode_items, items, labels, height, width,
+                                                 settings.max_pixels)
         good = [a for a in arrays if a is not None]
         if not good:
             raise RequestError(errors[0] if len(errors) == 1 else
                                f"none of the {len(errors)} images could be read; first: {errors[0]}")
         scores, model = await state.scorer.score(np.stack(good))
         request.images = len(good)
-        results, good_scores = [], iter(scores)
-        for index, error in enumerate(errors):
-            if error:
-                row = {"error": error}
-            else:
-                score = next(good_scores)
-                row = {"score": score, "is_anomaly": score > model.threshold}
+        results = []
+        for index, result in enumerate(model.scorer.results(errors, scores)):
+            row = {"error": result.error} if result.error is not None else \
+                {"score": result.score, "is_anomaly": result.is_anomaly}
             if names is not None:
                 row = {"filename": names[index], **row}
             results.append(row)
+        scored = sum(1 for result in results if "error" not in result)
         return json_reply({
             "model": {"name": model.name, "version": model.version}, "threshold": model.threshold,
-            "results": results, "n_scored": len(good), "n_errors": len(items) - len(good),
+            "results": results, "n_scored": scored, "n_errors": len(items) - scored,
         })
 
     async def v1_score(request: HttpRequest) -> Reply:
         _check_token(request, settings.api_token)
-        payload = payloads.parse_json(await request.body(settings.max_body_bytes))
-        items = payloads.score_request_items(payload, settings.max_images_per_request)
+        items = payloads.score_request_items(await request.body(settings.max_body_bytes),
+                                             settings.max_images_per_request)
         return await score_items(items, [f"images[{i}]" for i in range(len(items))], request)
 
     async def v1_score_image(request: HttpRequest) -> Reply:
         _check_token(request, settings.api_token)
         body = await request.body(settings.max_body_bytes)
         if (request.header(b"content-type") or "").startswith("multipart/form-data"):
-            async with request.starlette_request().form(max_files=settings.max_images_per_request + 1,
-                                    max_part_size=settings.max_body_bytes) as form:
+            async with request.starlette_request().form(max_files=settings.max_images_per_request,
+                                                        max_part_size=settings.max_body_bytes) as form:
                 uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
                 if not uploads:
                     raise RequestError("multipart body holds no file parts")
-                if len(uploads) > settings.max_images_per_request:
-                    raise PayloadTooLargeError(
-                        f"{len(uploads)} files in one request; the limit is {settings.max_images_per_request}")
                 names = [upload.filename or f"file[{i}]" for i, upload in enumerate(uploads)]
                 items = [await upload.read() for upload in uploads]
             return await score_items(items, names, request, names=names)
@@ -244,19 +264,24 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         if version is not None and version != model.version:
             raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
         body = await request.body(settings.max_body_bytes)
-        scorer, header_length = model.scorer, request.header(payloads.OIP_BINARY_HEADER)
+        scorer, header_length = model.scorer, request.raw_header(payloads.OIP_BINARY_HEADER)
         if header_length is None:
-            payload, binary = payloads.parse_json(body), None
-            plan = payloads.oip_plan(payload, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
+            infer, binary = payloads.infer_request(body), None
+            plan = payloads.oip_plan(infer, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
         else:
             header, binary = payloads.split_binary_body(body, header_length)
-            payload = None
             plan = plans.plan(header, model, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
-        images = payloads.oip_pixels(plan, payload, binary)
+            # the extension also allows JSON data in the header, with binary outputs only
+            infer = payloads.infer_request(header) if plan.binary_size is None else None
+        images = payloads.oip_pixels(plan, infer, binary)
         scores, model = await state.scorer.score(images)
         request.images = len(images)
+        verdicts = model.scorer.results([None] * len(scores), scores)
+        failed = next((i for i, v in enumerate(verdicts) if v.error is not None), None)
+        if failed is not None:  # an OIP reply has no per-image error: refuse rather than send a wrong verdict
+            raise ModelOutputError(f"image {failed}: {verdicts[failed].error}")
         threshold, shape = model.threshold, [len(scores)]
-        columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", [s > threshold for s in scores], "?")}
+        columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", [v.is_anomaly for v in verdicts], "?")}
         outputs, blobs = [], []
         for name, as_binary in plan.outputs:
             datatype, values, binary_type = columns[name]
@@ -298,8 +323,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
 
     async def ready(request: HttpRequest) -> Reply:
         body = {"ready": state.ready}
-        if state.store.last_error:
-            body["last_reload_error"] = state.store.last_error
+        if state.store.last_error_type:
+            # unauthenticated: the kind only; the message (paths, hashes) goes to the log and /admin/reload
+            body["last_reload_failed"] = state.store.last_error_type
         return json_reply(body, 200 if state.ready else 503)
 
     async def metrics_endpoint(request: HttpRequest) -> Reply:
@@ -348,7 +374,8 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         message = "no such endpoint; see /openapi.json" if status == 404 else f"method {request.method} not allowed"
         return Response(orjson.dumps({"error": {"type": "NotFound" if status == 404 else "MethodNotAllowed",
                                                 "message": message}}),
-                        status_code=status, media_type="application/json")
+                        status_code=status, media_type="application/json",
+                        headers=getattr(exc, "headers", None))  # 405 carries Allow
 
     # An Endpoint is an ASGI app, not a function: Starlette routes to it without its Request/Response wrapper.
     app = Starlette(

@@ -33,10 +33,7 @@ class LoadedModel:
 
 
 def load_model(bundle: Path, name: str | None, intra_op_threads: int) -> LoadedModel:
-    scorer = Scorer(bundle, intra_op_threads=intra_op_threads, spin=False)
-    probe = scorer.score(np.zeros((1, *scorer.input_shape), np.float32)).scores
-    if probe.shape != (1,) or not np.isfinite(probe).all():
-        raise BundleError(f"{bundle}: the model gives no finite score for a blank image ({probe!r})")
+    scorer = Scorer(bundle, intra_op_threads=intra_op_threads, spin=False)  # checks the bundle, probe included
     return LoadedModel(
         scorer=scorer,
         name=name or scorer.manifest.get("name") or Path(bundle).resolve().name,
@@ -75,7 +72,8 @@ class ModelStore:
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
         self.signature: tuple | None = None
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the message of the last refused reload (logs, /admin/reload)
+        self.last_error_type: str | None = None  # its kind, the part an unauthenticated probe may see
 
     @property
     def current(self) -> LoadedModel:
@@ -89,25 +87,36 @@ class ModelStore:
         return self._current is not None
 
     def reload(self, reason: str) -> LoadedModel:
-        """Load the bundle beside the served model and swap; on failure keep serving the old one and raise."""
+        """Load the bundle beside the served model and swap; on failure keep serving the old one and raise.
+
+        All or nothing: everything that can fail (the bundle, its probe, the values the metrics show) is
+        done before the swap, and any exception, not only aeguard's, is a refused reload that is counted,
+        logged and shown by the readiness endpoint. It is raised as a BundleError.
+        """
         with self._reload_lock:
             signature = manifest_signature(self.bundle)
             try:
                 candidate = load_model(self.bundle, self.name, self.intra_op_threads)
-            except AeguardError as exc:
+                validation_fpr = float(candidate.scorer.manifest["calibration"]["validation_fpr"])
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                error = exc if isinstance(exc, AeguardError) else BundleError(
+                    f"{self.bundle}: cannot load the bundle ({type(exc).__name__}: {exc})")
                 self.signature = signature  # do not retry the same broken files on every poll
-                self.last_error = str(exc)
+                self.last_error = str(error)
+                self.last_error_type = type(error).__name__
                 self.metrics.reloads.labels(result="failure").inc()
-                log.error("model reload refused", extra={"fields": {"reason": reason, "error": str(exc),
+                log.error("model reload refused", extra={"fields": {"reason": reason, "error": str(error),
                                                                     "still_serving": self.serving_version}})
-                raise
+                if error is exc:
+                    raise
+                raise error from exc
             previous = self.serving_version
             self._current = candidate  # one reference assignment: requests see the old or the new model
             self.signature = signature
-            self.last_error = None
+            self.last_error = self.last_error_type = None
             self.metrics.reloads.labels(result="success").inc()
             self.metrics.set_model(candidate.name, candidate.version, candidate.bundle_sha256, __version__,
-                                   candidate.threshold, candidate.scorer.manifest["calibration"]["validation_fpr"])
+                                   candidate.threshold, validation_fpr)
             log.info("model loaded", extra={"fields": {"reason": reason, "model": candidate.name,
                                                        "version": candidate.version, "previous": previous}})
             return candidate

@@ -6,8 +6,11 @@ import base64
 import binascii
 import io
 import math
+import re
 from dataclasses import dataclass
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -44,8 +47,23 @@ def decode_base64(text: str, label: str) -> bytes:
         raise RequestError(f"{label}: invalid base64 ({exc})") from None
 
 
+def _numbers_only(value: list) -> bool:
+    """True for nested lists of JSON numbers only: numpy would read "0.5" and true as pixel values."""
+    stack = [value]
+    while stack:
+        for item in stack.pop():
+            kind = type(item)
+            if kind is list:
+                stack.append(item)
+            elif kind is not float and kind is not int:
+                return False
+    return True
+
+
 def array_image(value: list, height: int, width: int, label: str) -> np.ndarray:
     """A nested list of pixel values in [0, 1], shaped (H, W) or (1, H, W)."""
+    if not _numbers_only(value):
+        raise RequestError(f"{label}: nested array holds something other than numbers (strings, booleans, null)")
     try:
         array = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError):
@@ -75,14 +93,26 @@ def decode_item(item, height: int, width: int, max_pixels: int, label: str) -> n
     raise RequestError(f"{label}: expected a base64 string or a nested array, got {type(item).__name__}")
 
 
-def score_request_items(payload: dict, max_images: int) -> list:
-    """The images of a /v1/score body: {"images": [...]} or {"image": ...}."""
-    if "images" in payload:
-        items = payload["images"]
-        if not isinstance(items, list):
-            raise RequestError('"images" must be a list')
-    elif "image" in payload:
-        items = [payload["image"]]
+class ScoreRequest(msgspec.Struct):
+    """A /v1/score body: {"images": [...]} or {"image": ...}. Each image is checked on its own (decode_item), so
+    one of the wrong type costs only its own result."""
+
+    images: list | None = None
+    image: Any = None
+
+
+def score_request_items(body: bytes, max_images: int) -> list:
+    """The images of a /v1/score body, checked for type and count."""
+    try:
+        request = msgspec.json.decode(body, type=ScoreRequest)
+    except msgspec.ValidationError as exc:
+        raise RequestError(f"not a score request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body is not valid JSON: {exc}") from None
+    if request.images is not None:
+        items = request.images
+    elif request.image is not None:
+        items = [request.image]
     else:
         raise RequestError('body needs "images" (a list) or "image"')
     if not items:
@@ -112,13 +142,64 @@ def decode_items(items: list, labels: list[str], height: int, width: int, max_pi
 OIP_BINARY_HEADER = b"inference-header-content-length"  # as ASGI delivers header names
 
 
-def split_binary_body(body: bytes, header_length: str) -> tuple[bytes, memoryview]:
+_HEADER_LENGTH = re.compile(rb"[0-9]{1,12}")
+
+
+def split_binary_body(body: bytes, header_length: bytes) -> tuple[bytes, memoryview]:
     """The binary tensor extension's body: the JSON header, and a view of the raw bytes that follow it
     (a view: image tensors can be megabytes)."""
-    if not header_length.isdigit() or int(header_length) > len(body):
-        raise RequestError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
+    if not _HEADER_LENGTH.fullmatch(header_length) or int(header_length) > len(body):
+        raise RequestError(f"Inference-Header-Content-Length {header_length.decode('latin-1')[:40]!r} is not a "
+                           f"number of bytes that fits a body of {len(body)}")
     cut = int(header_length)
     return body[:cut], memoryview(body)[cut:]
+
+
+# The Open Inference Protocol's infer request, as typed structures: msgspec refuses a value of the wrong JSON
+# type anywhere in it (a string for "parameters", true inside "shape") with the path to the value, before any
+# of aeguard's own checks run. Unknown fields are ignored, as the protocol allows.
+class TensorParameters(msgspec.Struct):
+    binary_data_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class InferInput(msgspec.Struct):
+    shape: list[Annotated[int, msgspec.Meta(ge=0)]]
+    datatype: str
+    name: str | None = None
+    parameters: TensorParameters | None = None
+    data: list | None = None
+
+
+class OutputParameters(msgspec.Struct):
+    binary_data: bool | None = None
+
+
+class InferOutput(msgspec.Struct):
+    name: str
+    parameters: OutputParameters | None = None
+
+
+class RequestParameters(msgspec.Struct):
+    binary_data_output: bool = False
+
+
+class InferRequest(msgspec.Struct):
+    inputs: list[InferInput]
+    id: str | None = None
+    parameters: RequestParameters | None = None
+    outputs: list[InferOutput] | None = None
+
+
+def infer_request(body: bytes | dict) -> InferRequest:
+    """An infer request's JSON (its bytes, or already parsed) as an InferRequest; RequestError when it is not one."""
+    try:
+        if isinstance(body, dict):
+            return msgspec.convert(body, InferRequest)
+        return msgspec.json.decode(body, type=InferRequest)
+    except msgspec.ValidationError as exc:
+        raise RequestError(f"not an inference request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body is not valid JSON: {exc}") from None
 
 
 def _flat_uint8(data: list, count: int) -> np.ndarray | None:
@@ -149,51 +230,50 @@ class OipPlan:
     echo: dict  # what the reply repeats of the request: its "id", if it had one
 
 
-def oip_plan(payload: dict, input_name: str, shape: tuple[int, int, int], max_images: int) -> OipPlan:
-    """Checks an infer request's JSON against the model (input name, datatype, shape, limits, outputs)."""
-    inputs = payload.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+def oip_plan(request: InferRequest, input_name: str, shape: tuple[int, int, int], max_images: int) -> OipPlan:
+    """Checks an infer request against the model (input name, datatype, shape, limits, outputs)."""
+    if len(request.inputs) != 1:
         raise RequestError('"inputs" must be a list holding exactly one tensor')
-    tensor = inputs[0]
-    if tensor.get("name") not in (input_name, None):
-        raise RequestError(f"unknown input {tensor.get('name')!r}; this model's input is {input_name!r}")
-    datatype = tensor.get("datatype")
+    tensor = request.inputs[0]
+    if tensor.name not in (input_name, None):
+        raise RequestError(f"unknown input {tensor.name!r}; this model's input is {input_name!r}")
+    datatype = tensor.datatype
     if datatype not in OIP_DATATYPES:
         raise RequestError(f"datatype {datatype!r} is not supported; send FP32 (values in [0, 1]) or UINT8 (0-255)")
-    dims = tensor.get("shape")
+    dims = tensor.shape
     channels, height, width = shape
-    if not (isinstance(dims, list) and all(isinstance(d, int) and d >= 0 for d in dims)):
-        raise RequestError('"shape" must be a list of non-negative integers')
     if len(dims) == 3 and channels == 1:
         dims = [dims[0], 1, dims[1], dims[2]]
     if len(dims) != 4 or tuple(dims[1:]) != shape:
-        raise RequestError(f"shape {tensor.get('shape')} does not fit this model; expected [N, {channels}, {height}, {width}]")
+        raise RequestError(f"shape {tensor.shape} does not fit this model; expected [N, {channels}, {height}, {width}]")
     if dims[0] < 1:
         raise RequestError("the batch holds no image")
     if dims[0] > max_images:
         raise PayloadTooLargeError(f"{dims[0]} images in one request; the limit is {max_images}")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
     needed = math.prod(dims) * OIP_DATATYPES[datatype].itemsize
     if size is not None and size != needed:
         raise RequestError(f"binary_data_size {size} does not fit shape {dims} of {datatype}, which needs {needed}")
-    requested = {o.get("name"): o for o in payload.get("outputs") or [] if isinstance(o, dict)}
+    requested = {o.name: o for o in request.outputs or ()}
     unknown = set(requested) - set(OIP_OUTPUTS)
     if unknown:
         raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
-    binary_default = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = request.parameters.binary_data_output if request.parameters is not None else False
 
     def as_binary(name: str) -> bool:
-        return bool(((requested.get(name) or {}).get("parameters") or {}).get("binary_data", binary_default))
+        parameters = requested[name].parameters if name in requested else None
+        chosen = parameters.binary_data if parameters is not None else None
+        return binary_default if chosen is None else chosen
 
     outputs = tuple((name, as_binary(name)) for name in (requested or OIP_OUTPUTS))
-    return OipPlan(tuple(dims), datatype, size, outputs, {"id": payload["id"]} if "id" in payload else {})
+    return OipPlan(tuple(dims), datatype, size, outputs, {"id": request.id} if request.id is not None else {})
 
 
-def oip_pixels(plan: OipPlan, payload: dict | None, binary: bytes | memoryview | None) -> np.ndarray:
+def oip_pixels(plan: OipPlan, request: InferRequest | None, binary: bytes | memoryview | None) -> np.ndarray:
     """The request's images as NCHW: float32 in [0, 1] (FP32) or uint8 0-255 (UINT8, scaled by the batcher).
 
-    Data comes as JSON (the payload's "data", flat or nested) or, with the binary tensor extension, as
-    raw little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}); the payload
+    Data comes as JSON (the tensor's "data", flat or nested) or, with the binary tensor extension, as
+    raw little-endian bytes after the JSON header ("parameters": {"binary_data_size": n}); the request
     is then not needed.
     """
     datatype, dims = plan.datatype, plan.dims
@@ -205,7 +285,10 @@ def oip_pixels(plan: OipPlan, payload: dict | None, binary: bytes | memoryview |
                                f"{plan.binary_size}")
         array = np.frombuffer(binary, dtype=OIP_DATATYPES[datatype])
     else:
-        array = _json_tensor_data(payload["inputs"][0].get("data"), datatype, math.prod(dims), dims)
+        if binary:
+            raise RequestError("the request carries binary data but its input has no binary_data_size parameter")
+        array = _json_tensor_data(request.inputs[0].data if request is not None else None, datatype,
+                                  math.prod(dims), dims)
     if datatype == "FP32":
         array = require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
     return array.reshape(dims)
@@ -253,7 +336,7 @@ class PlanCache:
             self._model, self._plans = model, {}
         plan = self._plans.get(header)
         if plan is None:
-            plan = oip_plan(parse_json(header), input_name, shape, max_images)
+            plan = oip_plan(infer_request(header), input_name, shape, max_images)
             if len(header) <= self.MAX_HEADER_BYTES:
                 if len(self._plans) >= self.MAX_ENTRIES:
                     self._plans.clear()
