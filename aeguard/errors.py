@@ -90,6 +90,12 @@ class PayloadTooLargeError(RequestError):
     http_status = 413
 
 
+class BodyTimeoutError(RequestError):
+    """A request body that did not all arrive within the request timeout."""
+
+    http_status = 408
+
+
 class UnauthorizedError(RequestError):
     """A missing or wrong bearer token."""
 

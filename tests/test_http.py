@@ -32,21 +32,21 @@ def test_headers_by_lower_case_name():
 
 def test_body_joins_chunks_and_is_read_once():
     req = request([chunk(b"ab", more=True), chunk(b"cd", more=True), chunk(b"")])
-    assert asyncio.run(req.body(10)) == b"abcd"
-    assert asyncio.run(req.body(10)) == b"abcd"  # cached: receive is not called again
+    assert asyncio.run(req.body(10, 5.0)) == b"abcd"
+    assert asyncio.run(req.body(10, 5.0)) == b"abcd"  # cached: receive is not called again
     assert req.starlette_request()._body == b"abcd"
 
 
 def test_body_limits_and_disconnect():
     declared = request([chunk(b"x")], [(b"content-length", b"100")])
     with pytest.raises(PayloadTooLargeError, match="100 bytes is over the limit of 10"):
-        asyncio.run(declared.body(10))
+        asyncio.run(declared.body(10, 5.0))
     streamed = request([chunk(b"x" * 8, more=True), chunk(b"x" * 8)])  # no content-length: counted as it comes
     with pytest.raises(PayloadTooLargeError, match="over the limit of 10 bytes"):
-        asyncio.run(streamed.body(10))
+        asyncio.run(streamed.body(10, 5.0))
     gone = request([chunk(b"x", more=True), {"type": "http.disconnect"}])
     with pytest.raises(RequestError, match="disconnected"):
-        asyncio.run(gone.body(10))
+        asyncio.run(gone.body(10, 5.0))
 
 
 def test_reply_messages_carry_length_type_id_and_extra_headers():

@@ -67,7 +67,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
-        aliases=(("tshirt", 0), ("top", 0), ("boot", 9)),
+        aliases=(("tshirt", 0), ("t-shirt", 0), ("top", 0), ("boot", 9)),
     ),
 }
 
@@ -87,22 +87,22 @@ def get_spec(name: str) -> DatasetSpec:
         raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def parse_classes(spec: DatasetSpec, text: str) -> tuple[int, ...]:
-    """Turn '0,1' or 'sneaker,sandal' into sorted class indices."""
-    lookup = {_normalise(n): i for i, n in enumerate(spec.class_names)}
+    """Turn '0,1' or 'sneaker,sandal' into sorted class indices.
+
+    An index is ASCII digits only and a name matches a class name or alias exactly, ignoring case: a
+    looser reading once trained digit 1 for '-1' and digit 8 for '#8'.
+    """
+    lookup = {n.lower(): i for i, n in enumerate(spec.class_names)}
     lookup.update(spec.aliases)
     chosen = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        if item.isdigit() and int(item) < len(spec.class_names):
+        if re.fullmatch(r"[0-9]+", item) and int(item) < len(spec.class_names):
             chosen.add(int(item))
-        elif _normalise(item) in lookup:
-            chosen.add(lookup[_normalise(item)])
+        elif item.lower() in lookup:
+            chosen.add(lookup[item.lower()])
         else:
             raise UsageError(
                 f"unknown class {item!r} for {spec.name}; use indices 0-{len(spec.class_names) - 1} "

@@ -229,13 +229,13 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
 
     async def v1_score(request: HttpRequest) -> Reply:
         _check_token(request, settings.api_token)
-        items = payloads.score_request_items(await request.body(settings.max_body_bytes),
-                                             settings.max_images_per_request)
+        body = await request.body(settings.max_body_bytes, settings.request_timeout_s)
+        items = payloads.score_request_items(body, settings.max_images_per_request)
         return await score_items(items, [f"images[{i}]" for i in range(len(items))], request)
 
     async def v1_score_image(request: HttpRequest) -> Reply:
         _check_token(request, settings.api_token)
-        body = await request.body(settings.max_body_bytes)
+        body = await request.body(settings.max_body_bytes, settings.request_timeout_s)
         if (request.header(b"content-type") or "").startswith("multipart/form-data"):
             async with request.starlette_request().form(max_files=settings.max_images_per_request,
                                                         max_part_size=settings.max_body_bytes) as form:
@@ -263,7 +263,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         version = params.get("version")
         if version is not None and version != model.version:
             raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
-        body = await request.body(settings.max_body_bytes)
+        body = await request.body(settings.max_body_bytes, settings.request_timeout_s)
         scorer, header_length = model.scorer, request.raw_header(payloads.OIP_BINARY_HEADER)
         if header_length is None:
             infer, binary = payloads.infer_request(body), None

@@ -7,10 +7,12 @@ event-loop time than its whole payload handling (see benchmarks/serve_load.py).
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from starlette.requests import Request
 
-from aeguard.errors import PayloadTooLargeError, RequestError
+from aeguard.errors import BodyTimeoutError, PayloadTooLargeError, RequestError
 
 
 class HttpRequest:
@@ -48,26 +50,37 @@ class HttpRequest:
         value = self.raw_header(name)
         return None if value is None else value.decode("latin-1")
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
+    async def body(self, limit: int, timeout_s: float) -> bytes:
+        """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent),
+        and with 408 when it has not all arrived within `timeout_s` (a client that stalls mid-body)."""
         if self._body is not None:
             return self._body
         declared = self.raw_header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"body of {declared.decode()} bytes is over the limit of {limit}")
-        chunks, size, more = [], 0, True
-        while more:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise RequestError("the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        chunk, more = await self._receive_chunk()  # nearly every body is one message: no timer for it
+        chunks, size = [chunk], len(chunk)
+        if more:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while more:
+                        if size > limit:
+                            break
+                        chunk, more = await self._receive_chunk()
+                        chunks.append(chunk)
+                        size += len(chunk)
+            except TimeoutError:
+                raise BodyTimeoutError(f"the body did not arrive within {timeout_s:g} s") from None
+        if size > limit:
+            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
         self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
+
+    async def _receive_chunk(self) -> tuple[bytes, bool]:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("the client disconnected before sending the whole body")
+        return message.get("body", b""), message.get("more_body", False)
 
     def starlette_request(self) -> Request:
         """Starlette's Request over the body already read, for what it parses well (multipart forms)."""

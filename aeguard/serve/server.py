@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -11,8 +12,13 @@ import threading
 import uvicorn
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
+from uvicorn.supervisors import Multiprocess
+
 from aeguard.serve.logs import configure_logging
+from aeguard.serve.protocol import configure
 from aeguard.serve.settings import SETTINGS_ENV, ServeSettings
+
+log = logging.getLogger("aeguard.serve")
 
 
 class DrainingServer(uvicorn.Server):
@@ -46,8 +52,16 @@ def _uvicorn_options(settings: ServeSettings) -> dict:
             "limit_concurrency": None, "server_header": False}
 
 
+def warn_if_open(settings: ServeSettings) -> None:
+    """Scoring without a token is fine on loopback; anywhere else it is worth a line in the log."""
+    if settings.api_token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the scoring endpoints are open to anyone who reaches %s:%d: set AEGUARD_API_TOKEN to "
+                    "require a bearer token", settings.host, settings.port)
+
+
 def run(settings: ServeSettings) -> None:
     configure_logging(settings.log_level)
+    warn_if_open(settings)
     if settings.workers == 1:
         from aeguard.serve.app import create_app
 
@@ -55,8 +69,8 @@ def run(settings: ServeSettings) -> None:
         state = app.state.aeguard
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.host, registry=state.metrics.registry)
-        server = DrainingServer(uvicorn.Config(app, **_uvicorn_options(settings)), state.begin_drain,
-                                settings.drain_seconds)
+        config = configure(uvicorn.Config(app, **_uvicorn_options(settings)), settings.header_timeout_s)
+        server = DrainingServer(config, state.begin_drain, settings.drain_seconds)
         server.run()
         return
 
@@ -70,7 +84,10 @@ def run(settings: ServeSettings) -> None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-        uvicorn.run("aeguard.serve.app:create_app_from_env", factory=True, workers=settings.workers,
-                    **_uvicorn_options(settings))
+        # uvicorn.run, with the guarded protocol configured: the Config travels to every worker process
+        config = configure(uvicorn.Config("aeguard.serve.app:create_app_from_env", factory=True,
+                                          workers=settings.workers, **_uvicorn_options(settings)),
+                           settings.header_timeout_s)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -30,7 +30,8 @@ class ServeSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 256
     max_pixels: int = 16_000_000  # per decoded image
-    request_timeout_s: float = 30.0
+    request_timeout_s: float = 30.0  # scoring, and reading a request's body
+    header_timeout_s: float = 10.0  # a connection must send a whole request head this soon; 0 disables
     api_token: str | None = None  # bearer token for the scoring endpoints
     admin_token: str | None = None  # bearer token for POST /admin/reload; unset disables the endpoint
     watch_interval_s: float = 2.0  # poll the bundle's manifest for changes; 0 disables
@@ -43,11 +44,15 @@ class ServeSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"serve setting {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "inline_max_ms", "watch_interval_s", "drain_seconds", "intra_op_threads", "inference_workers"):
+        for name in ("max_wait_ms", "inline_max_ms", "watch_interval_s", "drain_seconds", "intra_op_threads",
+                     "inference_workers", "header_timeout_s"):
             if getattr(self, name) < 0:
                 raise UsageError(f"serve setting {name} must not be negative, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
             raise UsageError("serve setting request_timeout_s must be positive")
+        for name in ("api_token", "admin_token"):
+            if getattr(self, name) == "":  # an empty AEGUARD_API_TOKEN would otherwise mean "no token" in silence
+                raise UsageError(f"serve setting {name} is set but empty; unset it to run without one")
 
     @property
     def batching(self) -> bool:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 
 from aeguard import __version__
-from aeguard.artifact import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, write_manifest
+from aeguard.artifact import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, make_shareable, write_manifest
 from aeguard.calibrate import calibration_summary
 from aeguard.data.images import preprocessing_spec
 from aeguard.data.sources import TrainingData, dataset_training_data, folder_training_data
@@ -127,22 +131,57 @@ def model_score_config(options: FitOptions, config: dict) -> dict:
 
 
 def check_out(out: Path, force: bool) -> None:
-    """Refuse an occupied --out before any training time is spent."""
+    """Refuse an occupied or unwritable --out before any training time is spent."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"--out {out} already holds files; pass --force to replace it, or choose another folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent).cleanup()
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
     check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     # Everything is built in a hidden sibling and moved into place at the end: a failed or
     # interrupted fit never leaves a half-written bundle, nor destroys the previous one.
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    make_shareable(staging, directory=True)
+    return staging
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders of fits into `out` that were killed (their process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:partial|old)-([0-9]+)(?:-.*)?")
+    for sibling in out.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
+    """Put the finished bundle at `out` so that a kill at any moment leaves a whole bundle there (old or new).
+
+    Two renames (old away, new in) leave nothing at `out` between them; Linux swaps two paths in one
+    step (renameat2 with RENAME_EXCHANGE). Elsewhere, or on a file system without it, the old bundle is
+    moved aside first and `remove_stale_staging` cleans up after a kill.
+    """
+    if out.exists() and exchange_paths(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous bundle
+        return
     backup = None
     if out.exists():
         backup = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -150,6 +189,23 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     os.replace(staging, out)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS):  # a file system or kernel without it
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
 
 
 def _training_record(config: TrainConfig, result: TrainResult) -> dict:
