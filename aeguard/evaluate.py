@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from aeguard import report as reports
-from aeguard.artifact import VALIDATION_SCORES_NAME
+from aeguard.artifact import VALIDATION_SCORES_NAME, read_plain_file
 from aeguard.calibrate import evaluate_scores
 from aeguard.data.sources import EvalSet
+from aeguard.errors import BundleError
 from aeguard.runtime import Scorer
 
 GRID_EXAMPLES_PER_GROUP = 8
@@ -26,8 +28,19 @@ def _grid_indices(is_anomaly: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def validation_scores(bundle_dir: Path) -> np.ndarray | None:
+    """The held-out normal images' scores saved at fit (for the histogram); None in bundles without them."""
     path = Path(bundle_dir) / VALIDATION_SCORES_NAME
-    return np.load(path, allow_pickle=False) if path.is_file() else None
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        scores = np.load(io.BytesIO(read_plain_file(path)), allow_pickle=False)
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's loader raises many types on a damaged file
+        raise BundleError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if scores.ndim != 1 or scores.dtype.kind != "f":
+        raise BundleError(f"{path} holds {scores.dtype} of shape {scores.shape}, not one score per image")
+    return scores
 
 
 def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,

@@ -61,6 +61,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("aeguard_images_scored", "Images scored.", registry=r)
         self.anomalies = Counter("aeguard_anomalies", "Images flagged as anomalous.", registry=r)
+        self.non_finite = Counter("aeguard_non_finite_scores", "Images the model gave a NaN or infinite score "
+                                  "(answered with an error, not a verdict).", registry=r)
         self.score_ratio = Histogram("aeguard_anomaly_score_ratio",
                                      "Anomaly score divided by the model's threshold (above 1 = anomalous).",
                                      buckets=SCORE_RATIO_BUCKETS, registry=r)
@@ -134,6 +136,10 @@ class Metrics:
 
     def observe_scores(self, scores: np.ndarray, threshold: float) -> None:
         self.images.inc(len(scores))
+        finite = np.isfinite(scores)
+        if not finite.all():  # one NaN in the histogram's sum would poison it until the daemon restarts
+            self.non_finite.inc(int(np.count_nonzero(~finite)))
+            scores = scores[finite]
         self.anomalies.inc(int(np.count_nonzero(scores > threshold)))
         # in float64, as observe() on Python floats did: a float32 quotient can round a score just over the
         # threshold down to exactly 1.0 and into the bucket below, while anomalies counts it

@@ -38,22 +38,29 @@ def openapi_document() -> dict:
                         "filename": {"type": "string"}}}},
                     "n_scored": {"type": "integer"}, "n_errors": {"type": "integer"}}},
                 "InferTensor": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
-                    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                    "datatype": {"type": "string", "enum": ["FP32", "UINT8"]}, "data": {"type": "array"}}},
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["FP32", "UINT8"]},
+                    "parameters": {"type": "object", "properties": {
+                        "binary_data_size": {"type": "integer", "minimum": 0}}},
+                    "data": {"type": "array", "description": "flat or nested numbers: FP32 in [0, 1], UINT8 0-255"}}},
                 "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
                     "id": {"type": "string"}, "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/InferTensor"}},
-                    "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}},
+                    "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+                    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string", "enum": ["score", "is_anomaly"]},
+                        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}},
             },
         },
         "paths": {
             "/v1/score": {"post": {
                 "summary": "Score images sent as base64 or nested arrays", "security": [{"bearer": []}],
                 "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}}},
-                "responses": {"200": _SCORED, **_errors(400, 401, 413, 503, 504)}}},
+                "responses": {"200": _SCORED, **_errors(400, 401, 408, 413, 503, 504)}}},
             "/v1/score/image": {"post": {
                 "summary": "Score raw image bytes, or several files as multipart/form-data", "security": [{"bearer": []}],
                 "requestBody": {"content": {"image/*": {}, "application/octet-stream": {}, "multipart/form-data": {}}},
-                "responses": {"200": _SCORED, **_errors(400, 401, 413, 503, 504)}}},
+                "responses": {"200": _SCORED, **_errors(400, 401, 408, 413, 503, 504)}}},
             "/v2": {"get": {"summary": "Server metadata (Open Inference Protocol v2)", "responses": {"200": {"description": "metadata"}}}},
             "/v2/health/live": {"get": {"summary": "Liveness", "responses": {"200": {"description": "the process is up"}}}},
             "/v2/health/ready": {"get": {"summary": "Readiness", "responses": {
@@ -66,7 +73,7 @@ def openapi_document() -> dict:
                 "summary": "Inference (Open Inference Protocol v2): outputs score (FP32) and is_anomaly (BOOL)",
                 "parameters": _NAME, "security": [{"bearer": []}],
                 "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}},
-                "responses": {"200": {"description": "outputs"}, **_errors(400, 401, 404, 413, 503, 504)}}},
+                "responses": {"200": {"description": "outputs"}, **_errors(400, 401, 404, 408, 413, 422, 503, 504)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
             "/admin/reload": {"post": {"summary": "Reload the bundle from disk (admin token)", "security": [{"bearer": []}],
                                        "responses": {"200": {"description": "reloaded"},
