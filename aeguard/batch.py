@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.data.images import DEFAULT_MAX_PIXELS
+from aeguard.errors import OutputError
 from aeguard.decoding import DecodePool
 from aeguard.heatmaps import save_heatmap
 from aeguard.outputs import RowWriter, path_text
@@ -51,6 +52,22 @@ class ScoreOptions:
     prefetch_batches: int = 4
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_maps: Path | None = None
+
+
+def prepare_maps_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--save-maps {folder}: {exc.strerror or exc}") from None
+
+
+def write_heatmap(folder: Path, name: str, error_map: np.ndarray) -> None:
+    """One anomaly's heat map; a failure to write it stops the run like any output failure (exit 7)."""
+    try:
+        save_heatmap(folder, name, error_map, HEATMAP_SCALE)
+    except OSError as exc:
+        raise OutputError(f"cannot write the heat map of {path_text(name)} into {folder}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def record_row(writer: RowWriter, summary: ScoreSummary, path: str, threshold: float, result: ItemResult,
@@ -97,7 +114,7 @@ def score_paths(
     summary = ScoreSummary()
     started = time.perf_counter()
     if options.save_maps is not None:
-        options.save_maps.mkdir(parents=True, exist_ok=True)
+        prepare_maps_folder(options.save_maps)
     window: deque[tuple[list[str], Future]] = deque()
     decode_args = (scorer.height, scorer.width, options.max_pixels)
     pool = DecodePool(options.workers or os.cpu_count() or 1)
@@ -114,7 +131,7 @@ def score_paths(
             record_row(writer, summary, name, scorer.threshold, result, on_error)
             if error is None:
                 if result.is_anomaly and options.save_maps is not None:
-                    save_heatmap(options.save_maps, name, batch.error_maps[position], HEATMAP_SCALE)
+                    write_heatmap(options.save_maps, name, batch.error_maps[position])
                 position += 1
         writer.flush()  # a crash from here on loses at most the batch in flight
         summary.seconds = time.perf_counter() - started

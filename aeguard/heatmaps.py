@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -21,9 +23,17 @@ def heatmap(error_map: np.ndarray, scale: float) -> Image.Image:
     return Image.fromarray(_LUT[(levels * 255).astype(np.uint8)], mode="RGB")
 
 
+MAX_NAME = 200  # file systems allow 255 bytes a name
+
+
 def map_name(path: str) -> str:
-    """A flat, readable file name for an input path: separators and odd characters become '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.strip("/")) + ".png"
+    """A flat, readable file name for an input path: separators and odd characters become '_'. A long path
+    keeps its end (the file's own name) and a hash of the whole, so names stay unique and within the limit."""
+    flat = re.sub(r"[^A-Za-z0-9._-]+", "_", path.strip("/"))
+    if len(flat) > MAX_NAME:
+        digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+        flat = f"{digest}_{flat[-(MAX_NAME - 17):]}"
+    return flat + ".png"
 
 
 def save_heatmap(folder: Path, path: str, error_map: np.ndarray, scale: float) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard.batch import HEATMAP_SCALE, ScoreOptions, ScoreSummary, record_row, unscored
+from aeguard.batch import ScoreOptions, ScoreSummary, prepare_maps_folder, record_row, unscored, write_heatmap
 from aeguard.errors import UsageError
 from aeguard.outputs import RowWriter
 
@@ -35,7 +35,6 @@ class _RayScorer:
 
     def __call__(self, batch: dict) -> dict:
         from aeguard.decoding import decode_chunk
-        from aeguard.heatmaps import save_heatmap
 
         decoded = decode_chunk([str(p) for p in batch["path"]], self.scorer.height, self.scorer.width, self.max_pixels)
         good = [i for i, a in enumerate(decoded) if not isinstance(a, str)]
@@ -48,7 +47,7 @@ class _RayScorer:
                 verdicts = self.scorer.results([None] * len(good), result.scores)
                 for position, i in enumerate(good):
                     if verdicts[position].is_anomaly:
-                        save_heatmap(self.save_maps, str(batch["path"][i]), result.error_maps[position], HEATMAP_SCALE)
+                        write_heatmap(self.save_maps, str(batch["path"][i]), result.error_maps[position])
         return {"path": batch["path"], "score": scores, "error": errors}
 
 
@@ -71,7 +70,7 @@ def score_paths_on_ray(
     scorer = Scorer(bundle)
     threshold = scorer.threshold
     if options.save_maps is not None:
-        options.save_maps.mkdir(parents=True, exist_ok=True)
+        prepare_maps_folder(options.save_maps)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,

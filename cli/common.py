@@ -14,8 +14,17 @@ from aeguard.errors import AeguardError
 F = TypeVar("F", bound=Callable)
 
 
+EXIT_ENVIRONMENT = 1
+EXIT_INTERRUPTED = 130
+
+
 def reports_errors(command: F) -> F:
-    """Print an AeguardError as one clear line on stderr and exit with its code, without a traceback."""
+    """Print an error as one clear line on stderr and exit with its code, without a traceback.
+
+    AeguardErrors carry their own code. An OSError that reaches here (a report folder that cannot be
+    written, a disk that filled while saving weights) is the machine's, not the user's input: exit 1,
+    with the file and the reason.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -24,6 +33,13 @@ def reports_errors(command: F) -> F:
         except AeguardError as exc:
             print(f"aeguard: error: {exc}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"aeguard: error: {exc.strerror or exc}{where}", file=sys.stderr)
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
+        except KeyboardInterrupt:
+            print("aeguard: interrupted", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 

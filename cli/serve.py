@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .common import reports_errors
+
+
+def _as_given(value: Optional[str], variable: str) -> Optional[str]:
+    return "" if value is None and os.environ.get(variable) == "" else value
 
 
 @reports_errors
@@ -40,6 +45,9 @@ def serve(
     from aeguard.serve.server import run
     from aeguard.serve.settings import ServeSettings
 
+    # Click reads an empty variable as unset; an operator who exported AEGUARD_API_TOKEN="" meant a token
+    api_token = _as_given(api_token, "AEGUARD_API_TOKEN")
+    admin_token = _as_given(admin_token, "AEGUARD_ADMIN_TOKEN")
     settings = ServeSettings(
         bundle=bundle, host=host, port=port, metrics_port=metrics_port, model_name=model_name, workers=workers,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, intra_op_threads=threads,

@@ -276,3 +276,22 @@ def test_scoring_from_inside_a_source_checkout_uses_the_installed_aeguard(bundle
     assert result.returncode == 0, result.stderr
     assert "scored 3 images" in result.stderr and "0 unreadable" in result.stderr
 
+
+
+def test_heat_map_names_of_long_paths_stay_within_the_file_system_limit():
+    from aeguard.heatmaps import map_name
+
+    long_a, long_b = "/data/" + "a" * 600 + "/x.png", "/data/" + "b" * 600 + "/x.png"
+    assert len(map_name(long_a)) <= 255 and map_name(long_a) != map_name(long_b)
+    assert map_name(long_a).endswith("_x.png.png") and map_name("/data/cat.png") == "data_cat.png.png"
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_line_and_exit_1(bundle, tmp_path):
+    for part, value in (("normal", 100), ("anomaly", 250)):
+        (tmp_path / part).mkdir()
+        png(tmp_path / part / "a.png", value)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["evaluate", str(bundle), "--data", str(tmp_path), "--report-dir", str(blocker / "r")])
+    assert result.exit_code == 1 and "aeguard: error:" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

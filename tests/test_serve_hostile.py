@@ -6,7 +6,10 @@ import asyncio
 import base64
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -217,9 +220,12 @@ def test_the_watcher_survives_any_fault(bundle, monkeypatch):
     assert len(calls) >= 3  # it kept polling after the fault
 
 
-def test_an_empty_token_is_refused():
+def test_an_empty_token_is_refused(bundle):
     with pytest.raises(UsageError, match="api_token is set but empty"):
         ServeSettings(bundle=".", api_token="")
+    result = subprocess.run([sys.executable, "-m", "aeguard.cli.main", "serve", str(bundle), "--port", "1"],
+                            env={**os.environ, "AEGUARD_API_TOKEN": ""}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "api_token is set but empty" in result.stderr, result.stderr
 
 
 @pytest.fixture(scope="module")
