@@ -29,7 +29,7 @@ from sklearn.metrics import roc_curve
 
 from aeguard.data.catalog import get_spec
 from aeguard.data.sources import dataset_eval_set
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from aeguard.train.fit import FitOptions, fit
 from aeguard.train.loop import TrainConfig
 from benchmarks.results_io import RESULTS_DIR, StealMeter, machine

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aeguard.batch import ScoreOptions, score_paths
-from aeguard.decoding import DecodePool
+from aeguard.batch.engine import ScoreOptions, score_paths
+from aeguard.batch.decoding import DecodePool
 from aeguard.data.catalog import load_split
 from aeguard.data.images import DEFAULT_MAX_PIXELS, load_image
-from aeguard.outputs import RowWriter
-from aeguard.runtime import Scorer
+from aeguard.batch.writers import RowWriter
+from aeguard.scoring.scorer import Scorer
 from benchmarks.results_io import StealMeter, write_results
 
 BATCH = 64

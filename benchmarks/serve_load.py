@@ -31,7 +31,7 @@ import numpy as np
 
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import to_model_input
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from benchmarks.results_io import StealMeter, write_results
 from tests.daemon import free_port
 

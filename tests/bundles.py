@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from aeguard.artifact import MANIFEST_NAME, MODEL_NAME, write_manifest
+from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, write_manifest
 
 
 def score_graph(channels: int, height: int, width: int, kind: str = "brightness") -> onnx.ModelProto:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from aeguard.artifact import SCHEMA_VERSION, read_manifest, write_manifest
+from aeguard.bundle import SCHEMA_VERSION, read_manifest, write_manifest
 from aeguard.errors import BundleError
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from aeguard.cli.main import app
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import to_model_input
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 
 runner = CliRunner()
 
@@ -204,7 +204,7 @@ def test_ray_engine_matches_the_local_engine_row_for_row(mnist_bundle, pngs, tmp
 
 def test_decode_pool_survives_a_worker_that_dies(pngs):
     """A decoder crash kills its worker process; the batch is decoded again file by file, nothing is lost."""
-    from aeguard.decoding import DecodePool
+    from aeguard.batch.decoding import DecodePool
 
     names = [str(p) for p in sorted(pngs.iterdir())[:3]]
     pool = DecodePool(1)

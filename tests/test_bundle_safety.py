@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from aeguard.artifact import MANIFEST_NAME, read_manifest
+from aeguard.bundle import MANIFEST_NAME, read_manifest
 from aeguard.cli.main import app
 from aeguard.errors import BundleError
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from tests.bundles import edit_manifest, tiny_bundle
 
 runner = CliRunner()
@@ -96,7 +96,7 @@ def test_the_cli_answers_a_bad_bundle_with_exit_4_and_one_line(bundle, tmp_path,
 
 
 def test_unreadable_validation_scores_are_a_bundle_error(tmp_path):
-    from aeguard.evaluate import validation_scores
+    from aeguard.report.evaluate import validation_scores
 
     bundle = tiny_bundle(tmp_path / "b")
     (bundle / "validation_scores.npy").write_bytes(b"not numpy")

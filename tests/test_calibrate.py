@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from aeguard.calibrate import calibration_summary, evaluate_scores, threshold_at_fpr
+from aeguard.report.metrics import evaluate_scores
+from aeguard.scoring.threshold import calibration_summary, threshold_at_fpr
 from aeguard.errors import UsageError
 
 

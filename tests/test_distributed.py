@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import anomaly_labels, to_model_input
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 
 FIT_ARGS = ["fit", "--dataset", "mnist", "--normal", "0", "--model", "dense", "--epochs", "2", "--device", "cpu",
             "--no-download", "--seed", "3"]

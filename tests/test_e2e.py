@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from aeguard.cli.main import app
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import to_model_input
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from aeguard.train.export import load_bundle_graph
 
 runner = CliRunner()
@@ -141,7 +141,7 @@ def test_damaged_bundle_is_refused(mnist_bundle, data_dir, tmp_path, damage):
         (bundle / "model.onnx").write_bytes(bytes(data))
         expected = "checksum mismatch"
     else:  # a consistent manifest around a file that is not ONNX
-        from aeguard.artifact import read_manifest, write_manifest
+        from aeguard.bundle import read_manifest, write_manifest
 
         manifest = read_manifest(bundle)
         (bundle / "model.onnx").write_bytes(b"not a model")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from aeguard.errors import ParityError, UsageError
-from aeguard.runtime import open_session, score_array
+from aeguard.scoring.scorer import open_session, score_array
 from aeguard.train.export import (
     OUTPUTS, PARITY_TOLERANCE, check_parity, export_onnx, parity_max_abs_diff, scoring_graph,
 )

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from aeguard.cli.main import app
 from aeguard.data.sources import dataset_eval_set
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from aeguard.train.fit import FitOptions, fit
 from aeguard.train.loop import TrainConfig
 from aeguard.train.models import MODEL_KINDS
@@ -127,7 +127,7 @@ def test_a_bundle_from_aeguard_0_1_still_loads_in_torch(mnist_bundle, tmp_path):
 
     import torch
 
-    from aeguard.artifact import MANIFEST_NAME, read_manifest, write_manifest
+    from aeguard.bundle import MANIFEST_NAME, read_manifest, write_manifest
     from aeguard.train.export import load_bundle_graph
 
     bundle = tmp_path / "old"

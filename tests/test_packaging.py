@@ -24,6 +24,6 @@ def test_scoring_requirements_match_base_install_and_exclude_torch():
 def test_cli_installs_under_the_aeguard_namespace():
     import aeguard.cli.main
 
-    assert Path(aeguard.cli.main.__file__).resolve().parent == ROOT / "cli"
+    assert Path(aeguard.cli.main.__file__).resolve().parent == ROOT / "aeguard" / "cli"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["aeguard"] == "aeguard.cli.main:main"

@@ -71,7 +71,7 @@ def test_any_exception_of_a_decoder_is_that_images_error(monkeypatch, tmp_path, 
 
 
 def test_the_decode_worker_turns_any_failure_into_an_error_string(monkeypatch):
-    from aeguard import decoding
+    from aeguard.batch import decoding
 
     def explode(*args):
         raise RuntimeError("boom")
@@ -279,7 +279,7 @@ def test_scoring_from_inside_a_source_checkout_uses_the_installed_aeguard(bundle
 
 
 def test_heat_map_names_of_long_paths_stay_within_the_file_system_limit():
-    from aeguard.heatmaps import map_name
+    from aeguard.batch.heatmaps import map_name
 
     long_a, long_b = "/data/" + "a" * 600 + "/x.png", "/data/" + "b" * 600 + "/x.png"
     assert len(map_name(long_a)) <= 255 and map_name(long_a) != map_name(long_b)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import to_model_input
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from tests.daemon import Daemon
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard.artifact import sha256_file
+from aeguard.bundle import sha256_file
 from aeguard.data.idx import read_idx
 from aeguard.errors import DataFormatError, DataNotFoundError, UsageError
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from aeguard import __version__
-from aeguard.artifact import MANIFEST_NAME, MODEL_NAME, sha256_file
+from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, sha256_file
 from aeguard.errors import AeguardError, BundleError, NotReadyError
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 from aeguard.serve.metrics import Metrics
 
 log = logging.getLogger("aeguard.serve")

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import torch
 
-from aeguard.artifact import WEIGHTS_NAME, read_manifest
+from aeguard.bundle import WEIGHTS_NAME, read_manifest
 from aeguard.errors import BundleError, ParityError
-from aeguard.runtime import CODE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, SCORE_OUTPUT, open_session
+from aeguard.scoring.scorer import CODE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, SCORE_OUTPUT, open_session
 from aeguard.train.models import build_model
 from aeguard.train.scoring import ScoringGraph, score_config
 

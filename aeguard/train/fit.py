@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from aeguard import __version__
-from aeguard.artifact import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, make_shareable, write_manifest
-from aeguard.calibrate import calibration_summary
+from aeguard.bundle import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, make_shareable, write_manifest
+from aeguard.scoring.threshold import calibration_summary
 from aeguard.data.images import preprocessing_spec
 from aeguard.data.sources import TrainingData, dataset_training_data, folder_training_data
 from aeguard.errors import TrainingCollapsedError, UsageError
-from aeguard.evaluate import evaluate_bundle
-from aeguard.runtime import Scorer, open_session, score_array
+from aeguard.report.evaluate import evaluate_bundle
+from aeguard.scoring.scorer import Scorer, open_session, score_array
 from aeguard.train.export import INPUT_NAME, OPSET, OUTPUTS, check_parity, export_onnx, parity_max_abs_diff, scoring_graph
 from aeguard.train.distributed import (
     DistributedContext, barrier, init_from_env, launched_by_torchrun, process_device, shutdown,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from aeguard import report as reports
+from aeguard.report import plots as reports
 from aeguard.train.models import Autoencoder
 
 PRIOR_SAMPLES = 32

@@ -99,7 +99,7 @@ def fit(
         val_fraction=val_fraction, target_fpr=target_fpr, force=force, allow_download=not no_download,
     )
     if devices > 1:
-        from aeguard.artifact import read_manifest
+        from aeguard.bundle import read_manifest
         from aeguard.train.distributed import check_devices, launched_by_torchrun, spawn_fit
         from aeguard.train.fit import check_out
 

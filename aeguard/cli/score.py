@@ -62,11 +62,11 @@ def score(
     Exit codes: 0 done; 2 bad usage; 3 some inputs unreadable (their rows are written);
     4 bad bundle; 10 anomalies found with --fail-on-anomaly (takes precedence over 3).
     """
-    from aeguard.batch import ScoreOptions, score_paths
+    from aeguard.batch.engine import ScoreOptions, score_paths
     from aeguard.errors import UsageError
-    from aeguard.inputs import BackgroundCount, iter_inputs
-    from aeguard.outputs import RowWriter, infer_format, resume_point
-    from aeguard.runtime import Scorer
+    from aeguard.batch.inputs import BackgroundCount, iter_inputs
+    from aeguard.batch.writers import RowWriter, infer_format, resume_point
+    from aeguard.scoring.scorer import Scorer
 
     inputs = inputs or []
     if not inputs and from_list is None:
@@ -87,7 +87,7 @@ def score(
     progress = _Progress(BackgroundCount(inputs, from_list) if sys.stderr.isatty() else None)
     try:
         if engine == "ray":
-            from aeguard.ray_engine import score_paths_on_ray
+            from aeguard.batch.ray_engine import score_paths_on_ray
 
             summary = score_paths_on_ray(bundle, paths, writer, options, done, address,
                                          on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr))

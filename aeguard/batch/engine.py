@@ -1,6 +1,6 @@
 """Score a stream of image paths: parallel decoding, full onnxruntime batches, one row per input. No torch.
 
-Decoding runs in worker processes (aeguard.decoding), one batch of paths per task, a few batches
+Decoding runs in worker processes (aeguard.batch.decoding), one batch of paths per task, a few batches
 ahead of the scorer and in input order. At most `prefetch_batches` batches are in flight, so
 memory stays flat however many paths stream through.
 """
@@ -19,10 +19,10 @@ import numpy as np
 
 from aeguard.data.images import DEFAULT_MAX_PIXELS
 from aeguard.errors import OutputError
-from aeguard.decoding import DecodePool
-from aeguard.heatmaps import save_heatmap
-from aeguard.outputs import RowWriter, path_text
-from aeguard.runtime import NON_FINITE_SCORE, ItemResult, Scorer
+from aeguard.batch.decoding import DecodePool
+from aeguard.batch.heatmaps import save_heatmap
+from aeguard.batch.writers import RowWriter, path_text
+from aeguard.scoring.scorer import NON_FINITE_SCORE, ItemResult, Scorer
 
 # Squared pixel error that saturates the heat-map colours: a pixel off by half the range or more.
 HEATMAP_SCALE = 0.25

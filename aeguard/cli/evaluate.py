@@ -24,8 +24,8 @@ def evaluate(
     from aeguard.data.catalog import get_spec, parse_classes
     from aeguard.data.sources import dataset_eval_set, folder_eval_set
     from aeguard.errors import DataNotFoundError, UsageError
-    from aeguard.evaluate import evaluate_bundle
-    from aeguard.runtime import Scorer
+    from aeguard.report.evaluate import evaluate_bundle
+    from aeguard.scoring.scorer import Scorer
 
     scorer = Scorer(bundle)
     fitted_on = scorer.manifest.get("data", {})

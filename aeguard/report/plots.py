@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from aeguard.artifact import write_json_atomic  # noqa: E402
+from aeguard.bundle import write_json_atomic  # noqa: E402
 
 ROC_PLOT = "roc.png"
 HISTOGRAM_PLOT = "score_histogram.png"

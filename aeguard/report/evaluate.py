@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard import report as reports
-from aeguard.artifact import VALIDATION_SCORES_NAME, read_plain_file
-from aeguard.calibrate import evaluate_scores
+from aeguard.report import plots as reports
+from aeguard.bundle import VALIDATION_SCORES_NAME, read_plain_file
+from aeguard.report.metrics import evaluate_scores
 from aeguard.data.sources import EvalSet
 from aeguard.errors import BundleError
-from aeguard.runtime import Scorer
+from aeguard.scoring.scorer import Scorer
 
 GRID_EXAMPLES_PER_GROUP = 8
 LATENT_PLOT_IMAGES = 3000

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from aeguard.artifact import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
+from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
 from aeguard.errors import BundleError, UsageError
 
 SCORE_OUTPUT = "score"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import aeguard
 from aeguard.data.images import load_image
 from aeguard.errors import ImageError, SetupError
 
@@ -68,7 +69,7 @@ def _start_forkserver() -> None:
     checkout, the workers imported the checkout's aeguard/ instead of the installed one and failed on
     every file. PYTHONSAFEPATH drops the working directory, PYTHONPATH puts this aeguard first.
     """
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(aeguard.__file__).resolve().parent.parent)
     saved = {name: os.environ.get(name) for name in ("PYTHONSAFEPATH", "PYTHONPATH")}
     os.environ["PYTHONSAFEPATH"] = "1"
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved["PYTHONPATH"]) if p)

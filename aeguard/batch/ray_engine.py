@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard.batch import ScoreOptions, ScoreSummary, prepare_maps_folder, record_row, unscored, write_heatmap
+from aeguard.batch.engine import ScoreOptions, ScoreSummary, prepare_maps_folder, record_row, unscored, write_heatmap
 from aeguard.errors import UsageError
-from aeguard.outputs import RowWriter
+from aeguard.batch.writers import RowWriter
 
 WINDOW = 100_000  # paths per Ray Dataset
 
@@ -27,14 +27,14 @@ class _RayScorer:
     """One onnxruntime session per actor, built once and reused for every block it is given."""
 
     def __init__(self, bundle: str, max_pixels: int, save_maps: str | None):
-        from aeguard.runtime import Scorer
+        from aeguard.scoring.scorer import Scorer
 
         self.scorer = Scorer(Path(bundle), spin=False)  # decoding shares these cores
         self.max_pixels = max_pixels
         self.save_maps = Path(save_maps) if save_maps else None
 
     def __call__(self, batch: dict) -> dict:
-        from aeguard.decoding import decode_chunk
+        from aeguard.batch.decoding import decode_chunk
 
         decoded = decode_chunk([str(p) for p in batch["path"]], self.scorer.height, self.scorer.width, self.max_pixels)
         good = [i for i, a in enumerate(decoded) if not isinstance(a, str)]
@@ -65,7 +65,7 @@ def score_paths_on_ray(
         import ray
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'aeguard[ray]'") from None
-    from aeguard.runtime import Scorer
+    from aeguard.scoring.scorer import Scorer
 
     scorer = Scorer(bundle)
     threshold = scorer.threshold
