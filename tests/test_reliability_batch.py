@@ -76,7 +76,7 @@ def test_the_decode_worker_turns_any_failure_into_an_error_string(monkeypatch):
     def explode(*args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(decoding, "load_image", explode)
+    monkeypatch.setattr(decoding, "load_images", explode)
     assert decoding.decode_chunk(["x.png"], 28, 28, 100) == ["x.png: cannot read (RuntimeError: boom)"]
 
 

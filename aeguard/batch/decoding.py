@@ -21,17 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import aeguard
-from aeguard.data.images import load_image
-from aeguard.errors import ImageError, SetupError
-
-
-def _decode(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray | str:
-    try:
-        return load_image(path, height, width, max_pixels)
-    except ImageError as exc:
-        return str(exc)
-    except Exception as exc:  # noqa: BLE001 - load_image turns decoder failures into ImageError; this is the last guard
-        return f"{path}: cannot read ({type(exc).__name__}: {exc})"
+from aeguard.data.images import load_images
+from aeguard.errors import SetupError
 
 
 def _exit_with(parent_pid: int) -> None:
@@ -53,7 +44,17 @@ def _exit_with(parent_pid: int) -> None:
 
 def decode_chunk(names: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
     """Decode a batch of paths in a worker: arrays, or the error message for each file that failed."""
-    return [_decode(Path(name), height, width, max_pixels) for name in names]
+    try:
+        return load_images([Path(name) for name in names], height, width, max_pixels)
+    except Exception:  # noqa: BLE001 - load_image makes decoder failures ImageErrors; this is the last guard
+        return [_decode_guarded(Path(name), height, width, max_pixels) for name in names]
+
+
+def _decode_guarded(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray | str:
+    try:
+        return load_images([path], height, width, max_pixels)[0]
+    except Exception as exc:  # noqa: BLE001 - see decode_chunk
+        return f"{path}: cannot read ({type(exc).__name__}: {exc})"
 
 
 def _worker_origin() -> str:

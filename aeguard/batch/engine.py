@@ -22,7 +22,8 @@ from aeguard.errors import OutputError
 from aeguard.batch.decoding import DecodePool
 from aeguard.batch.heatmaps import save_heatmap
 from aeguard.batch.writers import RowWriter, path_text
-from aeguard.scoring.scorer import NON_FINITE_SCORE, ItemResult, Scorer
+from aeguard.scoring.results import NON_FINITE_SCORE, ItemResult
+from aeguard.scoring.scorer import Scorer
 
 # Squared pixel error that saturates the heat-map colours: a pixel off by half the range or more.
 HEATMAP_SCALE = 0.25
@@ -122,16 +123,13 @@ def score_paths(
     def finish_batch() -> None:
         names, future = window.popleft()
         decoded = pool.result(names, future, *decode_args)
-        good = [array for array in decoded if not isinstance(array, str)]
-        batch = scorer.score(np.stack(good), error_maps=options.save_maps is not None) if good else None
-        errors = [array if isinstance(array, str) else None for array in decoded]
-        results = scorer.results(errors, batch.scores if batch is not None else [])
+        results, error_maps = scorer.score_decoded(decoded, error_maps=options.save_maps is not None)
         position = 0
-        for name, error, result in zip(names, errors, results):
+        for name, item, result in zip(names, decoded, results):
             record_row(writer, summary, name, scorer.threshold, result, on_error)
-            if error is None:
+            if not isinstance(item, str):
                 if result.is_anomaly and options.save_maps is not None:
-                    write_heatmap(options.save_maps, name, batch.error_maps[position])
+                    write_heatmap(options.save_maps, name, error_maps[position])
                 position += 1
         writer.flush()  # a crash from here on loses at most the batch in flight
         summary.seconds = time.perf_counter() - started

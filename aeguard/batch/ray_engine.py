@@ -18,6 +18,7 @@ import numpy as np
 
 from aeguard.batch.engine import ScoreOptions, ScoreSummary, prepare_maps_folder, record_row, unscored, write_heatmap
 from aeguard.errors import UsageError
+from aeguard.scoring.results import ItemResult
 from aeguard.batch.writers import RowWriter
 
 WINDOW = 100_000  # paths per Ray Dataset
@@ -36,19 +37,19 @@ class _RayScorer:
     def __call__(self, batch: dict) -> dict:
         from aeguard.batch.decoding import decode_chunk
 
-        decoded = decode_chunk([str(p) for p in batch["path"]], self.scorer.height, self.scorer.width, self.max_pixels)
-        good = [i for i, a in enumerate(decoded) if not isinstance(a, str)]
-        scores = np.full(len(decoded), np.nan)
-        errors = np.array([a if isinstance(a, str) else "" for a in decoded], dtype=object)
-        if good:
-            result = self.scorer.score(np.stack([decoded[i] for i in good]), error_maps=self.save_maps is not None)
-            scores[good] = result.scores
-            if self.save_maps is not None:
-                verdicts = self.scorer.results([None] * len(good), result.scores)
-                for position, i in enumerate(good):
-                    if verdicts[position].is_anomaly:
-                        write_heatmap(self.save_maps, str(batch["path"][i]), result.error_maps[position])
-        return {"path": batch["path"], "score": scores, "error": errors}
+        paths = [str(p) for p in batch["path"]]
+        decoded = decode_chunk(paths, self.scorer.height, self.scorer.width, self.max_pixels)
+        results, error_maps = self.scorer.score_decoded(decoded, error_maps=self.save_maps is not None)
+        if self.save_maps is not None:
+            readable = [(path, result) for path, item, result in zip(paths, decoded, results) if not isinstance(item, str)]
+            for (path, result), error_map in zip(readable, error_maps if error_maps is not None else []):
+                if result.is_anomaly:
+                    write_heatmap(self.save_maps, path, error_map)
+        # Ray blocks are columns: NaN / None stand for "no score" and "no verdict"
+        return {"path": batch["path"],
+                "score": np.array([np.nan if r.score is None else r.score for r in results], np.float64),
+                "is_anomaly": np.array([r.is_anomaly for r in results], dtype=object),
+                "error": np.array([r.error or "" for r in results], dtype=object)}
 
 
 def score_paths_on_ray(
@@ -67,8 +68,7 @@ def score_paths_on_ray(
         raise UsageError("--engine ray needs Ray: pip install 'aeguard[ray]'") from None
     from aeguard.scoring.scorer import Scorer
 
-    scorer = Scorer(bundle)
-    threshold = scorer.threshold
+    threshold = Scorer(bundle).threshold  # checks the bundle here before any cluster work
     if options.save_maps is not None:
         prepare_maps_folder(options.save_maps)
     started_here = not ray.is_initialized()
@@ -92,9 +92,8 @@ def score_paths_on_ray(
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
             )
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
-                errors = [str(error) or None for error in batch["error"]]
-                scores = [score for score, error in zip(batch["score"], errors) if error is None]
-                for path, result in zip(batch["path"], scorer.results(errors, scores)):
+                for path, score, flagged, error in zip(batch["path"], batch["score"], batch["is_anomaly"], batch["error"]):
+                    result = ItemResult(error=str(error)) if error else ItemResult(float(score), bool(flagged))
                     record_row(writer, summary, str(path), threshold, result, on_error)
                 writer.flush()
     finally:

@@ -137,6 +137,26 @@ def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MA
     return decode_image(path, height, width, max_pixels)
 
 
+def decode_each(decode, items, labels) -> list[np.ndarray | str]:
+    """Apply `decode(item, label)` to every item on its own: one that fails costs only its own result.
+
+    The one loop behind batch scoring's workers, training folders and the daemon's requests; an
+    ImageError becomes that item's message, anything else propagates.
+    """
+    decoded: list[np.ndarray | str] = []
+    for item, label in zip(items, labels):
+        try:
+            decoded.append(decode(item, label))
+        except ImageError as exc:
+            decoded.append(str(exc))
+    return decoded
+
+
+def load_images(paths, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray | str]:
+    """Image files decoded one by one (see decode_each)."""
+    return decode_each(lambda path, _: load_image(path, height, width, max_pixels), paths, paths)
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file, read from its header."""
     try:

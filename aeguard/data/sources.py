@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
-from aeguard.data.images import image_size, iter_image_paths, load_image
+from aeguard.data.images import image_size, iter_image_paths, load_images
 from aeguard.data.splits import anomaly_labels, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
@@ -99,16 +99,12 @@ def first_readable_size(paths: list[Path]) -> tuple[int, int]:
     raise DataNotFoundError(f"none of the {len(paths)} training images can be read")
 
 
-def load_images(paths: list[Path], height: int, width: int) -> tuple[np.ndarray, list[str]]:
+def readable_images(paths: list[Path], height: int, width: int) -> tuple[np.ndarray, list[str]]:
     """Decode what can be decoded; return the stack and one message per file that failed."""
-    arrays, failures = [], []
-    for path in paths:
-        try:
-            arrays.append(load_image(path, height, width))
-        except ImageError as exc:
-            failures.append(str(exc))
+    decoded = load_images(paths, height, width)
+    arrays = [item for item in decoded if not isinstance(item, str)]
     stack = np.stack(arrays) if arrays else np.zeros((0, 1, height, width), np.float32)
-    return stack, failures
+    return stack, [item for item in decoded if isinstance(item, str)]
 
 
 def folder_eval_set(folder: Path, height: int, width: int) -> tuple[EvalSet | None, list[str]]:
@@ -116,8 +112,8 @@ def folder_eval_set(folder: Path, height: int, width: int) -> tuple[EvalSet | No
     normal_dir, anomaly_dir = Path(folder) / NORMAL_SUBDIR, Path(folder) / ANOMALY_SUBDIR
     if not (normal_dir.is_dir() and anomaly_dir.is_dir()):
         return None, []
-    normal, bad_normal = load_images(list(iter_image_paths([normal_dir])), height, width)
-    anomalous, bad_anomalous = load_images(list(iter_image_paths([anomaly_dir])), height, width)
+    normal, bad_normal = readable_images(list(iter_image_paths([normal_dir])), height, width)
+    anomalous, bad_anomalous = readable_images(list(iter_image_paths([anomaly_dir])), height, width)
     if len(normal) == 0 or len(anomalous) == 0:
         return None, bad_normal + bad_anomalous
     return (
@@ -141,7 +137,7 @@ def folder_training_data(folder: Path, image_size_text: str | None, val_fraction
             f"no training images under {folder} (outside its {NORMAL_SUBDIR}/ and {ANOMALY_SUBDIR}/ subfolders)"
         )
     size = parse_image_size(image_size_text) or first_readable_size(paths)
-    images, skipped = load_images(paths, *size)
+    images, skipped = readable_images(paths, *size)
     for message in skipped:
         print(f"warning: skipped {message}", file=sys.stderr)
     if len(images) < 2:

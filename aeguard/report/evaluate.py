@@ -11,7 +11,7 @@ from aeguard.report import plots as reports
 from aeguard.bundle import VALIDATION_SCORES_NAME, read_plain_file
 from aeguard.report.metrics import evaluate_scores
 from aeguard.data.sources import EvalSet
-from aeguard.errors import BundleError
+from aeguard.errors import BundleError, ModelOutputError
 from aeguard.scoring.scorer import Scorer
 
 GRID_EXAMPLES_PER_GROUP = 8
@@ -69,6 +69,9 @@ def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
         return report
 
     scores = scorer.score_many(eval_set.images)
+    if not np.isfinite(scores).all():  # sklearn would fail on them, and a NaN compares as "normal"
+        bad = int(np.count_nonzero(~np.isfinite(scores)))
+        raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
     truth = eval_set.is_anomaly
     metrics = evaluate_scores(scores, truth, scorer.threshold)
     report["metrics"] = metrics

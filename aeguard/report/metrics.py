@@ -9,6 +9,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from aeguard.errors import UsageError
+from aeguard.scoring.results import is_anomalous
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
@@ -28,7 +29,7 @@ def evaluate_scores(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
     if truth.all() or not truth.any():
         raise UsageError("evaluation needs both normal and anomalous images")
     fpr, tpr, _ = skm.roc_curve(truth, scores)
-    predicted = scores > threshold
+    predicted = is_anomalous(scores, threshold)
     tn, fp, fn, tp = skm.confusion_matrix(truth, predicted, labels=[False, True]).ravel()
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
         truth, predicted, average="binary", zero_division=0

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
 from aeguard.errors import BundleError, UsageError
+from aeguard.scoring.results import ItemResult, item_results
 
 SCORE_OUTPUT = "score"
 ERROR_MAP_OUTPUT = "error_map"
@@ -27,34 +28,6 @@ class ScoreBatch:
     scores: np.ndarray  # (N,) float32, higher = more anomalous
     error_maps: np.ndarray | None = None  # (N, 1, H, W) per-pixel squared error
     reconstructions: np.ndarray | None = None  # (N, 1, H, W)
-
-
-NON_FINITE_SCORE = "the model gave a non-finite score (NaN or infinity) for this image, so it cannot be judged"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """One input's outcome: a score and its verdict, or the reason it has none."""
-
-    score: float | None = None
-    is_anomaly: bool | None = None
-    error: str | None = None
-
-
-def judge(score: float, threshold: float) -> ItemResult:
-    """The anomaly rule: a finite score above the threshold. A NaN compares as 'normal', so it is an error."""
-    score = float(score)
-    if not math.isfinite(score):
-        return ItemResult(error=NON_FINITE_SCORE)
-    return ItemResult(score, score > threshold)
-
-
-def item_results(errors: Sequence[str | None], scores: Sequence[float], threshold: float) -> list[ItemResult]:
-    """Per-item results of a batch: the scores, in order, of the items without an error, and each error."""
-    results, remaining = [], iter(scores)
-    for error in errors:
-        results.append(ItemResult(error=error) if error is not None else judge(next(remaining), threshold))
-    return results
 
 
 def session_options(intra_op_threads: int = 0, spin: bool = True) -> ort.SessionOptions:
@@ -200,3 +173,15 @@ class Scorer:
 
     def results(self, errors: Sequence[str | None], scores: Sequence[float]) -> list[ItemResult]:
         return item_results(errors, scores, self.threshold)
+
+    def score_decoded(self, decoded: Sequence[np.ndarray | str], error_maps: bool = False
+                      ) -> tuple[list[ItemResult], np.ndarray | None]:
+        """The one way a front end scores a batch of decoded items: each an array (C, H, W) in [0, 1] or the
+        message of why it could not be read. Returns a result per item and, if asked, the error maps of the
+        readable ones (in order)."""
+        good = [item for item in decoded if not isinstance(item, str)]
+        errors = [item if isinstance(item, str) else None for item in decoded]
+        if not good:
+            return [ItemResult(error=error) for error in errors], None
+        batch = self.score(np.stack(good), error_maps=error_maps)
+        return self.results(errors, batch.scores), batch.error_maps

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from aeguard.errors import UsageError
+from aeguard.scoring.results import is_anomalous
 
 CALIBRATION_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
 
@@ -33,7 +34,7 @@ def calibration_summary(normal_scores: np.ndarray, target_fpr: float) -> dict:
     return {
         "target_fpr": target_fpr,
         "threshold": threshold,
-        "validation_fpr": float(np.mean(scores > threshold)),
+        "validation_fpr": float(np.mean(is_anomalous(scores, threshold))),
         "n_normal_validation": int(scores.size),
         "mean": float(scores.mean()),
         "std": float(scores.std()),

@@ -206,9 +206,9 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         model = state.store.current
         height, width = model.scorer.height, model.scorer.width
         # Decoding is CPU work of unbounded cost (a 4000x4000 PNG takes most of a second): never on the loop.
-        arrays, errors = await asyncio.to_thread(payloads.decode_items, items, labels, height, width,
-                                                 settings.max_pixels)
-        good = [a for a in arrays if a is not None]
+        decoded = await asyncio.to_thread(payloads.decode_items, items, labels, height, width, settings.max_pixels)
+        good = [item for item in decoded if not isinstance(item, str)]
+        errors = [item if isinstance(item, str) else None for item in decoded]
         if not good:
             raise RequestError(errors[0] if len(errors) == 1 else
                                f"none of the {len(errors)} images could be read; first: {errors[0]}")

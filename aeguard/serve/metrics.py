@@ -13,7 +13,7 @@ from prometheus_client import multiprocess
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
+from aeguard.scoring.results import is_anomalous
 
 # Millisecond work: from half a millisecond to a few seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -46,6 +46,7 @@ class Metrics:
     """All daemon metrics on one registry (a fresh one per app, so tests never share state)."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
         self.registry = registry or CollectorRegistry()
         if multiprocess_dir() is None:
             ProcessCollector(registry=self.registry)
@@ -140,7 +141,7 @@ class Metrics:
         if not finite.all():  # one NaN in the histogram's sum would poison it until the daemon restarts
             self.non_finite.inc(int(np.count_nonzero(~finite)))
             scores = scores[finite]
-        self.anomalies.inc(int(np.count_nonzero(scores > threshold)))
+        self.anomalies.inc(int(np.count_nonzero(is_anomalous(scores, threshold))))
         # in float64, as observe() on Python floats did: a float32 quotient can round a score just over the
         # threshold down to exactly 1.0 and into the bucket below, while anomalies counts it
         scores = np.asarray(scores, np.float64)

@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from aeguard.data.images import decode_image
+from aeguard.data.images import decode_each, decode_image
 from aeguard.errors import ImageError, ImageTooLargeError, PayloadTooLargeError, RequestError
 
 OIP_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype(np.uint8)}
@@ -122,21 +122,18 @@ def score_request_items(body: bytes, max_images: int) -> list:
     return items
 
 
-def decode_items(items: list, labels: list[str], height: int, width: int, max_pixels: int
-                 ) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Decode each item on its own: one bad image never costs the others their scores."""
-    arrays: list[np.ndarray | None] = []
-    errors: list[str | None] = []
-    for item, label in zip(items, labels):
+def decode_items(items: list, labels: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
+    """Decode each item on its own: one bad image never costs the others their scores. A request of one
+    image over a limit is refused as a whole (413), as a body over the limit is."""
+    def decode(item, label: str) -> np.ndarray:
         try:
-            arrays.append(decode_item(item, height, width, max_pixels, label))
-            errors.append(None)
+            return decode_item(item, height, width, max_pixels, label)
         except (RequestError, ImageError) as exc:
-            if isinstance(exc, (PayloadTooLargeError, ImageTooLargeError)) and len(items) == 1:
-                raise
-            arrays.append(None)
-            errors.append(str(exc))
-    return arrays, errors
+            if len(items) == 1 and isinstance(exc, (PayloadTooLargeError, ImageTooLargeError)):
+                raise PayloadTooLargeError(str(exc)) from None
+            raise ImageError(str(exc)) from None
+
+    return decode_each(decode, items, labels)
 
 
 OIP_BINARY_HEADER = b"inference-header-content-length"  # as ASGI delivers header names
