@@ -1,4 +1,4 @@
-"""The bundle format: a directory with manifest.json, model.onnx and the torch weights.
+"""The bundle format: a folder with manifest.json, model.onnx, the torch weights and the validation scores.
 
 Stdlib only, so every side (training, scoring, serving) can read it. The manifest carries a
 schema version and the sha256 of every bundle file; readers refuse a bundle that does not match.
@@ -6,17 +6,22 @@ schema version and the sha256 of every bundle file; readers refuse a bundle that
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import stat
+import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aeguard.errors import BundleError
+from aeguard.errors import BundleError, UsageError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -124,6 +129,116 @@ def _check_files(files: object, manifest_path: Path) -> dict[str, dict]:
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])):
             raise BundleError(f"{manifest_path}: the entry of {name!r} has no valid sha256")
     return files
+
+
+# Writing a bundle folder: everything goes into a hidden sibling first and is moved into place at the end, so a
+# failed, interrupted or killed writer never leaves a half-written bundle, nor destroys the previous one.
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an occupied or unwritable --out before any training time is spent."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"bundle folder {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"bundle folder {out} already holds files; pass --force (force=True) to replace it, or choose another folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent).cleanup()
+    except OSError as exc:
+        raise UsageError(f"bundle folder {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
+
+
+def prepare_staging(out: Path, force: bool) -> Path:
+    check_out(out, force)
+    remove_stale_staging(out)
+    # Everything is built in a hidden sibling and moved into place at the end: a failed or
+    # interrupted fit never leaves a half-written bundle, nor destroys the previous one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    make_shareable(staging, directory=True)
+    return staging
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders of fits into `out` that were killed (their process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:partial|old)-([0-9]+)(?:-.*)?")
+    for sibling in out.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Put the finished bundle at `out` so that a kill at any moment leaves a whole bundle there (old or new).
+
+    Two renames (old away, new in) leave nothing at `out` between them; Linux swaps two paths in one
+    step (renameat2 with RENAME_EXCHANGE). Elsewhere, or on a file system without it, the old bundle is
+    moved aside first and `remove_stale_staging` cleans up after a kill.
+    """
+    if out.exists() and exchange_paths(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous bundle
+        return
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+    os.replace(staging, out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS):  # a file system or kernel without it
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+
+
+@dataclass
+class BundleContents:
+    """A bundle in memory: its files' bytes and its manifest (without the checksums, added when written)."""
+
+    manifest: dict[str, Any]
+    files: dict[str, bytes]
+
+    def write(self, out: Path, force: bool = False, before_swap: Callable[[Path, dict], dict] | None = None) -> dict:
+        """Write the bundle folder `out` (named in the manifest) and return the manifest written.
+
+        `before_swap(staging, manifest)` may add to the staging folder and return an updated manifest
+        (the CLI writes its report and metrics there), before the finished folder is moved into place.
+        """
+        out = Path(out)
+        staging = prepare_staging(out, force)
+        try:
+            for name, data in self.files.items():
+                target = bundle_file(staging, name)
+                target.write_bytes(data)
+            manifest = write_manifest(staging, {**self.manifest, "name": out.name}, list(self.files))
+            if before_swap is not None:
+                manifest = write_manifest(staging, before_swap(staging, manifest), list(self.files))
+            swap_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest
 
 
 def read_manifest(bundle_dir: Path, verify: bool = True) -> dict[str, Any]:

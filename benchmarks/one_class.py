@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +26,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from aeguard.data.catalog import get_spec
-from aeguard.data.sources import dataset_eval_set
-from aeguard.scoring.scorer import Scorer
-from aeguard.train.fit import FitOptions, fit
-from aeguard.train.loop import TrainConfig
+from aeguard import Detector
+from aeguard.data.catalog import get_spec, load_split
 from benchmarks.results_io import RESULTS_DIR, StealMeter, machine
 
 # Each preset is the `aeguard fit` command line it stands for; the README quotes them.
@@ -80,22 +76,22 @@ def command_line(preset: dict, epochs: int) -> str:
     return f"aeguard fit {flags} --epochs {epochs}"
 
 
-def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, device: str, workdir: Path) -> dict:
-    out = workdir / f"{dataset}-{normal}-{seed}"
-    options = FitOptions(out=out, dataset=dataset, normal=str(normal), force=True, allow_download=False,
-                         train=TrainConfig(epochs=epochs, seed=seed, device=device), **preset)
+def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, device: str) -> dict:
+    """One class of one seed through the public API: the same split, training and graph as `aeguard fit`."""
+    train = load_split(dataset, "train", None, allow_download=False)
+    test = load_split(dataset, "test", None, allow_download=False)
+    detector = Detector(**preset, epochs=epochs, seed=seed, device=device)
     started = time.perf_counter()
     with StealMeter() as steal:
-        manifest = fit(options, log=lambda line: None)
+        detector.fit(train.images[train.labels == normal])
+        scores = detector.decision_function(test.images)  # through onnxruntime, as a bundle scores
     seconds = time.perf_counter() - started
-    # Scored again through the bundle, for the ROC curve: the same numbers fit's report used.
-    eval_set = dataset_eval_set(dataset, (normal,), None, allow_download=False)
-    scores = Scorer(out).score_many(eval_set.images)
-    fpr, tpr, _ = roc_curve(eval_set.is_anomaly, scores)
+    truth = test.labels != normal
+    fpr, tpr, _ = roc_curve(truth, scores)
     return {
-        "normal": normal, "seed": seed, "auroc": manifest["metrics"]["auroc"], "seconds": round(seconds, 1),
-        "epochs_run": manifest["training"]["epochs_run"], "cpu_steal": steal.fraction,
-        "device": manifest["training"]["device"], "roc_tpr": np.interp(FPR_GRID, fpr, tpr).round(4).tolist(),
+        "normal": normal, "seed": seed, "auroc": detector.evaluate(test.images, truth)["auroc"],
+        "seconds": round(seconds, 1), "epochs_run": len(detector.history_[0]), "cpu_steal": steal.fraction,
+        "device": detector.training_["device"], "roc_tpr": np.interp(FPR_GRID, fpr, tpr).round(4).tolist(),
     }
 
 
@@ -208,34 +204,34 @@ def main() -> None:
     unknown = [m for m in models if m not in PRESETS]
     if unknown:
         parser.error(f"unknown model preset(s) {unknown}; choose from {', '.join(PRESETS)}")
-    with tempfile.TemporaryDirectory(prefix="aeguard-one-class-") as workdir:
-        for dataset in parse_list(args.datasets):
-            payload = load(dataset, args.fresh)
-            payload.update(machine=machine(), torch_threads=torch.get_num_threads(), epochs=args.epochs)
-            for name in models:
-                entry = payload["models"].setdefault(name, {"runs": []})
-                entry["command"] = command_line(PRESETS[name], args.epochs)
-                if entry.get("epochs", args.epochs) != args.epochs:
-                    raise SystemExit(f"{dataset}/{name} was measured with --epochs {entry['epochs']}; "
-                                     "pass the same or --fresh")
-                entry["epochs"] = args.epochs
-                for seed in seeds:
-                    for normal in classes:
-                        if any(r["normal"] == normal and r["seed"] == seed for r in entry["runs"]):
-                            continue
-                        run = run_one(dataset, normal, PRESETS[name], seed, args.epochs, args.device, Path(workdir))
-                        entry["runs"].append(run)
-                        entry["summary"] = summarise(entry["runs"], list(range(10)))
-                        save(dataset, payload)
-                        print(f"{dataset} {name} class {normal} seed {seed}: AUROC {100 * run['auroc']:.2f} "
-                              f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})", flush=True)
-                entry["summary"] = summarise(entry["runs"], list(range(10)))
-                save(dataset, payload)
-                summary = entry["summary"]
-                if summary["mean"] is not None:
-                    print(f"{dataset} {name}: mean AUROC {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} "
-                          f"over seeds {summary['seeds']}", flush=True)
+    for dataset in parse_list(args.datasets):
+        payload = load(dataset, args.fresh)
+        payload.update(machine=machine(), torch_threads=torch.get_num_threads(), epochs=args.epochs)
+        for name in models:
+            entry = payload["models"].setdefault(name, {"runs": []})
+            entry["command"] = command_line(PRESETS[name], args.epochs)
+            if entry.get("epochs", args.epochs) != args.epochs:
+                raise SystemExit(f"{dataset}/{name} was measured with --epochs {entry['epochs']}; "
+                                 "pass the same or --fresh")
+            entry["epochs"] = args.epochs
+            for seed in seeds:
+                for normal in classes:
+                    if any(r["normal"] == normal and r["seed"] == seed for r in entry["runs"]):
+                        continue
+                    run = run_one(dataset, normal, PRESETS[name], seed, args.epochs, args.device)
+                    entry["runs"].append(run)
+                    entry["summary"] = summarise(entry["runs"], list(range(10)))
+                    save(dataset, payload)
+                    print(f"{dataset} {name} class {normal} seed {seed}: AUROC {100 * run['auroc']:.2f} "
+                          f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})", flush=True)
+            entry["summary"] = summarise(entry["runs"], list(range(10)))
+            save(dataset, payload)
+            summary = entry["summary"]
+            if summary["mean"] is not None:
+                print(f"{dataset} {name}: mean AUROC {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} "
+                      f"over seeds {summary['seeds']}", flush=True)
 
 
 if __name__ == "__main__":
     main()
+

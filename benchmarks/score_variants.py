@@ -20,19 +20,17 @@ last digit. Results: benchmarks/results/score_variants_<dataset>.json / .md (res
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from aeguard.train.distributed import DistributedContext
-from aeguard.train.fit import FitOptions, _train_member, load_training_data, model_config
-from aeguard.train.loop import TrainConfig
+from aeguard import Detector
+from aeguard.data.catalog import load_split
+from aeguard.data.splits import as_model_input, train_validation_split
 from aeguard.train.scoring import (
     MAX_REFERENCE_CODES, ErrorMap, largest_mean, members_mean, nearest_distance, score_config, top_count,
 )
@@ -85,22 +83,23 @@ def batched(function, images: torch.Tensor) -> torch.Tensor:
 
 
 def run_class(dataset: str, normal: int, seed: int, members: int, epochs: int) -> dict:
+    """Fit the erase-and-blur ensemble through the public API, then score its members' outputs many ways."""
     started = time.perf_counter()
-    options = FitOptions(out=Path("unused"), dataset=dataset, normal=str(normal), noise="erase:0.25", score="blur",
-                         ensemble=members, allow_download=False, train=TrainConfig(epochs=epochs, seed=seed, device="cpu"))
-    data = load_training_data(options)
-    config = model_config(options, data.input_shape)
-    images = torch.from_numpy(np.ascontiguousarray(data.evaluation.images, np.float32))
-    train_images = torch.from_numpy(np.ascontiguousarray(data.train[:MAX_REFERENCE_CODES], np.float32))
+    train, test = (load_split(dataset, split, None, allow_download=False) for split in ("train", "test"))
+    normal_images = train.images[train.labels == normal]
+    detector = Detector(model="conv", noise="erase", noise_level=0.25, score="blur", ensemble=members,
+                        epochs=epochs, seed=seed, device="cpu").fit(normal_images)
+    # the training split fit held its validation images out of: the kNN references, as in the graph
+    fit_images, _ = train_validation_split(as_model_input(normal_images), detector.val_fraction, seed)
+    images = torch.from_numpy(as_model_input(test.images))
+    train_images = torch.from_numpy(fit_images[:MAX_REFERENCE_CODES])
     reconstructions, distances = [], []
-    for member in range(members):  # the seeds fit gives its members
-        model, _ = _train_member(config, data, dataclasses.replace(options.train, seed=seed + member), None, None,
-                                 DistributedContext(), lambda line: None)
+    for model in detector.models_:  # seeded seed, seed + 1, ... as fit seeds its members
         model = model.cpu().eval()
         reconstructions.append(batched(model, images))
         codes, references = batched(model.encode, images), batched(model.encode, train_images)
         distances.append({k: nearest_distance(codes, references, k) for k in NEIGHBOURS})
-    aurocs = variant_aurocs(np.asarray(data.evaluation.is_anomaly), images, reconstructions, distances)
+    aurocs = variant_aurocs(np.asarray(test.labels != normal), images, reconstructions, distances)
     return {"normal": normal, "seed": seed, "members": members, "epochs": epochs,
             "seconds": round(time.perf_counter() - started, 1), "auroc": aurocs}
 

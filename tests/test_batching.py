@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import json
 import threading
 import time
 from types import SimpleNamespace

@@ -167,14 +167,15 @@ def test_score_of_a_missing_input(mnist_bundle, tmp_path):
 
 
 def test_same_seed_gives_the_same_bundle(data_dir, tmp_path):
-    from aeguard.train.fit import FitOptions, fit
-    from aeguard.train.loop import TrainConfig
+    from aeguard.config import DetectorConfig, TrainConfig
+    from aeguard.train.job import FitOptions, run_fit
 
     manifests, models = [], []
     for run in ("a", "b"):
-        options = FitOptions(out=tmp_path / run, dataset="mnist", normal="1", model="dense", data_dir=data_dir,
-                             train=TrainConfig(epochs=1, device="cpu", seed=7), allow_download=False)
-        manifests.append(fit(options, log=lambda line: None))
+        config = DetectorConfig(model="dense", train=TrainConfig(epochs=1, device="cpu", seed=7))
+        options = FitOptions(out=tmp_path / run, config=config, dataset="mnist", normal="1", data_dir=data_dir,
+                             allow_download=False)
+        manifests.append(run_fit(options, log=lambda line: None))
         models.append(load_bundle_graph(tmp_path / run))
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -10,17 +10,17 @@ from typer.testing import CliRunner
 from aeguard.cli.main import app
 from aeguard.data.sources import dataset_eval_set
 from aeguard.scoring.scorer import Scorer
-from aeguard.train.fit import FitOptions, fit
-from aeguard.train.loop import TrainConfig
+from aeguard.config import DetectorConfig, TrainConfig
+from aeguard.train.job import FitOptions, run_fit
 from aeguard.train.models import MODEL_KINDS
 
 runner = CliRunner()
 
 
 def quick_fit(out, data_dir, model, seed=0, **extra):
-    options = FitOptions(out=out, dataset="mnist", normal="4", model=model, data_dir=data_dir, max_images=400,
-                         train=TrainConfig(epochs=2, device="cpu", seed=seed), allow_download=False, **extra)
-    return fit(options, log=lambda line: None)
+    config = DetectorConfig(model=model, max_images=400, train=TrainConfig(epochs=2, device="cpu", seed=seed), **extra)
+    options = FitOptions(out=out, config=config, dataset="mnist", normal="4", data_dir=data_dir, allow_download=False)
+    return run_fit(options, log=lambda line: None)
 
 
 @pytest.mark.parametrize("model", list(MODEL_KINDS))
@@ -102,9 +102,10 @@ def test_a_collapsed_training_is_trained_again_from_a_fresh_initialisation(data_
 
     trainings = _collapse_first_attempts(monkeypatch, 1)
     lines = []
-    options = FitOptions(out=tmp_path / "b", dataset="mnist", normal="4", model="dense", data_dir=data_dir,
-                         max_images=300, train=TrainConfig(epochs=1, device="cpu", seed=3), allow_download=False)
-    manifest = fit(options, log=lines.append)
+    config = DetectorConfig(model="dense", max_images=300, train=TrainConfig(epochs=1, device="cpu", seed=3))
+    options = FitOptions(out=tmp_path / "b", config=config, dataset="mnist", normal="4", data_dir=data_dir,
+                         allow_download=False)
+    manifest = run_fit(options, log=lines.append)
     assert len(trainings) == 2
     assert any("training collapsed (initialisation seed 3)" in line for line in lines)
     assert manifest["training"]["init_seed"] == 3 + RETRY_SEED_STRIDE and manifest["training"]["config"]["seed"] == 3

@@ -32,13 +32,14 @@ def test_incomplete_table_has_no_mean_and_says_so():
 def test_presets_are_valid_fit_options():
     import typer
 
+    from aeguard import Detector
     from aeguard.cli.main import app
-    from aeguard.train.fit import FitOptions, model_config
+    from aeguard.config import model_config
 
     fit_flags = {flag for param in typer.main.get_command(app).commands["fit"].params for flag in param.opts}
     for name, preset in one_class.PRESETS.items():
-        options = FitOptions(out=".", **preset)  # an unknown key would raise TypeError
-        config = model_config(options, (1, 28, 28))  # an unknown model, activation or noise raises UsageError
+        detector = Detector(**preset)  # an unknown key would raise TypeError
+        config = model_config(detector.config(), (1, 28, 28))  # an unknown model, activation or noise: UsageError
         assert config["activation"] == preset.get("activation", "leaky-relu"), name
         if name.endswith("-relu"):  # the rows kept from before LeakyReLU became the default
             assert config["activation"] == "relu", name

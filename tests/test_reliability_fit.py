@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from aeguard.cli.main import app
 from aeguard.data.catalog import DATASETS, parse_classes
 from aeguard.errors import UsageError
-from aeguard.train.fit import remove_stale_staging
+from aeguard.bundle import remove_stale_staging
 
 runner = CliRunner()
 
@@ -84,13 +84,13 @@ def test_a_bundle_is_as_readable_as_any_file_under_the_umask(folder, tmp_path):
 SWAP_AND_DIE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from aeguard.train import fit
+    from aeguard import bundle
     real = os.replace
     def replace_then_die(a, b):
         real(a, b)
         os.kill(os.getpid(), signal.SIGKILL)
     os.replace = replace_then_die
-    fit._swap_into_place(Path(sys.argv[1]), Path(sys.argv[2]))
+    bundle.swap_into_place(Path(sys.argv[1]), Path(sys.argv[2]))
 """)
 
 

@@ -22,12 +22,12 @@ from tests.daemon import Daemon
 @pytest.fixture(scope="module")
 def dense_bundle(data_dir, tmp_path_factory):
     """A second, different model of the same input shape, to reload into."""
-    from aeguard.train.fit import FitOptions, fit
-    from aeguard.train.loop import TrainConfig
+    from aeguard.config import DetectorConfig, TrainConfig
+    from aeguard.train.job import FitOptions, run_fit
 
     out = tmp_path_factory.mktemp("dense") / "dense0"
-    fit(FitOptions(out=out, model="dense", data_dir=data_dir, train=TrainConfig(epochs=1, device="cpu"),
-                   allow_download=False), log=lambda line: None)
+    config = DetectorConfig(model="dense", train=TrainConfig(epochs=1, device="cpu"))
+    run_fit(FitOptions(out=out, config=config, data_dir=data_dir, allow_download=False), log=lambda line: None)
     return out
 
 

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from aeguard.config import DetectorConfig
+
 from .common import parse_int_list, reports_errors
 
 
@@ -46,6 +48,20 @@ class _Progress:
             self.bar.stop()
 
 
+DEFAULTS = DetectorConfig()  # every default below comes from the typed configuration, stated once
+FLAGS = {"learning_rate": "--lr"}  # where a flag is not the parameter's name with dashes
+
+
+def as_flag_error(exc):
+    """A ConfigError in the words of the command line: `score_top must ...` becomes `--score-top must ...`."""
+    from aeguard.errors import UsageError
+
+    message, name = str(exc), exc.parameter
+    if message.startswith(name):
+        message = FLAGS.get(name, "--" + name.replace("_", "-")) + message[len(name):]
+    return UsageError(message)
+
+
 @reports_errors
 def fit(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write [default: runs/<dataset>-<normal>-<model>]."),
@@ -54,54 +70,58 @@ def fit(
     data: Optional[Path] = typer.Option(None, help="A folder of your own normal images instead of --dataset; DIR/normal and DIR/anomaly are used for evaluation.", file_okay=False),
     data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
     image_size: Optional[str] = typer.Option(None, help="Model input size for --data folders, 28 or HxW [default: the first image's size]."),
-    model: str = typer.Option("conv", help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models)."),
-    latent: Optional[int] = typer.Option(None, min=1, help="Size of the code [default: 16 for conv models, 32 for dense ones]."),
+    model: str = typer.Option(DEFAULTS.model.value, help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models)."),
+    latent: Optional[int] = typer.Option(DEFAULTS.latent, help="Size of the code [default: 16 for conv models, 32 for dense ones]."),
     hidden: Optional[str] = typer.Option(None, help="Hidden widths (dense backbone, default 256,128) or conv channels (conv backbone, default 32,64), comma-separated."),
     activation: Optional[str] = typer.Option(None, help="Hidden-layer activation: leaky-relu (slope 0.2) or relu [leaky-relu]."),
     noise: Optional[str] = typer.Option(None, help="Train on corrupted inputs: gaussian, mask, salt-pepper or erase, with :LEVEL (e.g. gaussian:0.2; 'none' turns the denoising model's default off)."),
-    sparsity: Optional[float] = typer.Option(None, help="L1 weight on the code [sparse: 1e-3, others 0]."),
-    k: Optional[int] = typer.Option(None, min=1, help="Keep only the k largest code units [k-sparse: 8]."),
-    contraction: Optional[float] = typer.Option(None, help="Weight of the encoder-Jacobian penalty [contractive: 1e-2, others 0]."),
-    beta: Optional[float] = typer.Option(None, help="KL weight of the variational models [1]."),
-    score: str = typer.Option("mse", help="Score function in the exported graph: mse, blur, ssim, or elbo (variational models)."),
-    score_sigma: Optional[float] = typer.Option(None, help="Gaussian width in pixels for --score blur (default 1) and ssim (1.5)."),
-    score_top: Optional[float] = typer.Option(None, help="Score = mean of the largest Q share of the error map's pixels (e.g. 0.1), not of all of them [1]."),
-    knn: int = typer.Option(0, min=0, help="Multiply the score by the mean distance from the image's latent code to its K nearest training codes (0: off)."),
-    ensemble: int = typer.Option(1, min=1, help="Train this many independently seeded models and average their error maps."),
-    max_images: Optional[int] = typer.Option(None, min=2, help="Train on at most this many normal images (quick trials)."),
-    epochs: int = typer.Option(20, min=1),
-    batch_size: int = typer.Option(128, min=1),
-    lr: float = typer.Option(1e-3, min=0.0, help="Adam learning rate."),
-    patience: int = typer.Option(5, min=1, help="Stop after this many epochs without a better validation loss."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    sparsity: Optional[float] = typer.Option(DEFAULTS.sparsity, help="L1 weight on the code [sparse: 1e-3, others 0]."),
+    k: Optional[int] = typer.Option(DEFAULTS.k, help="Keep only the k largest code units [k-sparse: 8]."),
+    contraction: Optional[float] = typer.Option(DEFAULTS.contraction, help="Weight of the encoder-Jacobian penalty [contractive: 1e-2, others 0]."),
+    beta: Optional[float] = typer.Option(DEFAULTS.beta, help="KL weight of the variational models [1]."),
+    score: str = typer.Option(DEFAULTS.score.value, help="Score function in the exported graph: mse, blur, ssim, or elbo (variational models)."),
+    score_sigma: Optional[float] = typer.Option(DEFAULTS.score_sigma, help="Gaussian width in pixels for --score blur (default 1) and ssim (1.5)."),
+    score_top: Optional[float] = typer.Option(DEFAULTS.score_top, help="Score = mean of the largest Q share of the error map's pixels (e.g. 0.1), not of all of them [1]."),
+    knn: int = typer.Option(DEFAULTS.knn, help="Multiply the score by the mean distance from the image's latent code to its K nearest training codes (0: off)."),
+    ensemble: int = typer.Option(DEFAULTS.ensemble, help="Train this many independently seeded models and average their error maps."),
+    max_images: Optional[int] = typer.Option(DEFAULTS.max_images, help="Train on at most this many normal images (quick trials)."),
+    epochs: int = typer.Option(DEFAULTS.train.epochs),
+    batch_size: int = typer.Option(DEFAULTS.train.batch_size),
+    lr: float = typer.Option(DEFAULTS.train.learning_rate, help="Adam learning rate."),
+    patience: int = typer.Option(DEFAULTS.train.patience, help="Stop after this many epochs without a better validation loss."),
+    device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),
     devices: int = typer.Option(1, min=1, help="Train in this many processes with DistributedDataParallel (one per GPU; gloo on CPU). torchrun works too."),
-    seed: int = typer.Option(0, help="Seed for the split, initialisation and batch order."),
-    val_fraction: float = typer.Option(0.1, help="Share of the normal training images held out for validation and calibration."),
-    target_fpr: float = typer.Option(0.01, help="False-positive rate on held-out normal images that sets the threshold."),
+    seed: int = typer.Option(DEFAULTS.train.seed, help="Seed for the split, initialisation and batch order."),
+    val_fraction: float = typer.Option(DEFAULTS.val_fraction, help="Share of the normal training images held out for validation and calibration."),
+    target_fpr: float = typer.Option(DEFAULTS.target_fpr, help="False-positive rate on held-out normal images that sets the threshold."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
     no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
 ) -> None:
     """Train an autoencoder on normal images, calibrate its threshold and export an ONNX bundle."""
+    from aeguard.config import ConfigError, Noise, TrainConfig
     from aeguard.errors import UsageError
-    from aeguard.train.fit import FitOptions, fit as run_fit
-    from aeguard.train.loop import TrainConfig
+    from aeguard.train.job import FitOptions, run_fit
 
     if out is None:
         source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
         out = Path("runs") / f"{source}-{model}"
-    options = FitOptions(
-        out=out, dataset=dataset, normal=normal, data=data, data_dir=data_dir, image_size=image_size,
-        model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), activation=activation, noise=noise,
-        sparsity=sparsity, k=k, contraction=contraction, beta=beta, score=score, score_sigma=score_sigma,
-        score_top=score_top, knn=knn, ensemble=ensemble, max_images=max_images,
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
-                          device=device, seed=seed),
-        val_fraction=val_fraction, target_fpr=target_fpr, force=force, allow_download=not no_download,
-    )
+    try:
+        config = DetectorConfig(
+            model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), activation=activation,
+            noise=Noise.parse(noise) if noise is not None else None, sparsity=sparsity, k=k, contraction=contraction,
+            beta=beta, score=score, score_sigma=score_sigma, score_top=score_top, knn=knn, ensemble=ensemble,
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience, device=device,
+                              seed=seed),
+            val_fraction=val_fraction, target_fpr=target_fpr, max_images=max_images,
+        )
+    except ConfigError as exc:
+        raise as_flag_error(exc) from None
+    options = FitOptions(out=out, config=config, dataset=dataset, normal=normal, data=data, data_dir=data_dir,
+                         image_size=image_size, force=force, allow_download=not no_download)
     if devices > 1:
-        from aeguard.bundle import read_manifest
-        from aeguard.train.distributed import check_devices, launched_by_torchrun, spawn_fit
-        from aeguard.train.fit import check_out
+        from aeguard.bundle import check_out, read_manifest
+        from aeguard.train.distributed import check_devices, launched_by_torchrun
+        from aeguard.train.job import spawn_fit
 
         if launched_by_torchrun():
             raise UsageError("--devices spawns its own processes; under torchrun, leave it out")

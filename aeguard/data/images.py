@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -30,10 +31,10 @@ DECODER_FORMATS = (
     "MCIDAS", "PCD", "PIXAR", "SUN", "XBM", "XPM", "XVTHUMB", "WMF",
 )
 
-# Decompression-bomb guard: refuse anything above this many pixels (configurable per call).
+# Decompression-bomb guard: refuse anything above this many pixels (configurable per call), checked from the
+# header. Pillow's own guard (its MAX_IMAGE_PIXELS, a process-wide setting left as it is) still refuses
+# images above twice its limit, about 179 M pixels, whatever a caller allows.
 DEFAULT_MAX_PIXELS = 50_000_000
-# Pillow's own guard would refuse (or warn about) images the caller's limit allows; ours applies instead.
-Image.MAX_IMAGE_PIXELS = None
 
 
 def preprocessing_spec(height: int, width: int) -> dict:
@@ -84,7 +85,11 @@ def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: i
     """
     label = label or str(source)
     try:
-        with Image.open(source, formats=_available_formats()) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; aeguard's limit (checked next) is the one that decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source, formats=_available_formats())
+        with image:
             if image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
                     f"{label}: {image.width}x{image.height} exceeds the pixel limit of {max_pixels}"
@@ -101,6 +106,8 @@ def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: i
         raise ImageError(f"{label}: not a recognised image format") from None
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode this image") from None
+    except Image.DecompressionBombError as exc:  # above Pillow's own limit, whatever max_pixels allows
+        raise ImageTooLargeError(f"{label}: exceeds the pixel limit of Pillow's decompression-bomb guard ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - see the docstring: any decoder failure is this input's error
         raise ImageError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from None
 

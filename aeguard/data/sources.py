@@ -10,7 +10,7 @@ import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
 from aeguard.data.images import image_size, iter_image_paths, load_images
-from aeguard.data.splits import anomaly_labels, to_model_input, train_validation_split
+from aeguard.data.splits import anomaly_labels, as_model_input, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
 NORMAL_SUBDIR = "normal"
@@ -72,6 +72,27 @@ def dataset_training_data(name: str, normal: str, data_dir: Path | None, val_fra
             "n_validation": int(len(val_images)),
         },
     )
+
+
+def array_training_data(images, val_fraction: float, seed: int) -> TrainingData:
+    """Normal images given as an array (see as_model_input), split as a folder's are."""
+    images = as_model_input(images)
+    if len(images) < 2:
+        raise DataNotFoundError(f"{len(images)} training images given; at least 2 are needed")
+    fit_images, val_images = train_validation_split(images, val_fraction, seed)
+    return TrainingData(train=fit_images, validation=val_images, evaluation=None,
+                        source={"arrays": True, "n_train": int(len(fit_images)), "n_validation": int(len(val_images))})
+
+
+def limit_images(data: TrainingData, max_images: int | None, val_fraction: float) -> TrainingData:
+    """At most `max_images` normal images in all, for quick trials; the split is already shuffled, so the same
+    share stays held out, taken from the front of each part."""
+    if max_images is None:
+        return data
+    held_out = max(1, round(max_images * val_fraction))
+    data.train, data.validation = data.train[: max_images - held_out], data.validation[:held_out]
+    data.source.update(n_train=int(len(data.train)), n_validation=int(len(data.validation)), max_images=max_images)
+    return data
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:

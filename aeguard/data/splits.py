@@ -12,6 +12,32 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[:, None, :, :]
 
 
+def as_model_input(images, channels: int | None = None) -> np.ndarray:
+    """Images as the model takes them: float32 (N, C, H, W) in [0, 1].
+
+    Takes (N, H, W) (one channel) or (N, C, H, W); uint8 is scaled by 1/255, uint16 by 1/65535, floats must
+    already be finite and within [0, 1]. `channels`, when given, must match.
+    """
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4:
+        raise UsageError(f"images must be an array of shape (N, H, W) or (N, C, H, W), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    elif array.dtype.kind == "f":
+        array = array.astype(np.float32, copy=False)
+        if array.size and (not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0):
+            raise UsageError("float images must be finite and within [0, 1]; scale them (uint8 is scaled for you)")
+    else:
+        raise UsageError(f"images must be uint8, uint16 or float, got {array.dtype}")
+    if channels is not None and array.shape[1] != channels:
+        raise UsageError(f"images have {array.shape[1]} channels; the model takes {channels}")
+    return np.ascontiguousarray(array)
+
+
 def train_validation_split(
     images: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

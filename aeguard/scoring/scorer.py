@@ -14,8 +14,9 @@ import numpy as np
 import onnxruntime as ort
 
 from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
-from aeguard.errors import BundleError, UsageError
-from aeguard.scoring.results import ItemResult, item_results
+from aeguard.data.splits import as_model_input
+from aeguard.errors import BundleError, ModelOutputError, UsageError
+from aeguard.scoring.results import ItemResult, is_anomalous, item_results
 
 SCORE_OUTPUT = "score"
 ERROR_MAP_OUTPUT = "error_map"
@@ -103,16 +104,27 @@ class Scorer:
 
     def __init__(self, bundle_dir: Path, intra_op_threads: int = 0, verify: bool = True, spin: bool = True):
         self.bundle_dir = Path(bundle_dir)
-        self.manifest = read_manifest(self.bundle_dir, verify=verify)
-        where = f"{self.bundle_dir / MANIFEST_NAME}"
+        manifest = read_manifest(self.bundle_dir, verify=verify)
+        model_bytes = read_plain_file(bundle_file(self.bundle_dir, MODEL_NAME))
+        self._load(manifest, model_bytes, str(self.bundle_dir / MANIFEST_NAME), intra_op_threads, spin)
+
+    @classmethod
+    def from_contents(cls, contents, intra_op_threads: int = 0) -> "Scorer":
+        """A scorer of a bundle still in memory (a fitted Detector's, before or without saving it)."""
+        scorer = cls.__new__(cls)
+        scorer.bundle_dir = None
+        scorer._load(contents.manifest, contents.files[MODEL_NAME], "the fitted detector", intra_op_threads, True)
+        return scorer
+
+    def _load(self, manifest: dict, model_bytes: bytes, where: str, intra_op_threads: int, spin: bool) -> None:
+        self.manifest = manifest
         self.channels, self.height, self.width = _input_spec(self.manifest, where)
         self.threshold = _threshold(self.manifest, where)
-        model_bytes = read_plain_file(bundle_file(self.bundle_dir, MODEL_NAME))
         try:
             self.session = ort.InferenceSession(model_bytes, sess_options=session_options(intra_op_threads, spin),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
-            raise BundleError(f"onnxruntime cannot load {self.bundle_dir / MODEL_NAME}: {exc}") from None
+            raise BundleError(f"onnxruntime cannot load the {MODEL_NAME} of {where}: {exc}") from None
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         outputs = {o.name for o in self.session.get_outputs()}
@@ -123,15 +135,15 @@ class Scorer:
                                      for d, want in zip(declared[1:], self.input_shape)):
             raise BundleError(f"{MODEL_NAME} takes input {declared}, but the manifest declares "
                               f"[N, {self.channels}, {self.height}, {self.width}]")
-        self._probe()
+        self._probe(where)
 
-    def _probe(self) -> None:
+    def _probe(self, where: str) -> None:
         try:
             probe = self.score(np.zeros((1, *self.input_shape), np.float32)).scores
         except Exception as exc:  # noqa: BLE001 - any failure of the graph on a valid input is the bundle's
-            raise BundleError(f"{self.bundle_dir / MODEL_NAME} fails on a blank image: {exc}") from None
+            raise BundleError(f"the {MODEL_NAME} of {where} fails on a blank image: {exc}") from None
         if probe.shape != (1,) or not np.isfinite(probe).all():
-            raise BundleError(f"{self.bundle_dir}: the model gives no finite score for a blank image ({probe!r})")
+            raise BundleError(f"{where}: the model gives no finite score for a blank image ({probe!r})")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -171,6 +183,23 @@ class Scorer:
         """Latent codes (N, latent) of bundles that export them (those from aeguard 0.2 on)."""
         return score_array(self.session, self.check_batch(images), batch_size, output=CODE_OUTPUT)
 
+    def decision_function(self, images, batch_size: int = 512) -> np.ndarray:
+        """Scores of images given as an array: (N, H, W) or (N, C, H, W), uint8 or float in [0, 1]."""
+        return self.score_many(as_model_input(images, self.channels), batch_size)
+
+    def predict(self, images, batch_size: int = 512) -> np.ndarray:
+        """True where the score is above the threshold; a non-finite score raises (it is no verdict)."""
+        scores = self.decision_function(images, batch_size)
+        if not np.isfinite(scores).all():
+            raise ModelOutputError(f"the model gave {int(np.count_nonzero(~np.isfinite(scores)))} of {len(scores)} "
+                                   "images a non-finite score; score them one by one to find which")
+        return is_anomalous(scores, self.threshold)
+
+    def anomaly_maps(self, images) -> np.ndarray:
+        """Per-pixel error maps (N, C, H, W) of the bundle's score function."""
+        batch = as_model_input(images, self.channels)
+        return self.score(batch, error_maps=True).error_maps
+
     def results(self, errors: Sequence[str | None], scores: Sequence[float]) -> list[ItemResult]:
         return item_results(errors, scores, self.threshold)
 
@@ -185,3 +214,22 @@ class Scorer:
             return [ItemResult(error=error) for error in errors], None
         batch = self.score(np.stack(good), error_maps=error_maps)
         return self.results(errors, batch.scores), batch.error_maps
+
+
+class Bundle:
+    """A bundle folder, opened and verified (schema, file names, checksums): `Bundle.load(path).scorer()`."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path, self.manifest = Path(path), manifest
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bundle":
+        return cls(Path(path), read_manifest(Path(path)))
+
+    @property
+    def threshold(self) -> float:
+        return _threshold(self.manifest, str(self.path / MANIFEST_NAME))
+
+    def scorer(self, intra_op_threads: int = 0) -> Scorer:
+        """The torch-free scorer: decision_function / predict / anomaly_maps on arrays, score on model inputs."""
+        return Scorer(self.path, intra_op_threads=intra_op_threads)

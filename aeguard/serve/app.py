@@ -1,21 +1,18 @@
-"""The daemon's HTTP app: /v1 scoring, Open Inference Protocol v2, health, metrics, admin reload.
+"""The daemon's HTTP layer: /v1 scoring, Open Inference Protocol v2, health, metrics, admin reload.
 
-Every handler runs inside an `Endpoint`, the one place where errors become JSON responses with their
-HTTP status, and where request metrics and the structured request log are written. Starlette routes;
-the endpoints speak ASGI directly (aeguard/serve/http.py).
+It only translates: each handler reads a request (token, body, payload), calls the ScoringService
+(service.py, the data plane) and builds the reply. Every handler runs inside an `Endpoint`, the one place
+where errors become JSON responses with their HTTP status, and where request metrics and the structured
+request log are written. Starlette routes; the endpoints speak ASGI directly (aeguard/serve/http.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import hmac
 import itertools
-import os
 import logging
-import signal
-import threading
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,97 +27,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aeguard import __version__
-from aeguard.errors import (
-    AeguardError, ModelNotFoundError, ModelOutputError, PayloadTooLargeError, RequestError, UnauthorizedError,
-)
+from aeguard.errors import AeguardError, ModelNotFoundError, PayloadTooLargeError, RequestError, UnauthorizedError
 from aeguard.serve import payloads
-from aeguard.serve.batching import BatchingScorer
 from aeguard.serve.http import HttpRequest, Reply, json_reply, reply_messages
 from aeguard.serve.metrics import Metrics
-from aeguard.serve.model_store import LoadedModel, ModelStore
 from aeguard.serve.openapi import openapi_document
+from aeguard.serve.service import ScoringService
 from aeguard.serve.settings import ServeSettings
 
 log = logging.getLogger("aeguard.serve")
 
 
 Handler = Callable[[HttpRequest], Awaitable[Reply]]
-
-
-class DaemonState:
-    """Everything the handlers share; built by create_app, started by the lifespan."""
-
-    def __init__(self, settings: ServeSettings, registry: CollectorRegistry | None):
-        self.settings = settings
-        self.metrics = Metrics(registry)
-        self.store = ModelStore(settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics)
-        self.scorer = BatchingScorer(self.store, self.metrics, settings.max_batch_size,
-                                     settings.max_wait_ms / 1000.0, settings.batching,
-                                     settings.inference_workers or os.cpu_count() or 1, settings.request_timeout_s,
-                                     settings.inline_max_ms / 1000.0)
-        self.draining = False
-        self._watch_task: asyncio.Task | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.store.loaded and not self.draining
-
-    def begin_drain(self) -> None:
-        """Readiness turns false first, so load balancers stop sending before the listener closes."""
-        self.draining = True
-        self.metrics.ready.set(0)
-        log.info("draining: readiness is now false")
-
-    async def reload(self, reason: str) -> LoadedModel:
-        model = await asyncio.get_running_loop().run_in_executor(None, self.store.reload, reason)
-        self.metrics.ready.set(1 if self.ready else 0)
-        return model
-
-    async def _reload_quietly(self, reason: str) -> None:
-        try:
-            await self.reload(reason)
-        except AeguardError:
-            pass  # logged and counted by the store; the old model keeps serving
-        except Exception:  # noqa: BLE001 - a fault outside the store: logged, and the watcher lives on
-            log.exception("model reload failed", extra={"fields": {"reason": reason}})
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.watch_interval_s)
-            try:
-                changed = self.store.changed_on_disk()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one check
-                log.exception("checking the bundle on disk failed")
-                continue
-            if changed:
-                await self._reload_quietly("bundle changed on disk")
-
-    async def start(self) -> None:
-        await self._reload_quietly("startup")
-        await self.scorer.start()
-        tune_garbage_collector()
-        if self.settings.watch_interval_s > 0:
-            self._watch_task = asyncio.create_task(self._watch())
-        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_quietly("SIGHUP")))
-
-    async def stop(self) -> None:
-        self.draining = True
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-        await self.scorer.stop()
-
-
-def tune_garbage_collector() -> None:
-    """Requests allocate many short-lived containers, and CPython's default thresholds then run a collection
-    every few requests, each walking every object of the process: onnxruntime's, numpy's and the model's
-    included. Freezing what startup created (it lives as long as the process) takes those out of every walk,
-    and a larger first threshold makes the young collections rarer. In one interleaved comparison (dense
-    model, 64 clients sending single images) the daemon went from 0.44 to 0.51 of the do-nothing endpoint."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 def request_id_maker() -> Callable[[], str]:
@@ -196,112 +114,74 @@ class Endpoint:
                 "duration_ms": round(seconds * 1000, 3), "images": request.images}})
 
 
-def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> Starlette:
-    state = DaemonState(settings, registry)
-    metrics = state.metrics
-    new_request_id = request_id_maker()
+class Handlers:
+    """One method per route: request -> service call -> reply."""
 
-    async def score_items(items: list, labels: list[str], request: HttpRequest,
-                          names: list[str] | None = None) -> Reply:
-        model = state.store.current
-        height, width = model.scorer.height, model.scorer.width
-        # Decoding is CPU work of unbounded cost (a 4000x4000 PNG takes most of a second): never on the loop.
-        decoded = await asyncio.to_thread(payloads.decode_items, items, labels, height, width, settings.max_pixels)
-        good = [item for item in decoded if not isinstance(item, str)]
-        errors = [item if isinstance(item, str) else None for item in decoded]
-        if not good:
-            raise RequestError(errors[0] if len(errors) == 1 else
-                               f"none of the {len(errors)} images could be read; first: {errors[0]}")
-        scores, model = await state.scorer.score(np.stack(good))
-        request.images = len(good)
-        results = []
-        for index, result in enumerate(model.scorer.results(errors, scores)):
+    def __init__(self, service: ScoringService):
+        self.service, self.settings = service, service.settings
+        self.plans = payloads.PlanCache()
+
+    async def _body(self, request: HttpRequest) -> bytes:
+        return await request.body(self.settings.max_body_bytes, self.settings.request_timeout_s)
+
+    async def _score_reply(self, items: list, labels: list[str], request: HttpRequest,
+                           names: list[str] | None = None) -> Reply:
+        model, results = await self.service.judge_items(items, labels)
+        rows = []
+        for index, result in enumerate(results):
             row = {"error": result.error} if result.error is not None else \
                 {"score": result.score, "is_anomaly": result.is_anomaly}
-            if names is not None:
-                row = {"filename": names[index], **row}
-            results.append(row)
-        scored = sum(1 for result in results if "error" not in result)
+            rows.append({"filename": names[index], **row} if names is not None else row)
+        scored = sum(1 for result in results if result.error is None)
+        request.images = scored
         return json_reply({
             "model": {"name": model.name, "version": model.version}, "threshold": model.threshold,
-            "results": results, "n_scored": scored, "n_errors": len(items) - scored,
+            "results": rows, "n_scored": scored, "n_errors": len(items) - scored,
         })
 
-    async def v1_score(request: HttpRequest) -> Reply:
-        _check_token(request, settings.api_token)
-        body = await request.body(settings.max_body_bytes, settings.request_timeout_s)
-        items = payloads.score_request_items(body, settings.max_images_per_request)
-        return await score_items(items, [f"images[{i}]" for i in range(len(items))], request)
+    async def v1_score(self, request: HttpRequest) -> Reply:
+        _check_token(request, self.settings.api_token)
+        items = payloads.score_request_items(await self._body(request), self.settings.max_images_per_request)
+        return await self._score_reply(items, [f"images[{i}]" for i in range(len(items))], request)
 
-    async def v1_score_image(request: HttpRequest) -> Reply:
-        _check_token(request, settings.api_token)
-        body = await request.body(settings.max_body_bytes, settings.request_timeout_s)
+    async def v1_score_image(self, request: HttpRequest) -> Reply:
+        _check_token(request, self.settings.api_token)
+        body = await self._body(request)
         if (request.header(b"content-type") or "").startswith("multipart/form-data"):
-            async with request.starlette_request().form(max_files=settings.max_images_per_request,
-                                                        max_part_size=settings.max_body_bytes) as form:
+            async with request.starlette_request().form(max_files=self.settings.max_images_per_request,
+                                                        max_part_size=self.settings.max_body_bytes) as form:
                 uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
                 if not uploads:
                     raise RequestError("multipart body holds no file parts")
                 names = [upload.filename or f"file[{i}]" for i, upload in enumerate(uploads)]
                 items = [await upload.read() for upload in uploads]
-            return await score_items(items, names, request, names=names)
-        return await score_items([body], ["body"], request)
+            return await self._score_reply(items, names, request, names=names)
+        return await self._score_reply([body], ["body"], request)
 
-    def model_for(name: str) -> LoadedModel:
-        model = state.store.current
-        if name != model.name:
-            raise ModelNotFoundError(f"unknown model {name!r}; this daemon serves {model.name!r}")
-        return model
-
-    plans = payloads.PlanCache()
-
-    async def oip_infer(request: HttpRequest) -> Reply:
+    async def oip_infer(self, request: HttpRequest) -> Reply:
+        settings = self.settings
         if settings.api_token is not None:
             _check_token(request, settings.api_token)
         params = request.path_params
-        model = model_for(params["name"])
-        version = params.get("version")
-        if version is not None and version != model.version:
-            raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
-        body = await request.body(settings.max_body_bytes, settings.request_timeout_s)
+        model = self.service.model(params["name"], params.get("version"))
+        body = await self._body(request)
         scorer, header_length = model.scorer, request.raw_header(payloads.OIP_BINARY_HEADER)
         if header_length is None:
             infer, binary = payloads.infer_request(body), None
             plan = payloads.oip_plan(infer, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
         else:
             header, binary = payloads.split_binary_body(body, header_length)
-            plan = plans.plan(header, model, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
+            plan = self.plans.plan(header, model, scorer.input_name, scorer.input_shape,
+                                   settings.max_images_per_request)
             # the extension also allows JSON data in the header, with binary outputs only
             infer = payloads.infer_request(header) if plan.binary_size is None else None
         images = payloads.oip_pixels(plan, infer, binary)
-        scores, model = await state.scorer.score(images)
+        model, scores, verdicts = await self.service.judge_tensor(images)
         request.images = len(images)
-        verdicts = model.scorer.results([None] * len(scores), scores)
-        failed = next((i for i, v in enumerate(verdicts) if v.error is not None), None)
-        if failed is not None:  # an OIP reply has no per-image error: refuse rather than send a wrong verdict
-            raise ModelOutputError(f"image {failed}: {verdicts[failed].error}")
-        threshold, shape = model.threshold, [len(scores)]
-        columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", [v.is_anomaly for v in verdicts], "?")}
-        outputs, blobs = [], []
-        for name, as_binary in plan.outputs:
-            datatype, values, binary_type = columns[name]
-            if as_binary:
-                blob = np.asarray(values, binary_type).tobytes()
-                outputs.append({"name": name, "datatype": datatype, "shape": shape,
-                                "parameters": {"binary_data_size": len(blob)}})
-                blobs.append(blob)
-            else:
-                outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": values})
-        body = {"model_name": model.name, "model_version": model.version,
-                "parameters": {"threshold": threshold}, "outputs": outputs, **plan.echo}
-        if not blobs:
-            return json_reply(body)
-        header = orjson.dumps(body)
-        return Reply(header + b"".join(blobs), content_type=b"application/octet-stream",
-                     headers=[(payloads.OIP_BINARY_HEADER, b"%d" % len(header))])
+        return oip_reply(model, plan, scores, verdicts)
 
-    async def oip_model_metadata(request: HttpRequest) -> Reply:
-        model = model_for(request.path_params["name"])
+    async def oip_model_metadata(self, request: HttpRequest) -> Reply:
+        model = self.service.model(request.path_params["name"])
         c, h, w = model.scorer.input_shape
         return json_reply({
             "name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
@@ -311,62 +191,94 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
             "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
         })
 
-    async def oip_model_ready(request: HttpRequest) -> Reply:
-        model_for(request.path_params["name"])
-        return json_reply({"name": request.path_params["name"], "ready": state.ready}, 200 if state.ready else 503)
+    async def oip_model_ready(self, request: HttpRequest) -> Reply:
+        self.service.model(request.path_params["name"])
+        ready = self.service.ready
+        return json_reply({"name": request.path_params["name"], "ready": ready}, 200 if ready else 503)
 
-    async def server_metadata(request: HttpRequest) -> Reply:
+    async def server_metadata(self, request: HttpRequest) -> Reply:
         return json_reply({"name": "aeguard", "version": __version__, "extensions": []})
 
-    async def live(request: HttpRequest) -> Reply:
+    async def live(self, request: HttpRequest) -> Reply:
         return json_reply({"live": True})
 
-    async def ready(request: HttpRequest) -> Reply:
-        body = {"ready": state.ready}
-        if state.store.last_error_type:
+    async def ready(self, request: HttpRequest) -> Reply:
+        body = {"ready": self.service.ready}
+        if self.service.store.last_error_type:
             # unauthenticated: the kind only; the message (paths, hashes) goes to the log and /admin/reload
-            body["last_reload_failed"] = state.store.last_error_type
-        return json_reply(body, 200 if state.ready else 503)
+            body["last_reload_failed"] = self.service.store.last_error_type
+        return json_reply(body, 200 if self.service.ready else 503)
 
-    async def metrics_endpoint(request: HttpRequest) -> Reply:
-        data, content_type = metrics.exposition()
+    async def metrics(self, request: HttpRequest) -> Reply:
+        data, content_type = self.service.metrics.exposition()
         return Reply(data, content_type=content_type.encode())
 
-    async def admin_reload(request: HttpRequest) -> Reply:
-        if settings.admin_token is None:
+    async def admin_reload(self, request: HttpRequest) -> Reply:
+        if self.settings.admin_token is None:
             raise ModelNotFoundError("admin endpoint is disabled; set AEGUARD_ADMIN_TOKEN to enable it")
-        _check_token(request, settings.admin_token)
+        _check_token(request, self.settings.admin_token)
         try:
-            model = await state.reload("admin request")
+            model = await self.service.reload("admin request")
         except AeguardError as exc:
-            return json_reply({"reloaded": False, "error": str(exc), "serving": state.store.serving_version}, 422)
+            return json_reply({"reloaded": False, "error": str(exc),
+                               "serving": self.service.store.serving_version}, 422)
         return json_reply({"reloaded": True, "model": model.name, "version": model.version})
 
-    async def openapi(request: HttpRequest) -> Reply:
+    async def openapi(self, request: HttpRequest) -> Reply:
         return json_reply(openapi_document())
+
+
+def oip_reply(model, plan: payloads.OipPlan, scores: list[float], verdicts: list[bool]) -> Reply:
+    """An infer reply with the outputs the request asked for, each as JSON data or binary tensor data."""
+    shape = [len(scores)]
+    columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", verdicts, "?")}
+    outputs, blobs = [], []
+    for name, as_binary in plan.outputs:
+        datatype, values, binary_type = columns[name]
+        if as_binary:
+            blob = np.asarray(values, binary_type).tobytes()
+            outputs.append({"name": name, "datatype": datatype, "shape": shape,
+                            "parameters": {"binary_data_size": len(blob)}})
+            blobs.append(blob)
+        else:
+            outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": values})
+    body = {"model_name": model.name, "model_version": model.version,
+            "parameters": {"threshold": model.threshold}, "outputs": outputs, **plan.echo}
+    if not blobs:
+        return json_reply(body)
+    header = orjson.dumps(body)
+    return Reply(header + b"".join(blobs), content_type=b"application/octet-stream",
+                 headers=[(payloads.OIP_BINARY_HEADER, b"%d" % len(header))])
+
+
+def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> Starlette:
+    service = ScoringService(settings, registry)
+    metrics = service.metrics
+    handlers = Handlers(service)
+    new_request_id = request_id_maker()
 
     # Starlette tries routes in order: the scoring endpoints come first, they take nearly all the traffic.
     routes = [
-        ("/v2/models/{name}/infer", "infer", oip_infer, ["POST"]),
-        ("/v1/score", "score", v1_score, ["POST"]),
-        ("/v1/score/image", "score_image", v1_score_image, ["POST"]),
-        ("/v2/models/{name}/versions/{version}/infer", "infer", oip_infer, ["POST"]),
-        ("/v2", "server_metadata", server_metadata, ["GET"]),
-        ("/v2/health/live", "live", live, ["GET"]),
-        ("/v2/health/ready", "ready", ready, ["GET"]),
-        ("/v2/models/{name}", "model_metadata", oip_model_metadata, ["GET"]),
-        ("/v2/models/{name}/ready", "model_ready", oip_model_ready, ["GET"]),
-        ("/metrics", "metrics", metrics_endpoint, ["GET"]),
-        ("/openapi.json", "openapi", openapi, ["GET"]),
-        ("/admin/reload", "admin_reload", admin_reload, ["POST"]),
+        ("/v2/models/{name}/infer", "infer", handlers.oip_infer, ["POST"]),
+        ("/v1/score", "score", handlers.v1_score, ["POST"]),
+        ("/v1/score/image", "score_image", handlers.v1_score_image, ["POST"]),
+        ("/v2/models/{name}/versions/{version}/infer", "infer", handlers.oip_infer, ["POST"]),
+        ("/v2", "server_metadata", handlers.server_metadata, ["GET"]),
+        ("/v2/health/live", "live", handlers.live, ["GET"]),
+        ("/v2/health/ready", "ready", handlers.ready, ["GET"]),
+        ("/v2/models/{name}", "model_metadata", handlers.oip_model_metadata, ["GET"]),
+        ("/v2/models/{name}/ready", "model_ready", handlers.oip_model_ready, ["GET"]),
+        ("/metrics", "metrics", handlers.metrics, ["GET"]),
+        ("/openapi.json", "openapi", handlers.openapi, ["GET"]),
+        ("/admin/reload", "admin_reload", handlers.admin_reload, ["POST"]),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        await state.start()
-        metrics.ready.set(1 if state.ready else 0)
+        await service.start()
+        metrics.ready.set(1 if service.ready else 0)
         yield
-        await state.stop()
+        await service.stop()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -384,7 +296,7 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )
-    app.state.aeguard = state
+    app.state.aeguard = service
     return app
 
 

@@ -6,7 +6,6 @@ CUDA uses NCCL (one GPU per process); CPU uses gloo, so the same code runs and i
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -58,33 +57,6 @@ def check_devices(devices: int, requested: str) -> None:
         raise UsageError(f"--devices must be at least 1, got {devices}")
     if requested != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
         raise UsageError(f"--devices {devices} but torch sees {torch.cuda.device_count()} CUDA devices")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker(rank: int, world_size: int, port: int, options) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    import sys
-
-    from aeguard.train.fit import fit
-    from aeguard.train.loop import format_epoch
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    fit(options, on_epoch=lambda record: say(format_epoch(record, options.train.epochs)), log=say)
-
-
-def spawn_fit(options, devices: int) -> None:
-    """Run fit in `devices` processes on this machine; rank 0 writes the bundle to options.out."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker, args=(devices, _free_port(), options), nprocs=devices, join=True)
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

@@ -13,19 +13,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from aeguard.config import TrainConfig  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
 from aeguard.train.distributed import DistributedContext, all_reduce_sum
 from aeguard.train.objectives import Objective
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    patience: int = 5  # epochs without a better validation loss before stopping
-    device: str = "auto"
-    seed: int = 0
 
 
 @dataclass

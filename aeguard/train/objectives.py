@@ -10,27 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aeguard.config import NOISE_KINDS, parse_noise  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
 from aeguard.train.models import Autoencoder
-
-NOISE_KINDS = ("gaussian", "mask", "salt-pepper", "erase")
-
-
-def parse_noise(text: str | None) -> tuple[str, float] | None:
-    """'gaussian:0.2' -> ('gaussian', 0.2). Levels: std (gaussian), share of pixels (mask,
-    salt-pepper), side of the erased square as a share of the image side (erase)."""
-    if not text or text == "none":
-        return None
-    kind, _, level_text = text.partition(":")
-    try:
-        level = float(level_text) if level_text else 0.2
-    except ValueError:
-        level = -1.0
-    if kind not in NOISE_KINDS or not 0.0 < level <= 1.0:
-        raise UsageError(f"--noise must be KIND[:LEVEL] with KIND one of {', '.join(NOISE_KINDS)} "
-                         f"and 0 < LEVEL <= 1, got {text!r}")
-    return kind, level
-
 
 def corrupt(images: torch.Tensor, noise: tuple[str, float] | None) -> torch.Tensor:
     """A corrupted copy for denoising training; the target stays the clean image."""

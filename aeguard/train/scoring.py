@@ -26,46 +26,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from aeguard.errors import UsageError
+from aeguard.config import DEFINITIONS, SCORE_FUNCTIONS, score_config  # noqa: F401 - re-exported
 from aeguard.train.models import Autoencoder
 from aeguard.train.objectives import kl_per_image
 
-SCORE_FUNCTIONS = ("mse", "blur", "ssim", "elbo")
-DEFINITIONS = {
-    "mse": "mean over pixels of (image - reconstruction)^2",
-    "blur": "mean over pixels of (gaussian_blur(image - reconstruction, sigma))^2",
-    "ssim": "mean over pixels of 1 - SSIM(image, reconstruction), gaussian window sigma",
-    "elbo": "mean over pixels of (image - reconstruction)^2 + beta * KL(q(z|x) || N(0, I)) / pixels, at the mean code",
-}
-
-
 MAX_REFERENCE_CODES = 10_000  # bounds the graph's size and the per-image cost of the distance search
-
-
-def score_config(function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0,
-                 top: float | None = None) -> dict:
-    if function not in SCORE_FUNCTIONS:
-        raise UsageError(f"--score must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
-    if knn < 0:
-        raise UsageError(f"--knn must be 0 (off) or a positive number of neighbours, got {knn}")
-    if top is not None and not 0.0 < top <= 1.0:
-        raise UsageError(f"--score-top must be a share of the pixels, 0 < Q <= 1, got {top}")
-    config: dict = {"function": function, "definition": DEFINITIONS[function]}
-    if top is not None and top < 1.0:  # 1 is the plain mean: bundles keep the key only when it changes the score
-        config["top"] = float(top)
-        config["definition"] = config["definition"].replace(
-            "mean over pixels of", f"mean over the largest {top:.4g} share of pixels of")
-    if knn:
-        config["knn"] = int(knn)
-        config["definition"] += (f", times the mean distance from the latent code to its {knn} nearest latent codes "
-                                 "of the training images")
-    if function in ("blur", "ssim"):
-        config["sigma"] = float(sigma if sigma is not None else (1.0 if function == "blur" else 1.5))
-        if config["sigma"] <= 0:
-            raise UsageError(f"--score-sigma must be positive, got {sigma}")
-    if function == "elbo":
-        config["beta"] = float(beta)
-    return config
 
 
 def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""`Detector`: an autoencoder anomaly detector in the shape scikit-learn and PyOD users know.
+
+    det = Detector(model="conv", noise="erase", noise_level=0.25, score="blur", epochs=20, seed=0)
+    det.fit(X_normal)            # (N, H, W) / (N, C, H, W), uint8 or float in [0, 1], or a folder of images
+    det.decision_function(X)     # scores, higher = more anomalous
+    det.predict(X)               # bool, score > det.threshold_
+    det.save("runs/x")           # the checksummed bundle `aeguard fit` writes
+
+The constructor only stores its arguments; `fit` validates them (DetectorConfig) and sets the learned state,
+whose names end in an underscore. Importing this module does not import torch: `fit` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from aeguard.config import DetectorConfig, Noise, TrainConfig
+from aeguard.data.sources import EvalSet, TrainingData, array_training_data, folder_training_data, limit_images
+from aeguard.errors import UsageError
+from aeguard.scoring.scorer import Scorer
+
+REPORT_DIR = "report"
+
+
+class Detector:
+    """Fit on normal images only; score anything. Parameters as in `aeguard fit` (see DetectorConfig)."""
+
+    def __init__(self, model: str = "conv", *, latent: int | None = None, hidden: tuple[int, ...] | None = None,
+                 activation: str | None = None, noise: str | None = None, noise_level: float | None = None,
+                 sparsity: float | None = None, k: int | None = None, contraction: float | None = None,
+                 beta: float | None = None, score: str = "mse", score_sigma: float | None = None,
+                 score_top: float | None = None, knn: int = 0, ensemble: int = 1, epochs: int = 20,
+                 batch_size: int = 128, lr: float = 1e-3, patience: int = 5, device: str = "auto", seed: int = 0,
+                 val_fraction: float = 0.1, target_fpr: float = 0.01, max_images: int | None = None,
+                 image_size: str | None = None, verbose: bool = False):
+        self.model, self.latent, self.hidden, self.activation = model, latent, hidden, activation
+        self.noise, self.noise_level = noise, noise_level
+        self.sparsity, self.k, self.contraction, self.beta = sparsity, k, contraction, beta
+        self.score, self.score_sigma, self.score_top, self.knn, self.ensemble = score, score_sigma, score_top, knn, ensemble
+        self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
+        self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
+        self.max_images, self.image_size, self.verbose = max_images, image_size, verbose
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig, image_size: str | None = None, verbose: bool = False) -> "Detector":
+        noise = config.noise
+        train = config.train
+        return cls(model=config.model.value, latent=config.latent, hidden=config.hidden,
+                   activation=config.activation.value if config.activation else None,
+                   noise=None if noise is None else ("none" if noise.kind is None else noise.kind.value),
+                   noise_level=None if noise is None or noise.kind is None else noise.level,
+                   sparsity=config.sparsity, k=config.k, contraction=config.contraction, beta=config.beta,
+                   score=config.score.value, score_sigma=config.score_sigma, score_top=config.score_top,
+                   knn=config.knn, ensemble=config.ensemble, epochs=train.epochs, batch_size=train.batch_size,
+                   lr=train.learning_rate, patience=train.patience, device=train.device, seed=train.seed,
+                   val_fraction=config.val_fraction, target_fpr=config.target_fpr, max_images=config.max_images,
+                   image_size=image_size, verbose=verbose)
+
+    def get_params(self) -> dict:
+        """The constructor's arguments (scikit-learn's convention)."""
+        return {name: getattr(self, name) for name in self.__init__.__code__.co_varnames[1:]
+                if name in self.__dict__}
+
+    def config(self) -> DetectorConfig:
+        """The parameters, checked: a UsageError names the first that is wrong."""
+        if self.noise_level is not None and self.noise is None:
+            raise UsageError("noise_level needs a noise kind (noise='erase', 'gaussian', 'mask' or 'salt-pepper')")
+        if self.noise is None or isinstance(self.noise, Noise):
+            noise = self.noise
+        elif ":" in self.noise or self.noise == "none" or self.noise_level is None:
+            noise = Noise.parse(self.noise)
+        else:
+            noise = Noise(self.noise, self.noise_level)
+        train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.lr,
+                            patience=self.patience, device=self.device, seed=self.seed)
+        return DetectorConfig(model=self.model, latent=self.latent, hidden=self.hidden, activation=self.activation,
+                              noise=noise, sparsity=self.sparsity, k=self.k, contraction=self.contraction,
+                              beta=self.beta, score=self.score, score_sigma=self.score_sigma,
+                              score_top=self.score_top, knn=self.knn, ensemble=self.ensemble, train=train,
+                              val_fraction=self.val_fraction, target_fpr=self.target_fpr, max_images=self.max_images)
+
+    def fit(self, X, y=None) -> "Detector":
+        """Train on normal images: an array (N, H, W) or (N, C, H, W), uint8 or float in [0, 1], or a folder.
+
+        A share (val_fraction) is held out for early stopping and to set the threshold; no anomalies are needed
+        (`y` is ignored, as in PyOD). Nothing is written to disk.
+        """
+        config = self.config()
+        if isinstance(X, (str, Path)):
+            data = folder_training_data(Path(X), self.image_size, config.val_fraction, config.train.seed)
+        else:
+            data = array_training_data(X, config.val_fraction, config.train.seed)
+        self.fit_training_data(limit_images(data, config.max_images, config.val_fraction))
+        return self
+
+    def fit_training_data(self, data: TrainingData, on_batch: Callable | None = None,
+                          on_epoch: Callable | None = None, log: Callable[[str], None] | None = None) -> bool:
+        """Fit on prepared training data (what `fit` and `aeguard fit` share). False on a torchrun process
+        other than rank 0, which trains its share but holds no model."""
+        from aeguard.train.fit import export_contents, train_members
+
+        config = self.config()
+        log = log or (print if self.verbose else (lambda line: None))
+        trained = train_members(config, data, on_batch, on_epoch, log)
+        if trained is None:
+            return False
+        self.contents_ = export_contents(config, trained, data, log)
+        self.models_ = trained.members  # the torch modules, for analysis (benchmarks/score_variants.py)
+        manifest = self.contents_.manifest
+        self.threshold_ = float(manifest["threshold"])
+        self.calibration_ = manifest["calibration"]
+        self.training_ = manifest["training"]  # device, epochs run, best epoch, init seed, per member
+        self.history_ = [member["history"] for member in [manifest["training"], *manifest["training"]["members"]]]
+        self.input_shape_ = tuple(data.input_shape)
+        self.scorer_ = Scorer.from_contents(self.contents_)
+        return True
+
+    def _fitted(self) -> Scorer:
+        if not hasattr(self, "scorer_"):
+            raise UsageError("this Detector is not fitted yet: call fit(X) first")
+        return self.scorer_
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores, float32 (N,); higher = more anomalous. X as in `fit`, but an array."""
+        return self._fitted().decision_function(X)
+
+    def predict(self, X) -> np.ndarray:
+        """True where the score is above threshold_. A NaN score raises instead of reading as normal."""
+        return self._fitted().predict(X)
+
+    def anomaly_maps(self, X) -> np.ndarray:
+        """Per-pixel error maps (N, C, H, W) of the score function: where the image differs from normal."""
+        return self._fitted().anomaly_maps(X)
+
+    def evaluate(self, X, y) -> dict:
+        """ROC metrics (AUROC, AUPRC, TPR at 1 % FPR, ...) on labelled images, y = 1 for anomalies; no files."""
+        from aeguard.report.metrics import evaluate_scores
+
+        return evaluate_scores(self.decision_function(X), np.asarray(y), self.threshold_)
+
+    def save(self, path: str | Path, force: bool = False, report: bool = False,
+             evaluation: EvalSet | None = None) -> dict:
+        """Write the bundle folder (as `aeguard fit` does) and return its manifest. With `report`, BUNDLE/report/
+        is written too (plots; metrics of `evaluation`, labelled images, when given, also kept in the manifest),
+        before the finished folder is moved into place."""
+        self._fitted()
+        out = Path(path)
+
+        def with_report(staging: Path, manifest: dict) -> dict:
+            return self._write_report(staging, manifest, evaluation, out)
+
+        return self.contents_.write(out, force, with_report if report else None)
+
+    def _write_report(self, staging: Path, manifest: dict, evaluation: EvalSet | None, out: Path) -> dict:
+        from aeguard.report.evaluate import evaluate_bundle
+
+        if manifest["model"]["variational"]:  # the decoder alone is not in the ONNX graph, so torch draws these
+            from aeguard.train.samples import write_prior_samples
+
+            write_prior_samples(self.models_[0], staging / REPORT_DIR, seed=self.seed)
+        result = evaluate_bundle(Scorer(staging), evaluation, staging / REPORT_DIR, bundle_label=out)
+        return {**manifest, "metrics": result["metrics"]} if result["metrics"] is not None else manifest
