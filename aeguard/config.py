@@ -11,6 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from aeguard.errors import UsageError
 
@@ -236,6 +237,27 @@ class DetectorConfig:
 
     def replace(self, **changes) -> "DetectorConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Decompression-bomb guard of aeguard score: images with more pixels are refused from their header.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How `aeguard score` (the batch engine) runs."""
+
+    batch_size: int = 64  # images per onnxruntime call
+    workers: int = 0  # decoding processes; 0 = one per core
+    prefetch_batches: int = 4  # batches decoded ahead of the scorer: bounds memory
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    save_maps: Path | None = None  # write a heat map of every anomaly here
+
+    def __post_init__(self):
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("workers", self.workers, allow_zero=True)
+        _positive_int("prefetch_batches", self.prefetch_batches)
+        _positive_int("max_pixels", self.max_pixels)
 
 
 def default_config(kind: str, channels: int, height: int, width: int) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard.data.images import DEFAULT_MAX_PIXELS
+from aeguard.config import ScoreOptions  # noqa: F401 - re-exported: the engine's options
 from aeguard.errors import OutputError
 from aeguard.batch.decoding import DecodePool
 from aeguard.batch.heatmaps import save_heatmap
@@ -45,14 +45,6 @@ class ScoreSummary:
     def images_per_second(self) -> float:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
-
-@dataclass
-class ScoreOptions:
-    batch_size: int = 64
-    workers: int = 0  # decoding processes; 0 = one per core
-    prefetch_batches: int = 4
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    save_maps: Path | None = None
 
 
 def prepare_maps_folder(folder: Path) -> None:

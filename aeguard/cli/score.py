@@ -8,7 +8,11 @@ from typing import Optional
 
 import typer
 
+from aeguard.config import ScoreOptions
+
 from .common import reports_errors
+
+DEFAULTS = ScoreOptions()  # the engine's defaults, stated once there
 
 EXIT_UNREADABLE = 3
 EXIT_ANOMALY = 10
@@ -49,9 +53,9 @@ def score(
     format: Optional[str] = typer.Option(None, "--format", help="csv, jsonl or parquet [default: from the --output suffix]."),
     resume: bool = typer.Option(False, "--resume", help="Skip paths already in --output and append the rest."),
     save_maps: Optional[Path] = typer.Option(None, "--save-maps", help="Write a PNG heat map of the per-pixel error of each anomaly here.", file_okay=False),
-    max_pixels: int = typer.Option(50_000_000, min=1, help="Refuse images with more pixels (decompression-bomb guard)."),
-    batch_size: int = typer.Option(64, min=1, help="Images per onnxruntime call."),
-    workers: int = typer.Option(0, min=0, help="Decoding processes (0: one per core)."),
+    max_pixels: int = typer.Option(DEFAULTS.max_pixels, help="Refuse images with more pixels (decompression-bomb guard)."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per onnxruntime call."),
+    workers: int = typer.Option(DEFAULTS.workers, help="Decoding processes (0: one per core)."),
     threads: int = typer.Option(0, min=0, help="onnxruntime intra-op threads (0: all cores)."),
     fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help=f"Exit {EXIT_ANOMALY} when any image is anomalous (for CI gates)."),
     engine: str = typer.Option("local", help="local, or ray to score on a Ray cluster."),
@@ -62,7 +66,7 @@ def score(
     Exit codes: 0 done; 2 bad usage; 3 some inputs unreadable (their rows are written);
     4 bad bundle; 10 anomalies found with --fail-on-anomaly (takes precedence over 3).
     """
-    from aeguard.batch.engine import ScoreOptions, score_paths
+    from aeguard.batch.engine import score_paths
     from aeguard.errors import UsageError
     from aeguard.batch.inputs import BackgroundCount, iter_inputs
     from aeguard.batch.writers import RowWriter, infer_format, resume_point

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from aeguard.serve.settings import ServeSettings
+
 from .common import reports_errors
+
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(ServeSettings)}  # stated once, there
 
 
 def _as_given(value: Optional[str], variable: str) -> Optional[str]:
@@ -18,32 +23,31 @@ def _as_given(value: Optional[str], variable: str) -> Optional[str]:
 @reports_errors
 def serve(
     bundle: Path = typer.Argument(..., envvar="AEGUARD_BUNDLE", help="Bundle folder to serve."),
-    host: str = typer.Option("127.0.0.1", envvar="AEGUARD_HOST"),
-    port: int = typer.Option(8080, envvar="AEGUARD_PORT"),
-    metrics_port: Optional[int] = typer.Option(None, envvar="AEGUARD_METRICS_PORT", help="Also serve /metrics on this port."),
-    model_name: Optional[str] = typer.Option(None, envvar="AEGUARD_MODEL_NAME", help="Name in the API [default: the bundle's]."),
-    workers: int = typer.Option(1, envvar="AEGUARD_WORKERS", help="Worker processes; metrics are summed across them."),
-    max_batch_size: int = typer.Option(64, envvar="AEGUARD_MAX_BATCH_SIZE", help="Images per onnxruntime call when micro-batching."),
-    max_wait_ms: float = typer.Option(2.0, envvar="AEGUARD_MAX_WAIT_MS", help="Longest wait for a batch to fill; 0 turns micro-batching off."),
-    threads: int = typer.Option(1, envvar="AEGUARD_THREADS", help="onnxruntime threads per call (0: its default, all cores)."),
-    inference_workers: int = typer.Option(0, envvar="AEGUARD_INFERENCE_WORKERS", help="onnxruntime calls in flight at once (0: one per core)."),
-    inline_max_ms: float = typer.Option(1.0, envvar="AEGUARD_INLINE_MAX_MS", help="Batches the model scores in under this many ms run on the event loop instead of a thread (0: never)."),
-    max_body_bytes: int = typer.Option(16 * 1024 * 1024, envvar="AEGUARD_MAX_BODY_BYTES"),
-    max_images: int = typer.Option(256, envvar="AEGUARD_MAX_IMAGES", help="Images per request."),
-    max_pixels: int = typer.Option(16_000_000, envvar="AEGUARD_MAX_PIXELS", help="Pixels per decoded image."),
-    request_timeout: float = typer.Option(30.0, envvar="AEGUARD_REQUEST_TIMEOUT", help="Seconds before a scoring request fails with 504 (or a body still arriving with 408)."),
-    header_timeout: float = typer.Option(10.0, envvar="AEGUARD_HEADER_TIMEOUT", help="Seconds a connection has to send a whole request head, after connecting or after its last response (0: no limit)."),
-    api_token: Optional[str] = typer.Option(None, envvar="AEGUARD_API_TOKEN", help="Bearer token the scoring endpoints require."),
-    admin_token: Optional[str] = typer.Option(None, envvar="AEGUARD_ADMIN_TOKEN", help="Bearer token for POST /admin/reload (unset: disabled)."),
-    watch_interval: float = typer.Option(2.0, envvar="AEGUARD_WATCH_INTERVAL", help="Seconds between checks of the bundle on disk; 0 disables."),
-    drain_seconds: float = typer.Option(0.0, envvar="AEGUARD_DRAIN_SECONDS", help="After SIGTERM, stay up not-ready this long before closing."),
-    graceful_timeout: float = typer.Option(30.0, envvar="AEGUARD_GRACEFUL_TIMEOUT", help="Longest wait for in-flight requests at shutdown."),
-    log_level: str = typer.Option("info", envvar="AEGUARD_LOG_LEVEL"),
+    host: str = typer.Option(DEFAULTS['host'], envvar="AEGUARD_HOST"),
+    port: int = typer.Option(DEFAULTS['port'], envvar="AEGUARD_PORT"),
+    metrics_port: Optional[int] = typer.Option(DEFAULTS['metrics_port'], envvar="AEGUARD_METRICS_PORT", help="Also serve /metrics on this port."),
+    model_name: Optional[str] = typer.Option(DEFAULTS['model_name'], envvar="AEGUARD_MODEL_NAME", help="Name in the API [default: the bundle's]."),
+    workers: int = typer.Option(DEFAULTS['workers'], envvar="AEGUARD_WORKERS", help="Worker processes; metrics are summed across them."),
+    max_batch_size: int = typer.Option(DEFAULTS['max_batch_size'], envvar="AEGUARD_MAX_BATCH_SIZE", help="Images per onnxruntime call when micro-batching."),
+    max_wait_ms: float = typer.Option(DEFAULTS['max_wait_ms'], envvar="AEGUARD_MAX_WAIT_MS", help="Longest wait for a batch to fill; 0 turns micro-batching off."),
+    threads: int = typer.Option(DEFAULTS['intra_op_threads'], envvar="AEGUARD_THREADS", help="onnxruntime threads per call (0: its default, all cores)."),
+    inference_workers: int = typer.Option(DEFAULTS['inference_workers'], envvar="AEGUARD_INFERENCE_WORKERS", help="onnxruntime calls in flight at once (0: one per core)."),
+    inline_max_ms: float = typer.Option(DEFAULTS['inline_max_ms'], envvar="AEGUARD_INLINE_MAX_MS", help="Batches the model scores in under this many ms run on the event loop instead of a thread (0: never)."),
+    max_body_bytes: int = typer.Option(DEFAULTS['max_body_bytes'], envvar="AEGUARD_MAX_BODY_BYTES"),
+    max_images: int = typer.Option(DEFAULTS['max_images_per_request'], envvar="AEGUARD_MAX_IMAGES", help="Images per request."),
+    max_pixels: int = typer.Option(DEFAULTS['max_pixels'], envvar="AEGUARD_MAX_PIXELS", help="Pixels per decoded image."),
+    request_timeout: float = typer.Option(DEFAULTS['request_timeout_s'], envvar="AEGUARD_REQUEST_TIMEOUT", help="Seconds before a scoring request fails with 504 (or a body still arriving with 408)."),
+    header_timeout: float = typer.Option(DEFAULTS['header_timeout_s'], envvar="AEGUARD_HEADER_TIMEOUT", help="Seconds a connection has to send a whole request head, after connecting or after its last response (0: no limit)."),
+    api_token: Optional[str] = typer.Option(DEFAULTS['api_token'], envvar="AEGUARD_API_TOKEN", help="Bearer token the scoring endpoints require."),
+    admin_token: Optional[str] = typer.Option(DEFAULTS['admin_token'], envvar="AEGUARD_ADMIN_TOKEN", help="Bearer token for POST /admin/reload (unset: disabled)."),
+    watch_interval: float = typer.Option(DEFAULTS['watch_interval_s'], envvar="AEGUARD_WATCH_INTERVAL", help="Seconds between checks of the bundle on disk; 0 disables."),
+    drain_seconds: float = typer.Option(DEFAULTS['drain_seconds'], envvar="AEGUARD_DRAIN_SECONDS", help="After SIGTERM, stay up not-ready this long before closing."),
+    graceful_timeout: float = typer.Option(DEFAULTS['graceful_timeout_s'], envvar="AEGUARD_GRACEFUL_TIMEOUT", help="Longest wait for in-flight requests at shutdown."),
+    log_level: str = typer.Option(DEFAULTS['log_level'], envvar="AEGUARD_LOG_LEVEL"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/score, Open Inference Protocol v2, /metrics. Reloads on SIGHUP or bundle change."""
     from aeguard.serve.model_store import load_model
     from aeguard.serve.server import run
-    from aeguard.serve.settings import ServeSettings
 
     # Click reads an empty variable as unset; an operator who exported AEGUARD_API_TOKEN="" meant a token
     api_token = _as_given(api_token, "AEGUARD_API_TOKEN")

@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from aeguard.config import DEFAULT_MAX_PIXELS
 from aeguard.errors import DataNotFoundError, ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset(
@@ -34,7 +35,6 @@ DECODER_FORMATS = (
 # Decompression-bomb guard: refuse anything above this many pixels (configurable per call), checked from the
 # header. Pillow's own guard (its MAX_IMAGE_PIXELS, a process-wide setting left as it is) still refuses
 # images above twice its limit, about 179 M pixels, whatever a caller allows.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 
 def preprocessing_spec(height: int, width: int) -> dict:
