@@ -77,3 +77,10 @@ def test_importing_data_leaves_pillows_decompression_guard_alone():
     script = "import PIL.Image as I; before = I.MAX_IMAGE_PIXELS; import aeguard.data.images; print(I.MAX_IMAGE_PIXELS == before)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_importing_the_report_leaves_matplotlibs_backend_alone():
+    script = ("import matplotlib; matplotlib.use('svg'); import aeguard.report.plots, aeguard.report.evaluate; "
+              "print(matplotlib.get_backend())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "svg", done.stderr

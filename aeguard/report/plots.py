@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
+from aeguard.bundle import write_json_atomic
 
-from aeguard.bundle import write_json_atomic  # noqa: E402
+def _subplots(rows: int = 1, columns: int = 1, **kwargs):
+    """A figure drawn off-screen: Figure objects render straight to files, so no pyplot and no backend switch
+    (importing this module must not change a notebook's matplotlib backend)."""
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(rows, columns, **kwargs)
+
 
 ROC_PLOT = "roc.png"
 HISTOGRAM_PLOT = "score_histogram.png"
@@ -24,7 +28,7 @@ CLASS_ROC_PLOT = "roc_per_class.png"
 
 def plot_image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> None:
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.4), squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.4), squeeze=False)
     for index, ax in enumerate(axes.flat):
         if index < len(images):
             ax.imshow(images[index, 0], cmap="gray", vmin=0, vmax=1)
@@ -32,7 +36,6 @@ def plot_image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +50,7 @@ def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def plot_latent_pca(codes: np.ndarray, labels: np.ndarray, names: dict, path: Path) -> None:
     """2-D PCA of latent codes, one colour per class (or per normal/anomalous group)."""
     points, share = pca_2d(codes.astype(np.float64))
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = _subplots(figsize=(6, 5))
     for value in np.unique(labels):
         chosen = labels == value
         ax.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.6, label=names.get(int(value), str(value)))
@@ -56,13 +59,12 @@ def plot_latent_pca(codes: np.ndarray, labels: np.ndarray, names: dict, path: Pa
     ax.legend(markerscale=3, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_roc_per_class(scores: np.ndarray, class_labels: np.ndarray, normal: np.ndarray, names: dict,
                        path: Path, title: str = "ROC per anomalous class") -> None:
     """One ROC curve per anomalous class: that class against the normal images."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _subplots(figsize=(5.5, 5))
     for value in np.unique(class_labels[~normal]):
         chosen = normal | (class_labels == value)
         fpr, tpr, _ = roc_curve((class_labels[chosen] == value).astype(int), scores[chosen])
@@ -73,12 +75,11 @@ def plot_roc_per_class(scores: np.ndarray, class_labels: np.ndarray, normal: np.
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_roc(scores: np.ndarray, is_anomaly: np.ndarray, metrics: dict, path: Path) -> None:
     fpr, tpr, _ = roc_curve(is_anomaly, scores)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, label=f"AUROC {metrics['auroc']:.4f}")
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
     ax.scatter([metrics["fpr_at_threshold"]], [metrics["recall"]], color="red", zorder=3, label="threshold")
@@ -86,7 +87,6 @@ def plot_roc(scores: np.ndarray, is_anomaly: np.ndarray, metrics: dict, path: Pa
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) -> None:
@@ -94,7 +94,7 @@ def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) 
     everything = np.concatenate([g for g in groups.values() if len(g)])
     low, high = max(float(everything.min()), 1e-8), float(everything.max()) * 1.01
     bins = np.geomspace(low, max(high, low * 1.01), 60)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for name, scores in groups.items():
         # Fractions, not densities: on log-spaced bins a density would inflate the narrow low bins.
         ax.hist(np.clip(scores, low, None), bins=bins, alpha=0.55, weights=np.full(len(scores), 1 / len(scores)),
@@ -106,14 +106,13 @@ def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_grid(images: np.ndarray, reconstructions: np.ndarray, error_maps: np.ndarray,
               scores: np.ndarray, titles: list[str], path: Path) -> None:
     """Rows: originals, reconstructions, per-pixel error maps; one column per example."""
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    fig, axes = _subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
     vmax = float(error_maps.max()) or 1.0
     for col in range(n):
         for row, (data, kwargs) in enumerate((
@@ -129,7 +128,6 @@ def plot_grid(images: np.ndarray, reconstructions: np.ndarray, error_maps: np.nd
                           va="center", ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fmt(value) -> str:
