@@ -12,13 +12,22 @@ whose names end in an underscore. Importing this module does not import torch: `
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from aeguard.bundle import VALIDATION_SCORES_NAME
 from aeguard.config import DetectorConfig, Noise, TrainConfig
-from aeguard.data.sources import EvalSet, TrainingData, array_training_data, folder_training_data, limit_images
+from aeguard.data.sources import (
+    EvalSet,
+    TrainingData,
+    array_training_data,
+    folder_training_data,
+    limit_images,
+)
+from aeguard.data.splits import as_model_input
 from aeguard.errors import UsageError
 from aeguard.scoring.scorer import Scorer
 
@@ -140,6 +149,21 @@ class Detector:
         from aeguard.report.metrics import evaluate_scores
 
         return evaluate_scores(self.decision_function(X), np.asarray(y), self.threshold_)
+
+    def report(self, folder: str | Path, X=None, y=None) -> dict:
+        """Write report.json, report.md and plots into `folder` (matplotlib); with labelled images (y = 1 for
+        anomalies) the ROC metrics and curves too. Returns the report."""
+        from aeguard.report.evaluate import evaluate_bundle
+
+        scorer = self._fitted()
+        evaluation = None
+        if X is not None:
+            images, truth = as_model_input(X, scorer.channels), np.asarray(y).astype(np.int64)
+            if truth.shape != (len(images),):
+                raise UsageError(f"y must hold one label per image: {len(images)} images, y of shape {truth.shape}")
+            evaluation = EvalSet(images, truth, f"{len(images)} labelled images ({int(truth.sum())} anomalous)")
+        scores = np.load(io.BytesIO(self.contents_.files[VALIDATION_SCORES_NAME]), allow_pickle=False)
+        return evaluate_bundle(scorer, evaluation, Path(folder), bundle_label="a fitted Detector", val_scores=scores)
 
     def save(self, path: str | Path, force: bool = False, report: bool = False,
              evaluation: EvalSet | None = None) -> dict:

@@ -65,6 +65,13 @@ def test_fit_scores_and_flags_what_differs_from_normal(fitted):
     assert len(fitted.history_) == 1 and 1 <= len(fitted.history_[0]) <= 20
 
 
+def test_report_is_a_separate_call_that_writes_plots_and_metrics(fitted, tmp_path):
+    images = np.concatenate([discs(30, seed=3), squares(10)])
+    report = fitted.report(tmp_path / "r", images, np.r_[np.zeros(30), np.ones(10)])
+    assert report["metrics"]["auroc"] > 0.95
+    assert {"report.json", "report.md", "roc.png", "score_histogram.png"} <= {p.name for p in (tmp_path / "r").iterdir()}
+
+
 def test_fit_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Detector(model="dense", epochs=3, batch_size=16, device="cpu").fit(discs())

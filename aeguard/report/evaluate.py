@@ -44,13 +44,16 @@ def validation_scores(bundle_dir: Path) -> np.ndarray | None:
 
 
 def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
-                    bundle_label: Path | None = None) -> dict:
-    """Write report.json/.md and plots for `scorer`'s bundle; metrics only when `eval_set` is given."""
+                    bundle_label: Path | str | None = None, val_scores: np.ndarray | None = None) -> dict:
+    """Write report.json/.md and plots for `scorer`'s bundle; metrics only when `eval_set` is given.
+
+    The held-out normal scores for the histogram come from the bundle folder, or `val_scores` for a
+    scorer of a bundle still in memory."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     manifest = scorer.manifest
     report = {
-        "model_name": manifest.get("name") or scorer.bundle_dir.name,
+        "model_name": manifest.get("name") or (scorer.bundle_dir.name if scorer.bundle_dir else "detector"),
         "bundle": str(bundle_label or scorer.bundle_dir),
         "evaluation": eval_set.description if eval_set else "none",
         "threshold": scorer.threshold,
@@ -59,7 +62,8 @@ def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
         "metrics": None,
         "plots": [],
     }
-    val_scores = validation_scores(scorer.bundle_dir)
+    if val_scores is None and scorer.bundle_dir is not None:
+        val_scores = validation_scores(scorer.bundle_dir)
     if eval_set is None:
         if val_scores is not None:
             reports.plot_histogram({"normal (validation)": val_scores}, scorer.threshold,
