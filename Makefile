@@ -11,7 +11,7 @@ export AEGUARD_DATA_DIR ?= $(abspath ../shared/datasets)
 DEMO_DIR ?= demo
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test check install clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[train,parquet,ray,test]"
+	$(BIN)/python -m pip install --quiet -e ".[train,parquet,ray,test,check]"
 	touch $@
 
 demo: install
@@ -34,6 +34,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Lint (ruff, rules chosen in pyproject.toml), format, and types against tools/mypy-baseline.txt.
+check: install
+	$(BIN)/ruff check aeguard tests benchmarks tools
+	$(BIN)/ruff format --check aeguard tests benchmarks tools
+	$(BIN)/python tools/typecheck.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs

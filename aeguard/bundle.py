@@ -78,8 +78,7 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any], files: list[str])
     manifest = dict(manifest)
     manifest["schema_version"] = SCHEMA_VERSION
     manifest["files"] = {
-        name: {"sha256": sha256_file(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size}
-        for name in files
+        name: {"sha256": sha256_file(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size} for name in files
     }
     write_json_atomic(bundle_dir / MANIFEST_NAME, manifest)
     return manifest
@@ -95,10 +94,17 @@ def bundle_file(bundle_dir: Path, name: object) -> Path:
     A manifest is data from wherever the bundle came from: a name with a separator, '..', an absolute
     path or a NUL would let it point the reader (and its checksum messages) at any file on the machine.
     """
-    if (not isinstance(name, str) or not name or name in (".", "..") or len(name) > 255
-            or any(char in name for char in "/\\\0")):
-        raise BundleError(f"the manifest names a bundle file {str(name)[:80]!r}; only plain file names inside "
-                          "the bundle folder are allowed")
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or len(name) > 255
+        or any(char in name for char in "/\\\0")
+    ):
+        raise BundleError(
+            f"the manifest names a bundle file {str(name)[:80]!r}; only plain file names inside "
+            "the bundle folder are allowed"
+        )
     return Path(bundle_dir) / name
 
 
@@ -126,7 +132,9 @@ def _check_files(files: object, manifest_path: Path) -> dict[str, dict]:
         raise BundleError(f"{manifest_path} lists no files or no {MODEL_NAME}")
     for name, entry in files.items():
         bundle_file(manifest_path.parent, name)
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
+        ):
             raise BundleError(f"{manifest_path}: the entry of {name!r} has no valid sha256")
     return files
 
@@ -134,12 +142,16 @@ def _check_files(files: object, manifest_path: Path) -> dict[str, dict]:
 # Writing a bundle folder: everything goes into a hidden sibling first and is moved into place at the end, so a
 # failed, interrupted or killed writer never leaves a half-written bundle, nor destroys the previous one.
 
+
 def check_out(out: Path, force: bool) -> None:
     """Refuse an occupied or unwritable --out before any training time is spent."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"bundle folder {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"bundle folder {out} already holds files; pass --force (force=True) to replace it, or choose another folder")
+        raise UsageError(
+            f"bundle folder {out} already holds files; pass --force (force=True) to replace it, "
+            "or choose another folder"
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent).cleanup()
@@ -262,14 +274,14 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> dict[str, Any]:
         raise BundleError(f"{manifest_path} is not a JSON object")
     version = manifest.get("schema_version")
     if type(version) is not int or version != SCHEMA_VERSION:  # type(): JSON true must not pass for 1
-        raise BundleError(
-            f"{manifest_path} has schema_version {version!r}; this aeguard reads schema {SCHEMA_VERSION}"
-        )
+        raise BundleError(f"{manifest_path} has schema_version {version!r}; this aeguard reads schema {SCHEMA_VERSION}")
     files = _check_files(manifest.get("files"), manifest_path)
     if verify:
         for name, entry in files.items():
             path = bundle_file(bundle_dir, name)
             if hashlib.sha256(read_plain_file(path)).hexdigest() != entry["sha256"]:
-                raise BundleError(f"checksum mismatch for {path}: the file differs from the manifest's sha256; "
-                                  "the bundle was modified or damaged")
+                raise BundleError(
+                    f"checksum mismatch for {path}: the file differs from the manifest's sha256; "
+                    "the bundle was modified or damaged"
+                )
     return manifest

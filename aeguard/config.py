@@ -38,8 +38,14 @@ class Model(StrEnum):
 
 # model -> backbone. The training terms live in the model config's "training" entry.
 MODEL_KINDS = {
-    "dense": "dense", "conv": "conv", "denoising": "conv", "sparse": "dense", "k-sparse": "dense",
-    "contractive": "dense", "vae": "dense", "conv-vae": "conv",
+    "dense": "dense",
+    "conv": "conv",
+    "denoising": "conv",
+    "sparse": "dense",
+    "k-sparse": "dense",
+    "contractive": "dense",
+    "vae": "dense",
+    "conv-vae": "conv",
 }
 VARIATIONAL = frozenset({"vae", "conv-vae"})
 
@@ -85,7 +91,7 @@ class Noise:
             raise ConfigError("noise_level", f"noise_level must satisfy 0 < level <= 1, got {self.level!r}")
 
     @classmethod
-    def parse(cls, text: str) -> "Noise":
+    def parse(cls, text: str) -> Noise:
         """'gaussian:0.2', 'erase' (level 0.2) or 'none'."""
         if text == "none":
             return NOISE_OFF
@@ -95,8 +101,10 @@ class Noise:
         except ValueError:
             level = math.nan
         if kind not in NOISE_KINDS or not 0.0 < level <= 1.0:
-            raise UsageError(f"--noise must be KIND[:LEVEL] with KIND one of {', '.join(NOISE_KINDS)} "
-                             f"and 0 < LEVEL <= 1, got {text!r}")
+            raise UsageError(
+                f"--noise must be KIND[:LEVEL] with KIND one of {', '.join(NOISE_KINDS)} "
+                f"and 0 < LEVEL <= 1, got {text!r}"
+            )
         return cls(NoiseKind(kind), level)
 
     def __str__(self) -> str:
@@ -132,12 +140,14 @@ DEFINITIONS = {
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise ConfigError(name, f"{name} must be {'a non-negative' if allow_zero else 'a positive'} integer, "
-                                f"got {value!r}")
+        raise ConfigError(
+            name, f"{name} must be {'a non-negative' if allow_zero else 'a positive'} integer, got {value!r}"
+        )
 
 
-def _number(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False,
-            what: str = "") -> None:
+def _number(
+    name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False, what: str = ""
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
@@ -158,8 +168,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience"):
             _positive_int(name, getattr(self, name))
         _number("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True, high_open=True)
-        if not isinstance(self.device, str) or (self.device not in ("auto", "cpu", "cuda")
-                                                and not self.device.startswith("cuda:")):
+        if not isinstance(self.device, str) or (
+            self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
+        ):
             raise ConfigError("device", f"device must be auto, cpu or cuda, got {self.device!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError("seed", f"seed must be an integer, got {self.seed!r}")
@@ -217,8 +228,7 @@ class DetectorConfig:
         if self.score_sigma is not None:
             _number("score_sigma", self.score_sigma, 0.0, math.inf, low_open=True, high_open=True, what="be positive")
         if self.score_top is not None:
-            _number("score_top", self.score_top, 0.0, 1.0, low_open=True,
-                    what="be a share of the pixels, 0 < Q <= 1")
+            _number("score_top", self.score_top, 0.0, 1.0, low_open=True, what="be a share of the pixels, 0 < Q <= 1")
         _positive_int("knn", self.knn, allow_zero=True)
         _positive_int("ensemble", self.ensemble)
         _number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
@@ -235,7 +245,7 @@ class DetectorConfig:
         if k is not None and k > latent:
             raise ConfigError("k", f"k {k} exceeds the code size (latent) {latent}")
 
-    def replace(self, **changes) -> "DetectorConfig":
+    def replace(self, **changes) -> DetectorConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -265,8 +275,14 @@ def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     if kind not in MODEL_KINDS:
         raise UsageError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     backbone = MODEL_KINDS[kind]
-    config: dict = {"kind": kind, "backbone": backbone, "channels": channels, "height": height, "width": width,
-                    "activation": DEFAULT_ACTIVATION}
+    config: dict = {
+        "kind": kind,
+        "backbone": backbone,
+        "channels": channels,
+        "height": height,
+        "width": width,
+        "activation": DEFAULT_ACTIVATION,
+    }
     if backbone == "dense":
         config.update(hidden=[256, 128], latent=32)
     else:
@@ -304,8 +320,9 @@ def model_config(config: DetectorConfig, input_shape: tuple[int, int, int]) -> d
     return model
 
 
-def score_config(function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0,
-                 top: float | None = None) -> dict:
+def score_config(
+    function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0, top: float | None = None
+) -> dict:
     """The manifest's score entry: the function, its parameters and a readable definition."""
     if function not in SCORE_FUNCTIONS:
         raise UsageError(f"--score must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
@@ -317,11 +334,13 @@ def score_config(function: str, sigma: float | None = None, beta: float = 1.0, k
     if top is not None and top < 1.0:  # 1 is the plain mean: bundles keep the key only when it changes the score
         config["top"] = float(top)
         config["definition"] = config["definition"].replace(
-            "mean over pixels of", f"mean over the largest {top:.4g} share of pixels of")
+            "mean over pixels of", f"mean over the largest {top:.4g} share of pixels of"
+        )
     if knn:
         config["knn"] = int(knn)
-        config["definition"] += (f", times the mean distance from the latent code to its {knn} nearest latent codes "
-                                 "of the training images")
+        config["definition"] += (
+            f", times the mean distance from the latent code to its {knn} nearest latent codes of the training images"
+        )
     if function in ("blur", "ssim"):
         config["sigma"] = float(sigma if sigma is not None else (1.0 if function == "blur" else 1.5))
         if config["sigma"] <= 0:

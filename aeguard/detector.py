@@ -37,41 +37,86 @@ REPORT_DIR = "report"
 class Detector:
     """Fit on normal images only; score anything. Parameters as in `aeguard fit` (see DetectorConfig)."""
 
-    def __init__(self, model: str = "conv", *, latent: int | None = None, hidden: tuple[int, ...] | None = None,
-                 activation: str | None = None, noise: str | None = None, noise_level: float | None = None,
-                 sparsity: float | None = None, k: int | None = None, contraction: float | None = None,
-                 beta: float | None = None, score: str = "mse", score_sigma: float | None = None,
-                 score_top: float | None = None, knn: int = 0, ensemble: int = 1, epochs: int = 20,
-                 batch_size: int = 128, lr: float = 1e-3, patience: int = 5, device: str = "auto", seed: int = 0,
-                 val_fraction: float = 0.1, target_fpr: float = 0.01, max_images: int | None = None,
-                 image_size: str | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        model: str = "conv",
+        *,
+        latent: int | None = None,
+        hidden: tuple[int, ...] | None = None,
+        activation: str | None = None,
+        noise: str | None = None,
+        noise_level: float | None = None,
+        sparsity: float | None = None,
+        k: int | None = None,
+        contraction: float | None = None,
+        beta: float | None = None,
+        score: str = "mse",
+        score_sigma: float | None = None,
+        score_top: float | None = None,
+        knn: int = 0,
+        ensemble: int = 1,
+        epochs: int = 20,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        patience: int = 5,
+        device: str = "auto",
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        target_fpr: float = 0.01,
+        max_images: int | None = None,
+        image_size: str | None = None,
+        verbose: bool = False,
+    ):
         self.model, self.latent, self.hidden, self.activation = model, latent, hidden, activation
         self.noise, self.noise_level = noise, noise_level
         self.sparsity, self.k, self.contraction, self.beta = sparsity, k, contraction, beta
-        self.score, self.score_sigma, self.score_top, self.knn, self.ensemble = score, score_sigma, score_top, knn, ensemble
+        self.score, self.score_sigma, self.score_top, self.knn, self.ensemble = (
+            score,
+            score_sigma,
+            score_top,
+            knn,
+            ensemble,
+        )
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
         self.max_images, self.image_size, self.verbose = max_images, image_size, verbose
 
     @classmethod
-    def from_config(cls, config: DetectorConfig, image_size: str | None = None, verbose: bool = False) -> "Detector":
+    def from_config(cls, config: DetectorConfig, image_size: str | None = None, verbose: bool = False) -> Detector:
         noise = config.noise
         train = config.train
-        return cls(model=config.model.value, latent=config.latent, hidden=config.hidden,
-                   activation=config.activation.value if config.activation else None,
-                   noise=None if noise is None else ("none" if noise.kind is None else noise.kind.value),
-                   noise_level=None if noise is None or noise.kind is None else noise.level,
-                   sparsity=config.sparsity, k=config.k, contraction=config.contraction, beta=config.beta,
-                   score=config.score.value, score_sigma=config.score_sigma, score_top=config.score_top,
-                   knn=config.knn, ensemble=config.ensemble, epochs=train.epochs, batch_size=train.batch_size,
-                   lr=train.learning_rate, patience=train.patience, device=train.device, seed=train.seed,
-                   val_fraction=config.val_fraction, target_fpr=config.target_fpr, max_images=config.max_images,
-                   image_size=image_size, verbose=verbose)
+        return cls(
+            model=config.model.value,
+            latent=config.latent,
+            hidden=config.hidden,
+            activation=config.activation.value if config.activation else None,
+            noise=None if noise is None else ("none" if noise.kind is None else noise.kind.value),
+            noise_level=None if noise is None or noise.kind is None else noise.level,
+            sparsity=config.sparsity,
+            k=config.k,
+            contraction=config.contraction,
+            beta=config.beta,
+            score=config.score.value,
+            score_sigma=config.score_sigma,
+            score_top=config.score_top,
+            knn=config.knn,
+            ensemble=config.ensemble,
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            lr=train.learning_rate,
+            patience=train.patience,
+            device=train.device,
+            seed=train.seed,
+            val_fraction=config.val_fraction,
+            target_fpr=config.target_fpr,
+            max_images=config.max_images,
+            image_size=image_size,
+            verbose=verbose,
+        )
 
     def get_params(self) -> dict:
         """The constructor's arguments (scikit-learn's convention)."""
-        return {name: getattr(self, name) for name in self.__init__.__code__.co_varnames[1:]
-                if name in self.__dict__}
+        return {name: getattr(self, name) for name in self.__init__.__code__.co_varnames[1:] if name in self.__dict__}
 
     def config(self) -> DetectorConfig:
         """The parameters, checked: a UsageError names the first that is wrong."""
@@ -83,15 +128,36 @@ class Detector:
             noise = Noise.parse(self.noise)
         else:
             noise = Noise(self.noise, self.noise_level)
-        train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.lr,
-                            patience=self.patience, device=self.device, seed=self.seed)
-        return DetectorConfig(model=self.model, latent=self.latent, hidden=self.hidden, activation=self.activation,
-                              noise=noise, sparsity=self.sparsity, k=self.k, contraction=self.contraction,
-                              beta=self.beta, score=self.score, score_sigma=self.score_sigma,
-                              score_top=self.score_top, knn=self.knn, ensemble=self.ensemble, train=train,
-                              val_fraction=self.val_fraction, target_fpr=self.target_fpr, max_images=self.max_images)
+        train = TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.lr,
+            patience=self.patience,
+            device=self.device,
+            seed=self.seed,
+        )
+        return DetectorConfig(
+            model=self.model,
+            latent=self.latent,
+            hidden=self.hidden,
+            activation=self.activation,
+            noise=noise,
+            sparsity=self.sparsity,
+            k=self.k,
+            contraction=self.contraction,
+            beta=self.beta,
+            score=self.score,
+            score_sigma=self.score_sigma,
+            score_top=self.score_top,
+            knn=self.knn,
+            ensemble=self.ensemble,
+            train=train,
+            val_fraction=self.val_fraction,
+            target_fpr=self.target_fpr,
+            max_images=self.max_images,
+        )
 
-    def fit(self, X, y=None) -> "Detector":
+    def fit(self, X, y=None) -> Detector:
         """Train on normal images: an array (N, H, W) or (N, C, H, W), uint8 or float in [0, 1], or a folder.
 
         A share (val_fraction) is held out for early stopping and to set the threshold; no anomalies are needed
@@ -105,8 +171,13 @@ class Detector:
         self.fit_training_data(limit_images(data, config.max_images, config.val_fraction))
         return self
 
-    def fit_training_data(self, data: TrainingData, on_batch: Callable | None = None,
-                          on_epoch: Callable | None = None, log: Callable[[str], None] | None = None) -> bool:
+    def fit_training_data(
+        self,
+        data: TrainingData,
+        on_batch: Callable | None = None,
+        on_epoch: Callable | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> bool:
         """Fit on prepared training data (what `fit` and `aeguard fit` share). False on a torchrun process
         other than rank 0, which trains its share but holds no model."""
         from aeguard.train.fit import export_contents, train_members
@@ -165,8 +236,9 @@ class Detector:
         scores = np.load(io.BytesIO(self.contents_.files[VALIDATION_SCORES_NAME]), allow_pickle=False)
         return evaluate_bundle(scorer, evaluation, Path(folder), bundle_label="a fitted Detector", val_scores=scores)
 
-    def save(self, path: str | Path, force: bool = False, report: bool = False,
-             evaluation: EvalSet | None = None) -> dict:
+    def save(
+        self, path: str | Path, force: bool = False, report: bool = False, evaluation: EvalSet | None = None
+    ) -> dict:
         """Write the bundle folder (as `aeguard fit` does) and return its manifest. With `report`, BUNDLE/report/
         is written too (plots; metrics of `evaluation`, labelled images, when given, also kept in the manifest),
         before the finished folder is moved into place."""

@@ -23,8 +23,13 @@ class Nothing:
         while more:
             message = await receive()
             more = message.get("more_body", False)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(REPLY))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(REPLY))],
+            }
+        )
         await send({"type": "http.response.body", "body": REPLY})
 
 

@@ -20,8 +20,12 @@ from aeguard.train.models import build_model, default_config
 from benchmarks.results_io import write_results
 from benchmarks.train_throughput import bare_loop
 
-VARIANTS = {"fp32, Adam": (False, False), "fp32, fused Adam": (False, True),
-            "bf16 autocast, Adam": (True, False), "bf16 autocast, fused Adam": (True, True)}
+VARIANTS = {
+    "fp32, Adam": (False, False),
+    "fp32, fused Adam": (False, True),
+    "bf16 autocast, Adam": (True, False),
+    "bf16 autocast, fused Adam": (True, True),
+}
 
 
 def images_per_second(kind: str, autocast: bool, fused: bool, images: np.ndarray, epochs: int) -> float:
@@ -50,16 +54,33 @@ def main() -> None:
                 runs[name].append(images_per_second(kind, autocast, fused, images, args.epochs))
         results[kind] = {name: {"runs": rates, "median": statistics.median(rates)} for name, rates in runs.items()}
     base = "fp32, Adam"
-    lines = ["# Training step variants on CUDA", "",
-             f"{torch.cuda.get_device_name()}, torch {torch.__version__}; batch 128, 5,400 images, {args.epochs} epochs, "
-             f"median of {args.repeats} interleaved runs. Ratio: against fp32 with the default Adam, same run.", "",
-             "| model | variant | images/s | ratio |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Training step variants on CUDA",
+        "",
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}; batch 128, 5,400 images, {args.epochs} epochs, "
+        f"median of {args.repeats} interleaved runs. Ratio: against fp32 with the default Adam, same run.",
+        "",
+        "| model | variant | images/s | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
     for kind, variants in results.items():
         for name, entry in variants.items():
-            lines.append(f"| {kind} | {name} | {entry['median']:,.0f} | {entry['median'] / variants[base]['median']:.2f} |")
+            lines.append(
+                f"| {kind} | {name} | {entry['median']:,.0f} | {entry['median'] / variants[base]['median']:.2f} |"
+            )
     lines += ["", "Regenerate (on a CUDA machine): `python -m benchmarks.cuda_step_variants`"]
-    print(write_results("cuda_step_variants", {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                               "epochs": args.epochs, "results": results}, "\n".join(lines) + "\n"))
+    print(
+        write_results(
+            "cuda_step_variants",
+            {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "epochs": args.epochs,
+                "results": results,
+            },
+            "\n".join(lines) + "\n",
+        )
+    )
 
 
 if __name__ == "__main__":

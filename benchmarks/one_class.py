@@ -50,14 +50,31 @@ PRESETS: dict[str, dict] = {
     # the graph (3x the training time)
     "conv-erase-blur-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "ensemble": 3},
     # ... scored by the mean of the largest tenth of the averaged error map: the best measured on MNIST
-    "conv-erase-blur-top-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "score_top": 0.1, "ensemble": 3},
-    "conv-erase-blur-x3-relu": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur",
-                                "ensemble": 3},
+    "conv-erase-blur-top-x3": {
+        "model": "conv",
+        "noise": "erase:0.25",
+        "score": "blur",
+        "score_top": 0.1,
+        "ensemble": 3,
+    },
+    "conv-erase-blur-x3-relu": {
+        "model": "conv",
+        "activation": "relu",
+        "noise": "erase:0.25",
+        "score": "blur",
+        "ensemble": 3,
+    },
     # the score multiplied by the latent code's mean distance to its 5 nearest training codes
     "conv-erase-blur-knn": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur", "knn": 5},
     "conv-erase-blur-knn-x3": {"model": "conv", "noise": "erase:0.25", "score": "blur", "knn": 5, "ensemble": 3},
-    "conv-erase-blur-knn-x3-relu": {"model": "conv", "activation": "relu", "noise": "erase:0.25", "score": "blur",
-                                    "knn": 5, "ensemble": 3},
+    "conv-erase-blur-knn-x3-relu": {
+        "model": "conv",
+        "activation": "relu",
+        "noise": "erase:0.25",
+        "score": "blur",
+        "knn": 5,
+        "ensemble": 3,
+    },
 }
 DEFAULT_EPOCHS = 20
 FPR_GRID = np.linspace(0.0, 1.0, 101)
@@ -89,9 +106,14 @@ def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, dev
     truth = test.labels != normal
     fpr, tpr, _ = roc_curve(truth, scores)
     return {
-        "normal": normal, "seed": seed, "auroc": detector.evaluate(test.images, truth)["auroc"],
-        "seconds": round(seconds, 1), "epochs_run": len(detector.history_[0]), "cpu_steal": steal.fraction,
-        "device": detector.training_["device"], "roc_tpr": np.interp(FPR_GRID, fpr, tpr).round(4).tolist(),
+        "normal": normal,
+        "seed": seed,
+        "auroc": detector.evaluate(test.images, truth)["auroc"],
+        "seconds": round(seconds, 1),
+        "epochs_run": len(detector.history_[0]),
+        "cpu_steal": steal.fraction,
+        "device": detector.training_["device"],
+        "roc_tpr": np.interp(FPR_GRID, fpr, tpr).round(4).tolist(),
     }
 
 
@@ -101,48 +123,72 @@ def summarise(runs: list[dict], classes: list[int]) -> dict:
     for run in runs:
         by_seed.setdefault(run["seed"], {})[run["normal"]] = run
     complete = {seed: values for seed, values in by_seed.items() if all(c in values for c in classes)}
-    per_class = {c: statistics.fmean(v[c]["auroc"] for v in by_seed.values() if c in v)
-                 for c in classes if any(c in v for v in by_seed.values())}
-    summary = {"per_class": per_class, "seeds": sorted(complete), "mean": None, "std": None,
-               "seconds_per_class": statistics.fmean(r["seconds"] for r in runs) if runs else None}
+    per_class = {
+        c: statistics.fmean(v[c]["auroc"] for v in by_seed.values() if c in v)
+        for c in classes
+        if any(c in v for v in by_seed.values())
+    }
+    summary = {
+        "per_class": per_class,
+        "seeds": sorted(complete),
+        "mean": None,
+        "std": None,
+        "seconds_per_class": statistics.fmean(r["seconds"] for r in runs) if runs else None,
+    }
     if complete:
         means = [statistics.fmean(values[c]["auroc"] for c in classes) for values in complete.values()]
-        summary.update(seed_means=means, mean=statistics.fmean(means),
-                       std=statistics.stdev(means) if len(means) > 1 else 0.0,
-                       minutes_per_seed=statistics.fmean(sum(v[c]["seconds"] for c in classes) / 60
-                                                         for v in complete.values()))
+        summary.update(
+            seed_means=means,
+            mean=statistics.fmean(means),
+            std=statistics.stdev(means) if len(means) > 1 else 0.0,
+            minutes_per_seed=statistics.fmean(sum(v[c]["seconds"] for c in classes) / 60 for v in complete.values()),
+        )
     return summary
 
 
 def render_markdown(dataset: str, payload: dict) -> str:
     spec = get_spec(dataset)
     classes = list(range(len(spec.class_names)))
-    lines = [f"# One-class AUROC (%) on {spec.name}", "",
-             "Train on one class (training split), score the full test set, the other nine classes are "
-             "anomalies. Mean over the ten classes, then mean +- std over seeds. Produced by "
-             "`python -m benchmarks.one_class`; every run is in the JSON beside this file.", "",
-             "| model | " + " | ".join(spec.class_names[c] for c in classes) + " | mean | seeds | s/class | min/seed |",
-             "|---" * (len(classes) + 5) + "|"]
+    lines = [
+        f"# One-class AUROC (%) on {spec.name}",
+        "",
+        "Train on one class (training split), score the full test set, the other nine classes are "
+        "anomalies. Mean over the ten classes, then mean +- std over seeds. Produced by "
+        "`python -m benchmarks.one_class`; every run is in the JSON beside this file.",
+        "",
+        "| model | " + " | ".join(spec.class_names[c] for c in classes) + " | mean | seeds | s/class | min/seed |",
+        "|---" * (len(classes) + 5) + "|",
+    ]
     for name, entry in payload["models"].items():
         summary = summarise(entry["runs"], classes)
         cells = [f"{100 * summary['per_class'][c]:.1f}" if c in summary["per_class"] else "" for c in classes]
-        mean = (f"**{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}**" if summary["mean"] is not None
-                else "incomplete")
+        mean = (
+            f"**{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}**"
+            if summary["mean"] is not None
+            else "incomplete"
+        )
         seconds = f"{summary['seconds_per_class']:.0f}" if summary["seconds_per_class"] else ""
         minutes = f"{summary['minutes_per_seed']:.1f}" if summary.get("minutes_per_seed") else ""
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {len(summary['seeds'])} | {seconds} | {minutes} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {mean} | {len(summary['seeds'])} | {seconds} | {minutes} |"
+        )
     column = 1 if dataset == "mnist" else 2
     lines += ["", "Published from-scratch means for comparison:", "", "| method | mean AUROC |", "|---|---|"]
     lines += [f"| {row[0]} | {row[column]} |" for row in PUBLISHED if row[column] is not None]
     lines += ["", "Command line of each model:", ""]
     lines += [f"- {name}: `{entry['command']}`" for name, entry in payload["models"].items()]
     host = payload["machine"]
-    lines += ["", f"s/class: wall seconds of one `fit` (training, export, parity check, calibration, report), "
-              f"mean over runs; min/seed: the ten classes of one seed. Machine: {host['cpus']} CPUs "
-              f"({host['machine']}, Python {host['python']}), torch threads {payload['torch_threads']}, "
-              f"{payload['epochs']} epochs at most (early stopping, patience 5). CPU steal (the share of CPU the "
-              "hypervisor took) is recorded per run in the JSON.", "",
-              f"![ROC curves per normal class](one_class_{dataset}_roc.png)", ""]
+    lines += [
+        "",
+        f"s/class: wall seconds of one `fit` (training, export, parity check, calibration, report), "
+        f"mean over runs; min/seed: the ten classes of one seed. Machine: {host['cpus']} CPUs "
+        f"({host['machine']}, Python {host['python']}), torch threads {payload['torch_threads']}, "
+        f"{payload['epochs']} epochs at most (early stopping, patience 5). CPU steal (the share of CPU the "
+        "hypervisor took) is recorded per run in the JSON.",
+        "",
+        f"![ROC curves per normal class](one_class_{dataset}_roc.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -211,8 +257,9 @@ def main() -> None:
             entry = payload["models"].setdefault(name, {"runs": []})
             entry["command"] = command_line(PRESETS[name], args.epochs)
             if entry.get("epochs", args.epochs) != args.epochs:
-                raise SystemExit(f"{dataset}/{name} was measured with --epochs {entry['epochs']}; "
-                                 "pass the same or --fresh")
+                raise SystemExit(
+                    f"{dataset}/{name} was measured with --epochs {entry['epochs']}; pass the same or --fresh"
+                )
             entry["epochs"] = args.epochs
             for seed in seeds:
                 for normal in classes:
@@ -222,16 +269,21 @@ def main() -> None:
                     entry["runs"].append(run)
                     entry["summary"] = summarise(entry["runs"], list(range(10)))
                     save(dataset, payload)
-                    print(f"{dataset} {name} class {normal} seed {seed}: AUROC {100 * run['auroc']:.2f} "
-                          f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})", flush=True)
+                    print(
+                        f"{dataset} {name} class {normal} seed {seed}: AUROC {100 * run['auroc']:.2f} "
+                        f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})",
+                        flush=True,
+                    )
             entry["summary"] = summarise(entry["runs"], list(range(10)))
             save(dataset, payload)
             summary = entry["summary"]
             if summary["mean"] is not None:
-                print(f"{dataset} {name}: mean AUROC {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} "
-                      f"over seeds {summary['seeds']}", flush=True)
+                print(
+                    f"{dataset} {name}: mean AUROC {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} "
+                    f"over seeds {summary['seeds']}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
     main()
-

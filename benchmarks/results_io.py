@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -31,7 +31,7 @@ class StealMeter:
             return None
         return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
-    def __enter__(self) -> "StealMeter":
+    def __enter__(self) -> StealMeter:
         self.start, self.fraction = self._read(), None
         return self
 
@@ -43,8 +43,12 @@ class StealMeter:
 
 def write_results(name: str, payload: dict, markdown: str) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "run_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), **payload}
+    payload = {
+        "benchmark": name,
+        "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **payload,
+    }
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS_DIR / f"{name}.md").write_text(markdown)
     return RESULTS_DIR / f"{name}.md"

@@ -25,20 +25,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aeguard.batch.engine import ScoreOptions, score_paths
 from aeguard.batch.decoding import DecodePool
+from aeguard.batch.engine import ScoreOptions, score_paths
+from aeguard.batch.writers import RowWriter
 from aeguard.data.catalog import load_split
 from aeguard.data.images import DEFAULT_MAX_PIXELS, load_image
-from aeguard.batch.writers import RowWriter
 from aeguard.scoring.scorer import Scorer
 from benchmarks.results_io import StealMeter, write_results
 
 BATCH = 64
 # VmHWM (peak RSS of this process image) rather than ru_maxrss, which survives exec and would
 # report the forking parent's footprint.
-MAXRSS_PROBE = ("import atexit, re, sys; atexit.register(lambda: print('VMHWM_KB', re.search(r'VmHWM:\\s+(\\d+)', "
-                "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
-                "sys.argv = ['aeguard'] + sys.argv[1:]; from aeguard.cli.main import main; main()")
+MAXRSS_PROBE = (
+    "import atexit, re, sys; atexit.register(lambda: print('VMHWM_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+    "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
+    "sys.argv = ['aeguard'] + sys.argv[1:]; from aeguard.cli.main import main; main()"
+)
 
 
 def write_pngs(folder: Path, count: int) -> list[Path]:
@@ -110,9 +112,12 @@ def engine_rate(scorer: Scorer, paths: list[Path], out: Path) -> float:
 
 
 def peak_rss_mb(bundle: Path, list_file: Path, out: Path) -> float:
-    done = subprocess.run([sys.executable, "-c", MAXRSS_PROBE, "score", str(bundle), "--from-list", str(list_file),
-                           "-o", str(out)], capture_output=True, text=True)
-    line = next(l for l in done.stderr.splitlines() if l.startswith("VMHWM_KB"))
+    done = subprocess.run(
+        [sys.executable, "-c", MAXRSS_PROBE, "score", str(bundle), "--from-list", str(list_file), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    line = next(entry for entry in done.stderr.splitlines() if entry.startswith("VMHWM_KB"))
     return int(line.split()[1]) / 1024
 
 
@@ -155,10 +160,17 @@ def main() -> None:
         # 1 / (1/a + 1/capacity) images per second, whatever it does.
         capacity = max(b, max(rounds["b_onnxruntime_parallel"]))
         ceiling = 1.0 / (1.0 / a + 1.0 / capacity)
-        models[kind] = {"bundle": str(bundle), "a_decode_images_per_s": a, "b_onnxruntime_images_per_s": b,
-                        "b_onnxruntime_capacity_images_per_s": capacity,
-                        "c_engine_images_per_s": c, "ratio": c / min(a, b), "ceiling_ratio": ceiling / min(a, b),
-                        "share_of_ceiling": c / ceiling, "rounds": rounds}
+        models[kind] = {
+            "bundle": str(bundle),
+            "a_decode_images_per_s": a,
+            "b_onnxruntime_images_per_s": b,
+            "b_onnxruntime_capacity_images_per_s": capacity,
+            "c_engine_images_per_s": c,
+            "ratio": c / min(a, b),
+            "ceiling_ratio": ceiling / min(a, b),
+            "share_of_ceiling": c / ceiling,
+            "rounds": rounds,
+        }
         print(f"{kind}: decode {a:,.0f}  onnxruntime {b:,.0f}  engine {c:,.0f} img/s  ratio {c / min(a, b):.2f}")
 
     memory = {}
@@ -168,29 +180,47 @@ def main() -> None:
         memory[count] = peak_rss_mb(Path(models["conv"]["bundle"]), listing, work / f"mem-{count}.csv")
         print(f"peak RSS for {count:,} inputs: {memory[count]:.0f} MiB")
 
-    lines = ["# Batch scoring: `aeguard score` against decoding and onnxruntime alone", "",
-             f"{args.images:,} MNIST PNGs (28x28), batches of {BATCH}, {workers} decoding processes, "
-             f"best of {args.rounds} interleaved rounds (every round is in the JSON), on a {workers}-core machine.", "",
-             "| model | (a) decode only | (b) onnxruntime only | (c) engine end to end | (c) / min(a, b) (target >= 0.8) "
-             "| onnxruntime capacity (b') | ceiling 1 / (1/a + 1/b'), over min(a, b) | (c) / ceiling | CPU steal per round |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Batch scoring: `aeguard score` against decoding and onnxruntime alone",
+        "",
+        f"{args.images:,} MNIST PNGs (28x28), batches of {BATCH}, {workers} decoding processes, "
+        f"best of {args.rounds} interleaved rounds (every round is in the JSON), on a {workers}-core machine.",
+        "",
+        "| model | (a) decode only | (b) onnxruntime only | (c) engine end to end | (c) / min(a, b) (target >= 0.8) "
+        "| onnxruntime capacity (b') | ceiling 1 / (1/a + 1/b'), over min(a, b) | (c) / ceiling "
+        "| CPU steal per round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for kind, m in models.items():
         steal = ", ".join("n/a" if f is None else f"{f:.0%}" for f in m["rounds"]["steal"])
-        lines.append(f"| {kind} | {m['a_decode_images_per_s']:,.0f} img/s | {m['b_onnxruntime_images_per_s']:,.0f} img/s "
-                     f"| {m['c_engine_images_per_s']:,.0f} img/s | **{m['ratio']:.2f}** "
-                     f"| {m['b_onnxruntime_capacity_images_per_s']:,.0f} img/s | {m['ceiling_ratio']:.2f} "
-                     f"| {m['share_of_ceiling']:.2f} | {steal} |")
-    lines += ["", "(b) runs one session with onnxruntime's default threads, as the engine does; (b') is the "
-              f"better of that and {workers} single-threaded sessions at once, the machine's real inference capacity. "
-              "Decoding and inference each fill every core on their own, so an engine that shares the cores "
-              "between them cannot pass 1 / (1/a + 1/b'): that ceiling, as a share of min(a, b), is the best "
-              "ratio any engine could reach on this machine."]
-    lines += ["", "Peak resident memory of `aeguard score --from-list` (conv model, CSV output):", "",
-              "| inputs | peak RSS |", "| --- | --- |"]
+        lines.append(
+            f"| {kind} | {m['a_decode_images_per_s']:,.0f} img/s | {m['b_onnxruntime_images_per_s']:,.0f} img/s "
+            f"| {m['c_engine_images_per_s']:,.0f} img/s | **{m['ratio']:.2f}** "
+            f"| {m['b_onnxruntime_capacity_images_per_s']:,.0f} img/s | {m['ceiling_ratio']:.2f} "
+            f"| {m['share_of_ceiling']:.2f} | {steal} |"
+        )
+    lines += [
+        "",
+        "(b) runs one session with onnxruntime's default threads, as the engine does; (b') is the "
+        f"better of that and {workers} single-threaded sessions at once, the machine's real inference capacity. "
+        "Decoding and inference each fill every core on their own, so an engine that shares the cores "
+        "between them cannot pass 1 / (1/a + 1/b'): that ceiling, as a share of min(a, b), is the best "
+        "ratio any engine could reach on this machine.",
+    ]
+    lines += [
+        "",
+        "Peak resident memory of `aeguard score --from-list` (conv model, CSV output):",
+        "",
+        "| inputs | peak RSS |",
+        "| --- | --- |",
+    ]
     lines += [f"| {count:,} | {mb:.0f} MiB |" for count, mb in memory.items()]
     lines += ["", "Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.score_folder`"]
-    path = write_results("score_folder", {"images": args.images, "batch_size": BATCH, "workers": workers,
-                                          "models": models, "peak_rss_mib": memory}, "\n".join(lines) + "\n")
+    path = write_results(
+        "score_folder",
+        {"images": args.images, "batch_size": BATCH, "workers": workers, "models": models, "peak_rss_mib": memory},
+        "\n".join(lines) + "\n",
+    )
     print(f"wrote {path}")
 
 

@@ -32,7 +32,13 @@ from aeguard import Detector
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import as_model_input, train_validation_split
 from aeguard.train.scoring import (
-    MAX_REFERENCE_CODES, ErrorMap, largest_mean, members_mean, nearest_distance, score_config, top_count,
+    MAX_REFERENCE_CODES,
+    ErrorMap,
+    largest_mean,
+    members_mean,
+    nearest_distance,
+    score_config,
+    top_count,
 )
 from benchmarks.results_io import RESULTS_DIR, machine
 
@@ -53,8 +59,12 @@ def error_map(sigma: float, images: torch.Tensor, reconstruction: torch.Tensor) 
     return ErrorMap(config, images.shape[1])(images, reconstruction)
 
 
-def variant_aurocs(is_anomaly: np.ndarray, images: torch.Tensor, reconstructions: list[torch.Tensor],
-                   distances: list[dict[int, torch.Tensor]]) -> dict[str, float]:
+def variant_aurocs(
+    is_anomaly: np.ndarray,
+    images: torch.Tensor,
+    reconstructions: list[torch.Tensor],
+    distances: list[dict[int, torch.Tensor]],
+) -> dict[str, float]:
     """AUROC of every variant, from each member's reconstruction and kNN distances (K -> distance per image)."""
     results = {}
     ensemble = f"x{len(reconstructions)}"
@@ -73,7 +83,8 @@ def variant_aurocs(is_anomaly: np.ndarray, images: torch.Tensor, reconstructions
                     log_distance = distance.double().clamp(min=1e-300).log()
                     for exponent in EXPONENTS:
                         results[variant_name(sigma, top, members, k, exponent)] = roc_auc_score(
-                            is_anomaly, (log_error + exponent * log_distance).numpy())
+                            is_anomaly, (log_error + exponent * log_distance).numpy()
+                        )
     return {name: round(float(auroc), 6) for name, auroc in results.items()}
 
 
@@ -87,8 +98,16 @@ def run_class(dataset: str, normal: int, seed: int, members: int, epochs: int) -
     started = time.perf_counter()
     train, test = (load_split(dataset, split, None, allow_download=False) for split in ("train", "test"))
     normal_images = train.images[train.labels == normal]
-    detector = Detector(model="conv", noise="erase", noise_level=0.25, score="blur", ensemble=members,
-                        epochs=epochs, seed=seed, device="cpu").fit(normal_images)
+    detector = Detector(
+        model="conv",
+        noise="erase",
+        noise_level=0.25,
+        score="blur",
+        ensemble=members,
+        epochs=epochs,
+        seed=seed,
+        device="cpu",
+    ).fit(normal_images)
     # the training split fit held its validation images out of: the kNN references, as in the graph
     fit_images, _ = train_validation_split(as_model_input(normal_images), detector.val_fraction, seed)
     images = torch.from_numpy(as_model_input(test.images))
@@ -100,8 +119,14 @@ def run_class(dataset: str, normal: int, seed: int, members: int, epochs: int) -
         codes, references = batched(model.encode, images), batched(model.encode, train_images)
         distances.append({k: nearest_distance(codes, references, k) for k in NEIGHBOURS})
     aurocs = variant_aurocs(np.asarray(test.labels != normal), images, reconstructions, distances)
-    return {"normal": normal, "seed": seed, "members": members, "epochs": epochs,
-            "seconds": round(time.perf_counter() - started, 1), "auroc": aurocs}
+    return {
+        "normal": normal,
+        "seed": seed,
+        "members": members,
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "auroc": aurocs,
+    }
 
 
 def render_markdown(dataset: str, runs: list[dict], shown: int = 15) -> str:
@@ -110,18 +135,24 @@ def render_markdown(dataset: str, runs: list[dict], shown: int = 15) -> str:
     means = sorted(((statistics.fmean(r["auroc"][v] for r in runs), v) for v in variants), reverse=True)
     members = f"x{runs[0]['members']}"
     baselines = [variant_name(1.0, 1.0, members), variant_name(1.0, 1.0, members, 5, 1.0)]
-    lines = [f"# Score variants on {dataset}: one trained ensemble per class, scored many ways", "",
-             f"Classes {classes}, seed(s) {sorted({r['seed'] for r in runs})}, {runs[0]['members']} members, "
-             f"{runs[0]['epochs']} epochs at most. AUROC (%) mean over the classes, then per class. "
-             "Produced by `python -m benchmarks.score_variants`; names: see its docstring.", "",
-             "| variant | mean | " + " | ".join(str(r["normal"]) for r in runs) + " |",
-             "|---" * (len(runs) + 2) + "|"]
+    lines = [
+        f"# Score variants on {dataset}: one trained ensemble per class, scored many ways",
+        "",
+        f"Classes {classes}, seed(s) {sorted({r['seed'] for r in runs})}, {runs[0]['members']} members, "
+        f"{runs[0]['epochs']} epochs at most. AUROC (%) mean over the classes, then per class. "
+        "Produced by `python -m benchmarks.score_variants`; names: see its docstring.",
+        "",
+        "| variant | mean | " + " | ".join(str(r["normal"]) for r in runs) + " |",
+        "|---" * (len(runs) + 2) + "|",
+    ]
     rows = means[:shown] + [(m, v) for m, v in means if v in baselines and (m, v) not in means[:shown]]
     for mean, variant in rows:
-        label = variant + (" (fit's `--score blur`" + (" `--knn 5`)" if "knn" in variant else ")")
-                           if variant in baselines else "")
-        lines.append(f"| {label} | {100 * mean:.2f} | " + " | ".join(f"{100 * r['auroc'][variant]:.2f}" for r in runs)
-                     + " |")
+        label = variant + (
+            " (fit's `--score blur`" + (" `--knn 5`)" if "knn" in variant else ")") if variant in baselines else ""
+        )
+        lines.append(
+            f"| {label} | {100 * mean:.2f} | " + " | ".join(f"{100 * r['auroc'][variant]:.2f}" for r in runs) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -137,8 +168,9 @@ def main() -> None:
     path = RESULTS_DIR / f"score_variants_{args.dataset}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"benchmark": path.stem, "runs": []}
     for normal in (int(c) for c in args.classes.split(",")):
-        if any(r["normal"] == normal and r["seed"] == args.seed and r["members"] == args.members
-               for r in payload["runs"]):
+        if any(
+            r["normal"] == normal and r["seed"] == args.seed and r["members"] == args.members for r in payload["runs"]
+        ):
             continue
         run = run_class(args.dataset, normal, args.seed, args.members, args.epochs)
         payload["runs"].append(run)
@@ -146,8 +178,10 @@ def main() -> None:
         path.write_text(json.dumps(payload, indent=1) + "\n")
         path.with_suffix(".md").write_text(render_markdown(args.dataset, payload["runs"]))
         best = max(run["auroc"], key=run["auroc"].get)
-        print(f"{args.dataset} class {normal}: {run['seconds']:.0f} s, best {best} {100 * run['auroc'][best]:.2f}",
-              flush=True)
+        print(
+            f"{args.dataset} class {normal}: {run['seconds']:.0f} s, best {best} {100 * run['auroc'][best]:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

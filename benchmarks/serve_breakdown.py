@@ -44,11 +44,25 @@ VARIANTS = ("bare", "handling", "batching", "full")
 
 def infer_request() -> tuple[bytes, list]:
     pixels = np.random.default_rng(0).integers(0, 256, (1, 1, 28, 28), dtype=np.uint8)
-    header = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": pixels.size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, 1, 28, 28],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.size},
+                }
+            ]
+        }
+    ).encode()
     body = header + pixels.tobytes()
-    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-               (b"content-length", b"%d" % len(body)), (b"inference-header-content-length", b"%d" % len(header))]
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"inference-header-content-length", b"%d" % len(header)),
+    ]
     return body, headers
 
 
@@ -62,8 +76,10 @@ class Stubbed:
         scorer = batching.BatchingScorer
         self.saved = {name: getattr(scorer, name) for name in ("score", "_infer")}
         if self.variant == "handling":
+
             async def score(self, images):
                 return [0.0] * len(images), self.store.current
+
             scorer.score = score
         if self.variant == "batching":
             scorer._infer = lambda self, model, parts: np.zeros(sum(map(len, parts)), np.float32)
@@ -76,18 +92,31 @@ class Stubbed:
 
 async def drive(app, path: str, body: bytes, headers: list, requests_per_client: int) -> float:
     """CPU seconds per request with CLIENTS clients sending requests_per_client requests each."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
-             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+    }
 
     async def one() -> None:
         async def receive():
             return {"type": "http.request", "body": body, "more_body": False}
+
         status = []
 
         async def send(message):
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+
         await app(dict(scope, app=app), receive, send)
         if status != [200]:
             raise RuntimeError(f"request failed with {status}")
@@ -106,7 +135,9 @@ async def with_lifespan(app, work):
     """Runs the app's startup (the model loads), then work(), then its shutdown."""
     inbox, outbox = asyncio.Queue(), asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
-    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put))
+    task = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
     started = await outbox.get()
     if started["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"daemon failed to start: {started}")
@@ -135,25 +166,35 @@ def measure(bundle: Path, rounds: int, requests_per_client: int) -> dict:
             else:
                 with Stubbed(variant):
                     app = create_app(settings)
-                    seconds = run(with_lifespan(app, lambda: drive(app, path, body, headers,
-                                                                           requests_per_client)))
+                    seconds = run(
+                        with_lifespan(app, lambda app=app: drive(app, path, body, headers, requests_per_client))
+                    )
             runs[variant].append(seconds * 1e6)
-    return {variant: {"best_us": min(values), "rounds_us": [round(v, 2) for v in values]}
-            for variant, values in runs.items()}
+    return {
+        variant: {"best_us": min(values), "rounds_us": [round(v, 2) for v in values]}
+        for variant, values in runs.items()
+    }
 
 
 def render_markdown(model: str, results: dict, steal: float | None) -> str:
-    labels = {"bare": "do-nothing endpoint (router + plain ASGI endpoint)",
-              "handling": "+ the daemon's request handling (parse, checks, reply, metrics, request id)",
-              "batching": "+ the micro-batcher (futures, suspension and wake-up, the batch's assembly and split)",
-              "full": "+ onnxruntime inference (the real daemon)"}
-    lines = ["# Where a single-image request's CPU goes (in process, no HTTP)", "",
-             f"Model: {model}, fitted for 2 epochs on MNIST digit 0. {CLIENTS} concurrent in-process clients send the "
-             "binary Open Inference Protocol request of serve_load's (c); CPU time of all threads per request, best of "
-             f"{len(results['bare']['rounds_us'])} interleaved rounds. CPU steal during the run: "
-             f"{'n/a' if steal is None else format(steal, '.0%')}. The HTTP server's own cost (uvicorn) is not "
-             "included: it is the same for every endpoint.", "",
-             "| step | us per request | this step adds |", "| --- | --- | --- |"]
+    labels = {
+        "bare": "do-nothing endpoint (router + plain ASGI endpoint)",
+        "handling": "+ the daemon's request handling (parse, checks, reply, metrics, request id)",
+        "batching": "+ the micro-batcher (futures, suspension and wake-up, the batch's assembly and split)",
+        "full": "+ onnxruntime inference (the real daemon)",
+    }
+    lines = [
+        "# Where a single-image request's CPU goes (in process, no HTTP)",
+        "",
+        f"Model: {model}, fitted for 2 epochs on MNIST digit 0. {CLIENTS} concurrent in-process clients send the "
+        "binary Open Inference Protocol request of serve_load's (c); CPU time of all threads per request, best of "
+        f"{len(results['bare']['rounds_us'])} interleaved rounds. CPU steal during the run: "
+        f"{'n/a' if steal is None else format(steal, '.0%')}. The HTTP server's own cost (uvicorn) is not "
+        "included: it is the same for every endpoint.",
+        "",
+        "| step | us per request | this step adds |",
+        "| --- | --- | --- |",
+    ]
     previous = None
     for variant in VARIANTS:
         value = results[variant]["best_us"]
@@ -176,8 +217,13 @@ def main() -> None:
             results = measure(bundle, args.rounds, args.requests)
     text = render_markdown(args.model, results, steal.fraction)
     print(text, end="")
-    print(write_results("serve_breakdown", {"model": args.model, "clients": CLIENTS, "results": results,
-                                            "cpu_steal": steal.fraction}, text))
+    print(
+        write_results(
+            "serve_breakdown",
+            {"model": args.model, "clients": CLIENTS, "results": results, "cpu_steal": steal.fraction},
+            text,
+        )
+    )
 
 
 if __name__ == "__main__":

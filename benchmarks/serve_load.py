@@ -63,13 +63,40 @@ def start(command: list[str], port: int) -> subprocess.Popen:
 
 
 def daemon(bundle: Path, port: int, *args: str) -> subprocess.Popen:
-    return start([sys.executable, "-m", "aeguard.cli.main", "serve", str(bundle), "--port", str(port),
-                  "--log-level", "warning", "--watch-interval", "0", *args], port)
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "aeguard.cli.main",
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--watch-interval",
+            "0",
+            *args,
+        ],
+        port,
+    )
 
 
 def bare(port: int, app: str = "app") -> subprocess.Popen:
-    return start([sys.executable, "-m", "uvicorn", f"benchmarks.bare_app:{app}", "--port", str(port),
-                  "--log-level", "warning", "--no-access-log"], port)
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"benchmarks.bare_app:{app}",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        port,
+    )
 
 
 def wrk(url: str, body: bytes, connections: int, seconds: float, workdir: Path, headers: dict | None = None) -> dict:
@@ -77,28 +104,60 @@ def wrk(url: str, body: bytes, connections: int, seconds: float, workdir: Path, 
     body_path.write_bytes(body)
     script = workdir / "post.lua"
     extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n{extra}'
-                      f'wrk.body = io.open("{body_path}", "rb"):read("*a")\n')
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n{extra}'
+        f'wrk.body = io.open("{body_path}", "rb"):read("*a")\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
     def latency(p):
         value, unit = re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": latency(50), "p99_ms": latency(99),
-            "non_2xx": int(errors.group(1)) if errors else 0, "connections": connections}
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": latency(50),
+        "p99_ms": latency(99),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "connections": connections,
+    }
 
 
 def infer_body(pixels: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": "images", "shape": [len(pixels), 1, 28, 28], "datatype": "UINT8",
-                                   "data": pixels.ravel().tolist()}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [len(pixels), 1, 28, 28],
+                    "datatype": "UINT8",
+                    "data": pixels.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
 
 
 def binary_infer_body(pixels: np.ndarray) -> tuple[bytes, int]:
     """The OIP binary tensor extension: a JSON header, then the raw UINT8 pixels."""
-    header = json.dumps({"inputs": [{"name": "images", "shape": [len(pixels), 1, 28, 28], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": pixels.size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [len(pixels), 1, 28, 28],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.size},
+                }
+            ]
+        }
+    ).encode()
     return header + pixels.astype(np.uint8).tobytes(), len(header)
 
 
@@ -136,8 +195,9 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_urls: dict[str, str], a
         "d_bare": lambda: wrk(bare_urls["asgi"], single_json, 64, args.seconds, workdir),
         "d2_bare_starlette": lambda: wrk(bare_urls["starlette"], single_json, 64, args.seconds, workdir),
         "c_batched": lambda: wrk(url("batched"), single_json, 64, args.seconds, workdir),
-        "c_batched_binary": lambda: wrk(url("batched"), single_binary, 64, args.seconds, workdir,
-                                        binary(single_header)),
+        "c_batched_binary": lambda: wrk(
+            url("batched"), single_binary, 64, args.seconds, workdir, binary(single_header)
+        ),
         "c_unbatched": lambda: wrk(url("unbatched"), single_json, 64, args.seconds, workdir),
         "b_binary": lambda: wrk(url("batched"), batch_binary, 2, args.seconds, workdir, binary(batch_header)),
         "b_binary_4": lambda: wrk(url("batched"), batch_binary, 4, args.seconds, workdir, binary(batch_header)),
@@ -159,8 +219,13 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_urls: dict[str, str], a
             server.terminate()
             server.wait()
     a = max(runs["a"])
-    results = {"bundle": str(bundle), "model": manifest["model"], "a_onnxruntime_images_per_s": a,
-               "a_rounds": runs["a"], "cpu_steal_per_round": steals}
+    results = {
+        "bundle": str(bundle),
+        "model": manifest["model"],
+        "a_onnxruntime_images_per_s": a,
+        "a_rounds": runs["a"],
+        "cpu_steal_per_round": steals,
+    }
     for key in scenarios:
         results[key] = best_run(runs[key])
     results["ratios"] = {f"{key}_over_a": rate / a for key, rate in batch_image_rates(results).items()}
@@ -168,8 +233,10 @@ def measure_model(bundle: Path, pixels: np.ndarray, bare_urls: dict[str, str], a
         rate = results[baseline]["requests_per_s"]
         for key in ("c_batched", "c_batched_binary", "c_unbatched"):
             results["ratios"][f"{key}_over_{base}"] = results[key]["requests_per_s"] / rate
-    results["round_ratios"] = {f"{key}_over_d": round_ratios(results, key, "d_bare")
-                               for key in ("c_batched", "c_batched_binary", "c_unbatched")}
+    results["round_ratios"] = {
+        f"{key}_over_d": round_ratios(results, key, "d_bare")
+        for key in ("c_batched", "c_batched_binary", "c_unbatched")
+    }
     add_ceiling(results)
     return results
 
@@ -203,41 +270,59 @@ def model_table(results: dict) -> list[str]:
     a, r = results["a_onnxruntime_images_per_s"], results["ratios"]
     rows = [(f"(a) onnxruntime in-process, batch {BATCH_IMAGES}", f"{a:,.0f} img/s", "", "")]
     for key, text, images in (
-            ("b_binary", f"(b) daemon, {BATCH_IMAGES}-image requests (binary tensor), 2 clients", BATCH_IMAGES),
-            ("b_binary_4", f"(b) daemon, {BATCH_IMAGES}-image requests (binary tensor), 4 clients", BATCH_IMAGES),
-            ("b_json", f"(b) daemon, {BATCH_IMAGES}-image requests (JSON data), 2 clients", BATCH_IMAGES),
-            ("c_batched", "(c) daemon, 1-image requests (JSON data), 64 clients, micro-batching", 1),
-            ("c_batched_binary", "(c) daemon, 1-image requests (binary tensor), 64 clients, micro-batching", 1),
-            ("c_unbatched", "(c) daemon, 1-image requests (JSON data), 64 clients, no batching", 1),
-            ("d_bare", "(d) same stack, ASGI endpoint doing no work, 64 clients", 1),
-            ("d2_bare_starlette", "(d2) same stack, Starlette function endpoint doing no work, 64 clients", 1)):
+        ("b_binary", f"(b) daemon, {BATCH_IMAGES}-image requests (binary tensor), 2 clients", BATCH_IMAGES),
+        ("b_binary_4", f"(b) daemon, {BATCH_IMAGES}-image requests (binary tensor), 4 clients", BATCH_IMAGES),
+        ("b_json", f"(b) daemon, {BATCH_IMAGES}-image requests (JSON data), 2 clients", BATCH_IMAGES),
+        ("c_batched", "(c) daemon, 1-image requests (JSON data), 64 clients, micro-batching", 1),
+        ("c_batched_binary", "(c) daemon, 1-image requests (binary tensor), 64 clients, micro-batching", 1),
+        ("c_unbatched", "(c) daemon, 1-image requests (JSON data), 64 clients, no batching", 1),
+        ("d_bare", "(d) same stack, ASGI endpoint doing no work, 64 clients", 1),
+        ("d2_bare_starlette", "(d2) same stack, Starlette function endpoint doing no work, 64 clients", 1),
+    ):
         run = results[key]
         rate = f"{run['requests_per_s'] * images:,.0f} img/s" if images > 1 else f"{run['requests_per_s']:,.0f} req/s"
         rows.append((text, rate, f"{run['p50_ms']:.2f}", f"{run['p99_ms']:.2f}"))
     steals = ", ".join("n/a" if f is None else f"{f:.0%}" for f in results["cpu_steal_per_round"])
-    lines = [f"## {results['model']['kind']} model", "", f"CPU steal per round: {steals}.", "",
-             "| scenario | throughput | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"## {results['model']['kind']} model",
+        "",
+        f"CPU steal per round: {steals}.",
+        "",
+        "| scenario | throughput | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {a_} | {b_} | {c_} | {d_} |" for a_, b_, c_, d_ in rows]
-    lines += ["", f"- (b) / (a) (target >= 0.7) with the binary tensor extension: **{r['b_binary_over_a']:.2f}** "
-              f"from 2 clients, **{r['b_binary_4_over_a']:.2f}** from 4 (two requests per inference worker, so "
-              f"one is parsed while the other is scored); {r['b_json_over_a']:.2f} with JSON data",
-              f"- (c) / (d) with micro-batching (target >= 0.6): **{r['c_batched_over_d']:.2f}** with JSON data, "
-              f"**{r['c_batched_binary_over_d']:.2f}** with binary tensors; {r['c_unbatched_over_d']:.2f} without batching",
-              "- (c) / (d) within each round (the steadier figure when the machine's speed drifts): "
-              + ", ".join(f"{label} {' / '.join(f'{v:.2f}' for v in rr['rounds'])} (median {rr['median']:.2f})"
-                          for label, rr in (("binary", results["round_ratios"]["c_batched_binary_over_d"]),
-                                            ("JSON", results["round_ratios"]["c_batched_over_d"]))),
-              f"- (c) / (d2), against the Starlette function endpoint: {r['c_batched_over_d2']:.2f} with JSON data, "
-              f"{r['c_batched_binary_over_d2']:.2f} with binary tensors; {r['c_unbatched_over_d2']:.2f} without batching",
-              f"- ceiling for (c) / (d) on this machine, 1 / (1 + d / capacity), with the best inference rate of the "
-              f"run ({results['inference_capacity_images_per_s']:,.0f} img/s) as capacity: {r['c_ceiling_over_d']:.2f}", ""]
+    lines += [
+        "",
+        f"- (b) / (a) (target >= 0.7) with the binary tensor extension: **{r['b_binary_over_a']:.2f}** "
+        f"from 2 clients, **{r['b_binary_4_over_a']:.2f}** from 4 (two requests per inference worker, so "
+        f"one is parsed while the other is scored); {r['b_json_over_a']:.2f} with JSON data",
+        f"- (c) / (d) with micro-batching (target >= 0.6): **{r['c_batched_over_d']:.2f}** with JSON data, "
+        f"**{r['c_batched_binary_over_d']:.2f}** with binary tensors; {r['c_unbatched_over_d']:.2f} without batching",
+        "- (c) / (d) within each round (the steadier figure when the machine's speed drifts): "
+        + ", ".join(
+            f"{label} {' / '.join(f'{v:.2f}' for v in rr['rounds'])} (median {rr['median']:.2f})"
+            for label, rr in (
+                ("binary", results["round_ratios"]["c_batched_binary_over_d"]),
+                ("JSON", results["round_ratios"]["c_batched_over_d"]),
+            )
+        ),
+        f"- (c) / (d2), against the Starlette function endpoint: {r['c_batched_over_d2']:.2f} with JSON data, "
+        f"{r['c_batched_binary_over_d2']:.2f} with binary tensors; {r['c_unbatched_over_d2']:.2f} without batching",
+        f"- ceiling for (c) / (d) on this machine, 1 / (1 + d / capacity), with the best inference rate of the "
+        f"run ({results['inference_capacity_images_per_s']:,.0f} img/s) as capacity: {r['c_ceiling_over_d']:.2f}",
+        "",
+    ]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="dense,conv",
-                        help="comma-separated model kinds to fit for 2 epochs and serve [default: dense,conv]")
+    parser.add_argument(
+        "--models",
+        default="dense,conv",
+        help="comma-separated model kinds to fit for 2 epochs and serve [default: dense,conv]",
+    )
     parser.add_argument("--bundle", type=Path, help="serve this bundle instead of fitting --models")
     parser.add_argument("--seconds", type=float, default=5.0, help="per scenario and round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -265,17 +350,23 @@ def main() -> None:
 
 
 def render_markdown(results: dict) -> str:
-    lines = ["# Daemon load: aeguard serve over loopback", "",
-             f"Models fitted for 2 epochs on MNIST digit 0, 28x28. One daemon process (1 uvicorn worker), load from "
-             f"wrk (1 thread) on the same {results['cpus']}-core machine. Best of {results['rounds']} rounds of "
-             f"{results['seconds']:g} s per scenario, scenarios interleaved within each round (all rounds in the JSON). "
-             "Requests are Open Inference Protocol v2 infer calls with UINT8 tensors, as JSON data or with the "
-             "binary tensor extension (what tritonclient sends by default); daemon log level warning. (d) and "
-             "(d2) are measured in every round of every model.", ""]
+    lines = [
+        "# Daemon load: aeguard serve over loopback",
+        "",
+        f"Models fitted for 2 epochs on MNIST digit 0, 28x28. One daemon process (1 uvicorn worker), load from "
+        f"wrk (1 thread) on the same {results['cpus']}-core machine. Best of {results['rounds']} rounds of "
+        f"{results['seconds']:g} s per scenario, scenarios interleaved within each round (all rounds in the JSON). "
+        "Requests are Open Inference Protocol v2 infer calls with UINT8 tensors, as JSON data or with the "
+        "binary tensor extension (what tritonclient sends by default); daemon log level warning. (d) and "
+        "(d2) are measured in every round of every model.",
+        "",
+    ]
     for model_results in results["models"]:
         lines += model_table(model_results)
-    lines += ["Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.serve_load` "
-              "(needs `apt-get install wrk`)."]
+    lines += [
+        "Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.serve_load` "
+        "(needs `apt-get install wrk`)."
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
 """Training throughput of aeguard's loop against a bare PyTorch loop of the same model and batch size.
 
 Both run in this process, interleaved, on the real MNIST digit-0 training images; the figure is the
-ratio of the best run's images/s of each (every run is kept in the JSON). aeguard's time includes everything its loop does per epoch (validation
-loss, best-weights copy), the bare loop does only forward, backward and step.
+ratio of the best run's images/s of each (every run is kept in the JSON). aeguard's time includes
+everything its loop does per epoch (validation loss, best-weights copy), the bare loop does only
+forward, backward and step.
 
     python -m benchmarks.train_throughput [--epochs 3 --repeats 3 --device cpu]
 """
@@ -23,8 +24,15 @@ from aeguard.train.models import build_model, default_config
 from benchmarks.results_io import StealMeter, write_results
 
 
-def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: torch.device,
-              fused: bool | None = None, autocast: bool = False) -> None:
+def bare_loop(
+    model,
+    images: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    fused: bool | None = None,
+    autocast: bool = False,
+) -> None:
     """Forward, backward, step and nothing else. The optimizer is fused on CUDA, as aeguard's loop, unless
     `fused` says otherwise; `autocast` runs the forward pass in bf16 (benchmarks/cuda_step_variants.py)."""
     x = torch.from_numpy(images).to(device)
@@ -55,13 +63,24 @@ def measure(kind: str, train_x, val_x, epochs: int, batch_size: int, repeats: in
                 bare_loop(model, train_x, epochs, batch_size, device)
             else:
                 # patience above the epoch count: both loops run exactly `epochs` epochs
-                train(model, train_x, val_x, TrainConfig(epochs=epochs, batch_size=batch_size,
-                                                         patience=epochs + 1, device=str(device), seed=repeat))
+                train(
+                    model,
+                    train_x,
+                    val_x,
+                    TrainConfig(
+                        epochs=epochs, batch_size=batch_size, patience=epochs + 1, device=str(device), seed=repeat
+                    ),
+                )
             rates[name].append(epochs * len(train_x) / (time.perf_counter() - started))
     # best run of each: on a shared machine, slower runs measure the neighbours, not the code
     bare, ours = max(rates["bare"]), max(rates["aeguard"])
-    return {"model": kind, "bare_images_per_s": bare, "aeguard_images_per_s": ours, "ratio": ours / bare,
-            "all_rates": rates}
+    return {
+        "model": kind,
+        "bare_images_per_s": bare,
+        "aeguard_images_per_s": ours,
+        "ratio": ours / bare,
+        "all_rates": rates,
+    }
 
 
 def main() -> None:
@@ -82,23 +101,40 @@ def main() -> None:
             result = measure(kind, train_x, val_x, args.epochs, args.batch_size, args.repeats, device)
         result["cpu_steal"] = steal.fraction
         results.append(result)
-        print(f"{kind}: bare {result['bare_images_per_s']:,.0f} img/s, aeguard "
-              f"{result['aeguard_images_per_s']:,.0f} img/s, ratio {result['ratio']:.3f}")
-    settings = {"epochs": args.epochs, "repeats": args.repeats, "batch_size": args.batch_size,
-                "device": str(device), "torch": torch.__version__, "train_images": len(train_x),
-                "torch_threads": torch.get_num_threads()}
-    lines = ["# Training throughput: aeguard loop vs bare PyTorch loop", "",
-             f"MNIST digit 0, {len(train_x)} training images, batch {args.batch_size}, {args.epochs} epochs, "
-             f"best of {args.repeats} interleaved runs (all runs in the JSON), device {device}, "
-             f"torch {torch.__version__}.", "",
-             "| model | bare loop (img/s) | aeguard loop (img/s) | ratio (target >= 0.9) | CPU steal |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['model']} | {r['bare_images_per_s']:,.0f} | {r['aeguard_images_per_s']:,.0f} | "
-              f"{r['ratio']:.3f} | {'n/a' if r['cpu_steal'] is None else format(r['cpu_steal'], '.0%')} |"
-              for r in results]
+        print(
+            f"{kind}: bare {result['bare_images_per_s']:,.0f} img/s, aeguard "
+            f"{result['aeguard_images_per_s']:,.0f} img/s, ratio {result['ratio']:.3f}"
+        )
+    settings = {
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "torch": torch.__version__,
+        "train_images": len(train_x),
+        "torch_threads": torch.get_num_threads(),
+    }
+    lines = [
+        "# Training throughput: aeguard loop vs bare PyTorch loop",
+        "",
+        f"MNIST digit 0, {len(train_x)} training images, batch {args.batch_size}, {args.epochs} epochs, "
+        f"best of {args.repeats} interleaved runs (all runs in the JSON), device {device}, "
+        f"torch {torch.__version__}.",
+        "",
+        "| model | bare loop (img/s) | aeguard loop (img/s) | ratio (target >= 0.9) | CPU steal |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['model']} | {r['bare_images_per_s']:,.0f} | {r['aeguard_images_per_s']:,.0f} | "
+        f"{r['ratio']:.3f} | {'n/a' if r['cpu_steal'] is None else format(r['cpu_steal'], '.0%')} |"
+        for r in results
+    ]
     # CUDA results are kept beside the CPU ones rather than over them (CI and this repo's machine have no GPU).
     name, flag = ("train_throughput", "") if device.type == "cpu" else ("train_throughput_cuda", " --device cuda")
-    lines += ["", f"Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.train_throughput{flag}`"]
+    lines += [
+        "",
+        f"Regenerate: `AEGUARD_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.train_throughput{flag}`",
+    ]
     path = write_results(name, {"settings": settings, "results": results}, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 

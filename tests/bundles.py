@@ -21,21 +21,28 @@ def score_graph(channels: int, height: int, width: int, kind: str = "brightness"
     """
     half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
     axes = numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes")
-    nodes = [helper.make_node("Sub", ["images", "half"], ["centred"]),
-             helper.make_node("Mul", ["centred", "centred"], ["error_map"])]
+    nodes = [
+        helper.make_node("Sub", ["images", "half"], ["centred"]),
+        helper.make_node("Mul", ["centred", "centred"], ["error_map"]),
+    ]
     if kind == "brightness":
         nodes.append(helper.make_node("ReduceMean", ["error_map", "axes"], ["score"], keepdims=0))
     elif kind in ("nan_when_bright", "nan_always"):
-        nodes += [helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=0),
-                  helper.make_node("Sub", ["half", "mean"] if kind == "nan_when_bright" else ["mean", "half"], ["room"]),
-                  helper.make_node("Sqrt", ["room"], ["score"])]
+        nodes += [
+            helper.make_node("ReduceMean", ["images", "axes"], ["mean"], keepdims=0),
+            helper.make_node("Sub", ["half", "mean"] if kind == "nan_when_bright" else ["mean", "half"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["score"]),
+        ]
     else:
         raise ValueError(kind)
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", channels, height, width])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info("error_map", TensorProto.FLOAT, ["N", channels, height, width])],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("error_map", TensorProto.FLOAT, ["N", channels, height, width]),
+        ],
         initializer=[half, axes],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
@@ -44,16 +51,22 @@ def score_graph(channels: int, height: int, width: int, kind: str = "brightness"
 def manifest_fields(channels: int, height: int, width: int, threshold: float) -> dict:
     return {
         "name": "tiny",
-        "input": {"layout": "NCHW", "dtype": "float32", "channels": channels, "height": height, "width": width,
-                  "range": [0.0, 1.0]},
+        "input": {
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": channels,
+            "height": height,
+            "width": width,
+            "range": [0.0, 1.0],
+        },
         "threshold": threshold,
-        "calibration": {"threshold": threshold, "target_fpr": 0.01, "validation_fpr": 0.01,
-                        "n_normal_validation": 100},
+        "calibration": {"threshold": threshold, "target_fpr": 0.01, "validation_fpr": 0.01, "n_normal_validation": 100},
     }
 
 
-def tiny_bundle(folder: Path, size: tuple[int, int] = (28, 28), kind: str = "brightness",
-                threshold: float = 0.1, **overrides) -> Path:
+def tiny_bundle(
+    folder: Path, size: tuple[int, int] = (28, 28), kind: str = "brightness", threshold: float = 0.1, **overrides
+) -> Path:
     """A loadable bundle at `folder`; `overrides` replace manifest fields (the checksums stay right)."""
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(score_graph(1, *size, kind), str(folder / MODEL_NAME))

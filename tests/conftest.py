@@ -59,9 +59,26 @@ def mnist_bundle(data_dir, tmp_path_factory) -> Path:
     from aeguard.cli.main import app
 
     out = tmp_path_factory.mktemp("runs") / "mnist0"
-    result = CliRunner().invoke(app, [
-        "fit", "--dataset", "mnist", "--normal", "0", "--model", "conv", "--epochs", "3",
-        "--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--out", str(out),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "fit",
+            "--dataset",
+            "mnist",
+            "--normal",
+            "0",
+            "--model",
+            "conv",
+            "--epochs",
+            "3",
+            "--data-dir",
+            str(data_dir),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out

@@ -23,12 +23,23 @@ class Daemon:
     def __init__(self, bundle: Path, *args: str, env: dict | None = None, log_path: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "aeguard.cli.main", "serve", str(bundle), "--port", str(self.port),
-                   "--watch-interval", "0.2", "--log-level", "warning", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "aeguard.cli.main",
+            "serve",
+            str(bundle),
+            "--port",
+            str(self.port),
+            "--watch-interval",
+            "0.2",
+            "--log-level",
+            "warning",
+            *args,
+        ]
         self.log_path = log_path
         self._log = open(log_path, "w") if log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})},
-                                        stdout=self._log, stderr=self._log)
+        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=self._log, stderr=self._log)
         self.client = httpx.Client(base_url=self.url, timeout=30)
         self.wait_until(lambda: self.client.get("/v2/health/ready").status_code == 200, "daemon did not become ready")
 
@@ -75,7 +86,7 @@ class Daemon:
             self._log.close()
         return code
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self
 
     def __exit__(self, *exc) -> None:

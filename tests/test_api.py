@@ -69,7 +69,9 @@ def test_report_is_a_separate_call_that_writes_plots_and_metrics(fitted, tmp_pat
     images = np.concatenate([discs(30, seed=3), squares(10)])
     report = fitted.report(tmp_path / "r", images, np.r_[np.zeros(30), np.ones(10)])
     assert report["metrics"]["auroc"] > 0.95
-    assert {"report.json", "report.md", "roc.png", "score_histogram.png"} <= {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"report.json", "report.md", "roc.png", "score_histogram.png"} <= {
+        p.name for p in (tmp_path / "r").iterdir()
+    }
 
 
 def test_fit_writes_nothing(tmp_path, monkeypatch):
@@ -89,14 +91,17 @@ def test_arrays_of_every_accepted_kind_score_alike(fitted):
         fitted.decision_function(images[0])
 
 
-@pytest.mark.parametrize("params, words", [
-    ({"model": "gan"}, "unknown model .gan."),
-    ({"noise_level": 0.3}, "noise_level needs a noise kind"),
-    ({"noise": "erase", "noise_level": 2.0}, "0 < level <= 1"),
-    ({"score": "elbo"}, "needs a variational model"),
-    ({"epochs": 0}, "epochs must be a positive integer"),
-    ({"target_fpr": 1.5}, "target_fpr must lie in"),
-])
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"model": "gan"}, "unknown model .gan."),
+        ({"noise_level": 0.3}, "noise_level needs a noise kind"),
+        ({"noise": "erase", "noise_level": 2.0}, "0 < level <= 1"),
+        ({"score": "elbo"}, "needs a variational model"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"target_fpr": 1.5}, "target_fpr must lie in"),
+    ],
+)
 def test_bad_parameters_are_refused_at_fit_with_their_name(params, words):
     with pytest.raises(UsageError, match=words):
         Detector(**params).fit(discs(10))
@@ -127,9 +132,26 @@ def test_the_api_and_the_cli_write_the_same_model_for_the_same_data(tmp_path):
     images = discs()
     for i, image in enumerate(images):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
-    result = CliRunner().invoke(app, ["fit", "--data", str(folder), "--model", "dense", "--epochs", "3",
-                                      "--batch-size", "16", "--device", "cpu", "--seed", "4",
-                                      "--out", str(tmp_path / "cli")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "fit",
+            "--data",
+            str(folder),
+            "--model",
+            "dense",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--seed",
+            "4",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     detector = Detector(model="dense", epochs=3, batch_size=16, device="cpu", seed=4).fit(images)
     detector.save(tmp_path / "api")

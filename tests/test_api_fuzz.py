@@ -13,21 +13,31 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
-    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
 )
 
 from aeguard.serve.openapi import openapi_document
 from tests.bundles import tiny_bundle
 from tests.daemon import Daemon
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     bundle = tiny_bundle(tmp_path_factory.mktemp("api") / "tiny")
-    with Daemon(bundle, "--max-images", "8", "--max-body-bytes", "200000", env={"AEGUARD_ADMIN_TOKEN": "adm"}) as daemon:
+    with Daemon(
+        bundle, "--max-images", "8", "--max-body-bytes", "200000", env={"AEGUARD_ADMIN_TOKEN": "adm"}
+    ) as daemon:
         yield daemon
 
 

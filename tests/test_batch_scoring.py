@@ -43,15 +43,23 @@ def broken_corpus(folder):
     (folder / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
     Image.new("L", (2000, 1500)).save(folder / "bomb.png")  # 3 MP, tiny on disk
     (folder / "dangling.png").symlink_to(folder / "missing-target.png")
+
     # a PNG whose header claims a 100k x 100k canvas: refused from the header, nothing decoded
     def chunk(kind, data):
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = (100_000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    (folder / "huge_header.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                                             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
-    return {"empty.png": "empty file", "text.jpg": "not a recognised image", "truncated.png": "cannot decode",
-            "bomb.png": "pixel limit", "dangling.png": "no such file", "huge_header.png": "pixel limit"}
+    (folder / "huge_header.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return {
+        "empty.png": "empty file",
+        "text.jpg": "not a recognised image",
+        "truncated.png": "cannot decode",
+        "bomb.png": "pixel limit",
+        "dangling.png": "no such file",
+        "huge_header.png": "pixel limit",
+    }
 
 
 def decode_workers() -> set[int]:
@@ -74,8 +82,9 @@ def read_csv(path):
 def test_broken_corpus_gets_one_row_each_and_the_run_goes_on(mnist_bundle, tmp_path):
     reasons = broken_corpus(tmp_path / "corpus")
     out = tmp_path / "scores.csv"
-    result = runner.invoke(app, ["score", str(mnist_bundle), str(tmp_path / "corpus"), "-o", str(out),
-                                 "--max-pixels", "1000000"])
+    result = runner.invoke(
+        app, ["score", str(mnist_bundle), str(tmp_path / "corpus"), "-o", str(out), "--max-pixels", "1000000"]
+    )
     assert result.exit_code == 3, result.output
     rows = {os.path.basename(r["path"]): r for r in read_csv(out)}
     assert set(rows) == set(reasons) | {"good.png"}
@@ -96,8 +105,11 @@ def test_from_list_file_and_stdin(mnist_bundle, pngs, tmp_path):
     assert [r["path"] for r in rows] == [str(p) for p in names] + [str(tmp_path / "gone.png")]
     assert "no such file" in rows[-1]["error"]
     out_stdin = tmp_path / "b.csv"
-    result = runner.invoke(app, ["score", str(mnist_bundle), "--from-list", "-", "-o", str(out_stdin)],
-                           input="\n".join(str(p) for p in names) + "\n")
+    result = runner.invoke(
+        app,
+        ["score", str(mnist_bundle), "--from-list", "-", "-o", str(out_stdin)],
+        input="\n".join(str(p) for p in names) + "\n",
+    )
     assert result.exit_code == 0, result.output
     assert [r["score"] for r in read_csv(out_stdin)] == [r["score"] for r in rows[:-1]]
 
@@ -120,8 +132,9 @@ def test_jsonl_and_parquet_hold_the_same_rows_as_csv(mnist_bundle, pngs, tmp_pat
 def test_heat_maps_for_anomalies_only(mnist_bundle, pngs, tmp_path):
     maps = tmp_path / "maps"
     out = tmp_path / "s.csv"
-    result = runner.invoke(app, ["score", str(mnist_bundle), str(pngs), "-o", str(out), "--save-maps", str(maps),
-                                 "--fail-on-anomaly"])
+    result = runner.invoke(
+        app, ["score", str(mnist_bundle), str(pngs), "-o", str(out), "--save-maps", str(maps), "--fail-on-anomaly"]
+    )
     rows = read_csv(out)
     anomalies = [r for r in rows if r["is_anomaly"] == "true"]
     assert anomalies and result.exit_code == 10
@@ -148,8 +161,22 @@ def test_killed_run_resumed_ends_with_every_input_exactly_once(mnist_bundle, png
     for i in range(12_000):  # unique paths, cheap to make: symlinks to the 60 real images
         (links / f"{i:05d}.png").symlink_to(sources[i % len(sources)])
     out = tmp_path / "scores.jsonl"
-    command = [sys.executable, "-m", "aeguard.cli.main", "score", str(mnist_bundle), str(links), "-o", str(out),
-               "--batch-size", "16", "--workers", "1", "--threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "aeguard.cli.main",
+        "score",
+        str(mnist_bundle),
+        str(links),
+        "-o",
+        str(out),
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    ]
     before = decode_workers()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -171,8 +198,11 @@ def test_killed_run_resumed_ends_with_every_input_exactly_once(mnist_bundle, png
     assert len(paths) == 12_000 and len(set(paths)) == 12_000
     assert set(paths) == {str(p) for p in links.iterdir()}
     by_source = {str(links / f"{i:05d}.png"): i % len(sources) for i in range(12_000)}
-    expected = Scorer(mnist_bundle).score(np.stack([to_model_input(np.asarray(Image.open(s))[None])[0]
-                                                    for s in sources])).scores
+    expected = (
+        Scorer(mnist_bundle)
+        .score(np.stack([to_model_input(np.asarray(Image.open(s))[None])[0] for s in sources]))
+        .scores
+    )
     np.testing.assert_allclose([r["score"] for r in rows], [expected[by_source[p]] for p in paths], rtol=1e-5)
 
 
@@ -190,16 +220,31 @@ def test_ray_engine_matches_the_local_engine_row_for_row(mnist_bundle, pngs, tmp
     inputs = sorted(map(str, pngs.iterdir())) + sorted(map(str, (tmp_path / "corpus").iterdir()))
     outputs = {engine: tmp_path / f"{engine}.csv" for engine in ("local", "ray")}
     for engine, out in outputs.items():
-        result = runner.invoke(app, ["score", str(mnist_bundle), *inputs, "-o", str(out), "--engine", engine,
-                                     "--batch-size", "16", "--max-pixels", "1000000"])
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(mnist_bundle),
+                *inputs,
+                "-o",
+                str(out),
+                "--engine",
+                engine,
+                "--batch-size",
+                "16",
+                "--max-pixels",
+                "1000000",
+            ],
+        )
         assert result.exit_code == 3, result.output
         assert f"{len(reasons)} unreadable" in result.stderr and "scored 61 images" in result.stderr
     local, remote = read_csv(outputs["local"]), read_csv(outputs["ray"])
     assert [r["path"] for r in remote] == [r["path"] for r in local] == inputs
     assert [r["error"] for r in remote] == [r["error"] for r in local]
     assert [r["is_anomaly"] for r in remote] == [r["is_anomaly"] for r in local]
-    np.testing.assert_allclose([float(r["score"] or "nan") for r in remote],
-                               [float(r["score"] or "nan") for r in local], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(r["score"] or "nan") for r in remote], [float(r["score"] or "nan") for r in local], rtol=1e-6
+    )
 
 
 def test_decode_pool_survives_a_worker_that_dies(pngs):

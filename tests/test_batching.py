@@ -36,13 +36,26 @@ class FakeScorer:
         return SimpleNamespace(scores=images.reshape(len(images), -1).mean(axis=1))
 
 
-def batcher(scorer: FakeScorer, max_wait_s: float = 0.05, timeout_s: float = 5.0, batching: bool = True,
-            seconds_per_image: float = 1.0):
+def batcher(
+    scorer: FakeScorer,
+    max_wait_s: float = 0.05,
+    timeout_s: float = 5.0,
+    batching: bool = True,
+    seconds_per_image: float = 1.0,
+):
     """By default the model is slow enough that every batch goes to the thread pool (see test_inline_*)."""
     model = SimpleNamespace(scorer=scorer, threshold=scorer.threshold, seconds_per_image=seconds_per_image)
     store = SimpleNamespace(current=model)
-    return BatchingScorer(store, Metrics(), max_batch_size=8, max_wait_s=max_wait_s, batching=batching,
-                          workers=1, timeout_s=timeout_s, inline_max_s=0.001)
+    return BatchingScorer(
+        store,
+        Metrics(),
+        max_batch_size=8,
+        max_wait_s=max_wait_s,
+        batching=batching,
+        workers=1,
+        timeout_s=timeout_s,
+        inline_max_s=0.001,
+    )
 
 
 def image(value: float, count: int = 1) -> np.ndarray:
@@ -58,8 +71,9 @@ def test_concurrent_requests_share_one_batch_and_each_gets_its_own_scores():
 
     async def main():
         scoring = batcher(scorer)
-        results = await asyncio.gather(*(scoring.score(image(i / 10)) for i in range(5)),
-                                       scoring.score(image(0.9, count=2)))
+        results = await asyncio.gather(
+            *(scoring.score(image(i / 10)) for i in range(5)), scoring.score(image(0.9, count=2))
+        )
         await scoring.stop()
         return results
 
@@ -142,8 +156,11 @@ def test_uint8_images_are_scaled_once_per_batch_and_mix_with_float32():
 
     async def main():
         scoring = batcher(scorer, seconds_per_image=0.0)
-        results = await asyncio.gather(scoring.score(np.full((1, 1, 4, 4), 51, np.uint8)), scoring.score(image(0.5)),
-                                       scoring.score(np.full((2, 1, 4, 4), 255, np.uint8)))
+        results = await asyncio.gather(
+            scoring.score(np.full((1, 1, 4, 4), 51, np.uint8)),
+            scoring.score(image(0.5)),
+            scoring.score(np.full((2, 1, 4, 4), 255, np.uint8)),
+        )
         await scoring.stop()
         return [scores for scores, _ in results]
 
@@ -184,13 +201,16 @@ def test_uint8_data_flat_nested_and_integral_floats_read_alike():
     np.testing.assert_array_equal(flat, floats)
 
 
-@pytest.mark.parametrize("data, words", [
-    ([0, 1, 2, 300], "integers in 0-255"),
-    ([0, 1, 2, -1], "integers in 0-255"),
-    ([0, 1, 2, 1.5], "integers in 0-255"),
-    ([0, 1, 2], "needs 4"),
-    ([0, 1, 2, "x"], "list of numbers"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ([0, 1, 2, 300], "integers in 0-255"),
+        ([0, 1, 2, -1], "integers in 0-255"),
+        ([0, 1, 2, 1.5], "integers in 0-255"),
+        ([0, 1, 2], "needs 4"),
+        ([0, 1, 2, "x"], "list of numbers"),
+    ],
+)
 def test_bad_uint8_data_is_refused_with_the_reason(data, words):
     with pytest.raises(RequestError, match=words):
         tensor(oip(data))
@@ -204,8 +224,11 @@ def test_observing_many_scores_at_once_equals_observing_them_one_by_one():
     at_once.observe_scores(scores, 0.5)
 
     def samples(metrics):
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for metric in metrics.score_ratio.collect() for s in metric.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in metrics.score_ratio.collect()
+            for s in metric.samples
+        }
 
     expected, got = samples(one_by_one), samples(at_once)
     assert got.keys() == expected.keys()
@@ -217,8 +240,13 @@ def test_observing_many_scores_at_once_equals_observing_them_one_by_one():
 
 
 def test_plan_cache_parses_a_header_once_per_model_and_never_keeps_a_refused_one():
-    header = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 2, 2], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": 4}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "images", "shape": [1, 1, 2, 2], "datatype": "UINT8", "parameters": {"binary_data_size": 4}}
+            ]
+        }
+    ).encode()
     cache, model, other, larger = payloads.PlanCache(), object(), object(), object()
     plan = cache.plan(header, model, "images", (1, 2, 2), 8)
     assert plan.dims == (1, 1, 2, 2) and plan.binary_size == 4

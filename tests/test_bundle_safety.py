@@ -1,4 +1,4 @@
-"""A bundle reads only plain files inside its own folder, and a bad manifest is a BundleError (exit 4), never a crash."""
+"""A bundle reads only plain files inside its own folder; a bad manifest is a BundleError (exit 4), never a crash."""
 
 from __future__ import annotations
 
@@ -59,19 +59,22 @@ def test_a_checksum_mismatch_does_not_print_the_files_hash(bundle):
     assert hashlib.sha256(data + b"\0").hexdigest() not in str(info.value)
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda m: m.update(schema_version=True), "schema_version True"),
-    (lambda m: m.update(threshold=math.nan), "not a finite number"),
-    (lambda m: m.update(threshold="0.1"), "not a finite number"),
-    (lambda m: m.update(input="28x28"), "no input spec"),
-    (lambda m: m["input"].update(height=True), "must be integers"),
-    (lambda m: m["input"].update(height=100_000, width=100_000), "outside 1-4 channels"),
-    (lambda m: m["input"].update(height=32), "takes input"),
-    (lambda m: m.pop("calibration"), "calibration is missing"),
-    (lambda m: m.update(calibration="yes"), "calibration is missing"),
-    (lambda m: m.update(files=[]), "lists no files"),
-    (lambda m: m["files"]["model.onnx"].update(sha256=7), "no valid sha256"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda m: m.update(schema_version=True), "schema_version True"),
+        (lambda m: m.update(threshold=math.nan), "not a finite number"),
+        (lambda m: m.update(threshold="0.1"), "not a finite number"),
+        (lambda m: m.update(input="28x28"), "no input spec"),
+        (lambda m: m["input"].update(height=True), "must be integers"),
+        (lambda m: m["input"].update(height=100_000, width=100_000), "outside 1-4 channels"),
+        (lambda m: m["input"].update(height=32), "takes input"),
+        (lambda m: m.pop("calibration"), "calibration is missing"),
+        (lambda m: m.update(calibration="yes"), "calibration is missing"),
+        (lambda m: m.update(files=[]), "lists no files"),
+        (lambda m: m["files"]["model.onnx"].update(sha256=7), "no valid sha256"),
+    ],
+)
 def test_bad_manifests_are_bundle_errors(bundle, change, words):
     edit_manifest(bundle, change)
     with pytest.raises(BundleError, match=words):
@@ -105,7 +108,7 @@ def test_unreadable_validation_scores_are_a_bundle_error(tmp_path):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from aeguard.errors import UsageError
 from aeguard.report.metrics import evaluate_scores
 from aeguard.scoring.threshold import calibration_summary, threshold_at_fpr
-from aeguard.errors import UsageError
 
 
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.2])

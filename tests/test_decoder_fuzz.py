@@ -38,8 +38,19 @@ def _seeds() -> dict[str, bytes]:
 
 SEEDS = _seeds()
 # Formats Pillow reads but cannot write: their magic bytes, so the fuzzer reaches their parsers.
-READ_ONLY_MAGIC = [b"8BPS\x00\x01", b"SIMPLE  =                    T", b"\x59\xa6\x6a\x95", b"#define ", b"/* XPM */",
-                   b"\x00\x00\x02\x00", b"\xb1\x68\xde\x3a", b"GIMP", b"FTEX", b"P7 332", b"\x0a\x05\x01\x08"]
+READ_ONLY_MAGIC = [
+    b"8BPS\x00\x01",
+    b"SIMPLE  =                    T",
+    b"\x59\xa6\x6a\x95",
+    b"#define ",
+    b"/* XPM */",
+    b"\x00\x00\x02\x00",
+    b"\xb1\x68\xde\x3a",
+    b"GIMP",
+    b"FTEX",
+    b"P7 332",
+    b"\x0a\x05\x01\x08",
+]
 
 
 def check(data: bytes) -> None:
@@ -67,12 +78,13 @@ def mutated(draw) -> bytes:
         if action == "flip" and data:
             data[position] = draw(st.integers(0, 255))
         elif action == "cut":
-            del data[position:position + draw(st.integers(1, 64))]
+            del data[position : position + draw(st.integers(1, 64))]
         elif action == "insert":
             data[position:position] = draw(st.binary(min_size=1, max_size=16))
         else:  # a header field set to an extreme: sizes, offsets and counts
-            data[position:position + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00",
-                                                                b"\x7f\xff\xff\xff", b"\x00\x00\x01\x00"]))
+            data[position : position + 4] = draw(
+                st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x00\x01\x00"])
+            )
     return bytes(data)
 
 

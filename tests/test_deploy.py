@@ -1,4 +1,4 @@
-"""deploy/: images linted, manifests validated, alert rules unit-tested, and a real Prometheus scraping a real daemon."""
+"""deploy/: images linted, manifests validated, alert rules unit-tested, a real Prometheus scraping a real daemon."""
 
 import json
 import os
@@ -39,7 +39,7 @@ def test_dockerfiles_pass_hadolint(dockerfile):
 def test_serving_image_installs_no_torch():
     text = (DEPLOY / "docker" / "Dockerfile.serve").read_text()
     installs = [line for line in text.splitlines() if "pip install" in line]
-    assert installs and all("-r deploy/requirements-scoring.txt" in l or "--no-deps" in l for l in installs)
+    assert installs and all("-r deploy/requirements-scoring.txt" in i or "--no-deps" in i for i in installs)
     instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert "torch" not in instructions.lower()
     requirements = (DEPLOY / "requirements-scoring.txt").read_text()
@@ -76,8 +76,11 @@ def test_kubernetes_wiring():
 
 def test_prometheus_config_and_rules_check_and_unit_tests_pass():
     promtool = tool("promtool")
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
-                 ["test", "rules", "alerts_test.yml"]):
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ):
         done = subprocess.run([promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -110,8 +113,11 @@ def used_metric_names() -> set[str]:
 
 
 def exported_sample_names(metrics_text: str) -> set[str]:
-    return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in metrics_text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in metrics_text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(mnist_bundle):
@@ -134,9 +140,16 @@ def test_real_prometheus_scrapes_the_daemon(mnist_bundle, tmp_path):
         config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{daemon.port}"]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
-        server = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             sent = 0
             for _ in range(12):
@@ -152,8 +165,11 @@ def test_real_prometheus_scrapes_the_daemon(mnist_bundle, tmp_path):
             deadline, seen = time.monotonic() + 90, None
             while time.monotonic() < deadline:
                 try:
-                    seen = (query("sum(aeguard_images_scored_total)"), query('up{job="aeguard"}'),
-                            query('sum(aeguard_http_requests_total{endpoint="score",code="400"})'))
+                    seen = (
+                        query("sum(aeguard_images_scored_total)"),
+                        query('up{job="aeguard"}'),
+                        query('sum(aeguard_http_requests_total{endpoint="score",code="400"})'),
+                    )
                     if seen[0] == [sent] and seen[1] == [1.0] and seen[2] == [1.0]:
                         break
                 except (httpx.HTTPError, KeyError, ValueError):

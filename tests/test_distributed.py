@@ -13,8 +13,22 @@ from aeguard.data.catalog import load_split
 from aeguard.data.splits import anomaly_labels, to_model_input
 from aeguard.scoring.scorer import Scorer
 
-FIT_ARGS = ["fit", "--dataset", "mnist", "--normal", "0", "--model", "dense", "--epochs", "2", "--device", "cpu",
-            "--no-download", "--seed", "3"]
+FIT_ARGS = [
+    "fit",
+    "--dataset",
+    "mnist",
+    "--normal",
+    "0",
+    "--model",
+    "dense",
+    "--epochs",
+    "2",
+    "--device",
+    "cpu",
+    "--no-download",
+    "--seed",
+    "3",
+]
 
 
 def run(command, tmp_path):
@@ -33,8 +47,22 @@ def single_process(data_dir, tmp_path_factory):
 
 def test_torchrun_job_loads_and_scores_like_a_single_process_one(data_dir, single_process, tmp_path):
     out = tmp_path / "ddp"
-    done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "aeguard.cli.main", *FIT_ARGS, "--out", str(out)], tmp_path)
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "aeguard.cli.main",
+            *FIT_ARGS,
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert done.stderr.count("bundle written") == 1  # rank 0 alone writes and reports
     manifest = json.loads((out / "manifest.json").read_text())
     reference = json.loads((single_process / "manifest.json").read_text())
@@ -42,8 +70,9 @@ def test_torchrun_job_loads_and_scores_like_a_single_process_one(data_dir, singl
     assert manifest["parity"]["max_abs_diff"] < 1e-5
     test = load_split("mnist", "test", data_dir)
     truth = anomaly_labels(test.labels, (0,))
-    aurocs = [roc_auc_score(truth, Scorer(bundle).score_many(to_model_input(test.images)))
-              for bundle in (out, single_process)]
+    aurocs = [
+        roc_auc_score(truth, Scorer(bundle).score_many(to_model_input(test.images))) for bundle in (out, single_process)
+    ]
     assert aurocs[0] == pytest.approx(manifest["metrics"]["auroc"], abs=1e-9)
     assert aurocs[0] > 0.95 and abs(aurocs[0] - aurocs[1]) < 0.03, aurocs
 
@@ -56,8 +85,19 @@ def test_devices_flag_spawns_the_same_job_as_torchrun(data_dir, tmp_path):
         if launcher == "devices":
             command = [sys.executable, "-m", "aeguard.cli.main", *FIT_ARGS, "--devices", "2", "--out", str(out)]
         else:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                       "-m", "aeguard.cli.main", *FIT_ARGS, "--out", str(out)]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "-m",
+                "aeguard.cli.main",
+                *FIT_ARGS,
+                "--out",
+                str(out),
+            ]
         run(command, tmp_path)
         bundles[launcher] = json.loads((out / "manifest.json").read_text())
     assert bundles["devices"]["files"]["model.onnx"]["sha256"] == bundles["torchrun"]["files"]["model.onnx"]["sha256"]

@@ -97,7 +97,9 @@ def test_fit_on_a_folder_of_images(data_dir, tmp_path):
     for i, image in enumerate(test.images[test.labels != 1][:60]):
         Image.fromarray(image).save(root / "anomaly" / f"{i}.png")
     out = tmp_path / "bundle"
-    result = runner.invoke(app, ["fit", "--data", str(root), "--model", "dense", "--epochs", "15", "--batch-size", "32", "--out", str(out)])
+    result = runner.invoke(
+        app, ["fit", "--data", str(root), "--model", "dense", "--epochs", "15", "--batch-size", "32", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["n_train"] + manifest["data"]["n_validation"] == 400
@@ -173,8 +175,9 @@ def test_same_seed_gives_the_same_bundle(data_dir, tmp_path):
     manifests, models = [], []
     for run in ("a", "b"):
         config = DetectorConfig(model="dense", train=TrainConfig(epochs=1, device="cpu", seed=7))
-        options = FitOptions(out=tmp_path / run, config=config, dataset="mnist", normal="1", data_dir=data_dir,
-                             allow_download=False)
+        options = FitOptions(
+            out=tmp_path / run, config=config, dataset="mnist", normal="1", data_dir=data_dir, allow_download=False
+        )
         manifests.append(run_fit(options, log=lambda line: None))
         models.append(load_bundle_graph(tmp_path / run))
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):

@@ -6,7 +6,12 @@ import torch
 from aeguard.errors import ParityError, UsageError
 from aeguard.scoring.scorer import open_session, score_array
 from aeguard.train.export import (
-    OUTPUTS, PARITY_TOLERANCE, check_parity, export_onnx, parity_max_abs_diff, scoring_graph,
+    OUTPUTS,
+    PARITY_TOLERANCE,
+    check_parity,
+    export_onnx,
+    parity_max_abs_diff,
+    scoring_graph,
 )
 from aeguard.train.models import MODEL_KINDS, default_config
 from aeguard.train.scoring import score_config
@@ -127,8 +132,9 @@ def test_top_share_score_is_the_mean_of_the_largest_error_map_values(tmp_path):
     graph, path = exported(tmp_path, "conv", score, shape=(1, 28, 28), ensemble=2)
     graph.set_reference_codes(torch.rand(20, 1, 28, 28))
     export_onnx(graph, (1, 28, 28), path)
-    plain = scoring_graph(default_config("conv", 1, 28, 28) | {"ensemble": 2},
-                          score_config("blur", knn=2) | {"references": 20})
+    plain = scoring_graph(
+        default_config("conv", 1, 28, 28) | {"ensemble": 2}, score_config("blur", knn=2) | {"references": 20}
+    )
     plain.load_state_dict(graph.state_dict())  # the same members and codes, scored over every pixel
     images = torch.rand(6, 1, 28, 28)
     with torch.no_grad():

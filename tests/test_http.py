@@ -53,8 +53,12 @@ def test_reply_messages_carry_length_type_id_and_extra_headers():
     reply = Reply(b"hello", 201, b"application/octet-stream", headers=[(b"x-extra", b"1")])
     start, body = reply_messages(reply, b"rid")
     assert start["status"] == 201
-    assert dict(start["headers"]) == {b"content-type": b"application/octet-stream", b"content-length": b"5",
-                                      b"x-request-id": b"rid", b"x-extra": b"1"}
+    assert dict(start["headers"]) == {
+        b"content-type": b"application/octet-stream",
+        b"content-length": b"5",
+        b"x-request-id": b"rid",
+        b"x-extra": b"1",
+    }
     assert body == {"type": "http.response.body", "body": b"hello"}
 
 

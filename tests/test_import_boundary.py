@@ -11,7 +11,8 @@ def test_scoring_never_imports_torch(mnist_bundle, data_dir, tmp_path):
         import sys
         from typer.testing import CliRunner
         from aeguard.cli.main import app
-        import aeguard.scoring.scorer, aeguard.batch.engine, aeguard.report.evaluate, aeguard.data.sources, aeguard.report.metrics
+        import aeguard.scoring.scorer, aeguard.batch.engine, aeguard.report.evaluate, aeguard.data.sources
+        import aeguard.report.metrics
         runner = CliRunner()
         for args in (["dump-images", {str(tmp_path / "p")!r}, "--count", "20"],
                      ["score", {str(mnist_bundle)!r}, {str(tmp_path / "p")!r}, "-o", {str(tmp_path / "s.csv")!r}],
@@ -30,8 +31,10 @@ def test_scoring_never_imports_torch(mnist_bundle, data_dir, tmp_path):
 def test_decode_workers_load_only_numpy_and_pillow():
     """The forkserver preloads aeguard.batch.decoding: onnxruntime or matplotlib there would add half a second to every
     `aeguard score` run."""
-    script = ("import sys, aeguard.batch.decoding; "
-              "print('HEAVY', sorted(m for m in ('onnxruntime', 'matplotlib', 'torch') if m in sys.modules))")
+    script = (
+        "import sys, aeguard.batch.decoding; "
+        "print('HEAVY', sorted(m for m in ('onnxruntime', 'matplotlib', 'torch') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout

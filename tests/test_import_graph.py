@@ -29,7 +29,9 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             # "from aeguard.report import plots" imports the module aeguard.report.plots
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         else:
@@ -51,7 +53,7 @@ def test_no_import_cycles_inside_the_package():
         state[node] = "open"
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                cycles.append(trail[trail.index(target):] + [target] if target in trail else [node, target])
+                cycles.append(trail[trail.index(target) :] + [target] if target in trail else [node, target])
             elif target not in state:
                 visit(target, trail + [target])
         state[node] = "done"
@@ -63,24 +65,34 @@ def test_no_import_cycles_inside_the_package():
 
 
 def test_scoring_batch_and_serve_load_neither_torch_nor_matplotlib_nor_onnx():
-    names = sorted(name for name in modules() if name.split(".")[1:2] in (["scoring"], ["batch"], ["serve"])
-                   and name != "aeguard.batch.ray_engine")  # Ray is an extra with its own stack
-    script = ("import sys, importlib\n"
-              f"for name in {names!r}: importlib.import_module(name)\n"
-              "print('HEAVY', sorted(m for m in ('torch', 'matplotlib', 'onnx', 'sklearn') if m in sys.modules))")
+    names = sorted(
+        name
+        for name in modules()
+        if name.split(".")[1:2] in (["scoring"], ["batch"], ["serve"]) and name != "aeguard.batch.ray_engine"
+    )  # Ray is an extra with its own stack
+    script = (
+        "import sys, importlib\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'matplotlib', 'onnx', 'sklearn') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
 
 
 def test_importing_data_leaves_pillows_decompression_guard_alone():
-    script = "import PIL.Image as I; before = I.MAX_IMAGE_PIXELS; import aeguard.data.images; print(I.MAX_IMAGE_PIXELS == before)"
+    script = (
+        "import PIL.Image as I; before = I.MAX_IMAGE_PIXELS; import aeguard.data.images; "
+        "print(I.MAX_IMAGE_PIXELS == before)"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stderr
 
 
 def test_importing_the_report_leaves_matplotlibs_backend_alone():
-    script = ("import matplotlib; matplotlib.use('svg'); import aeguard.report.plots, aeguard.report.evaluate; "
-              "print(matplotlib.get_backend())")
+    script = (
+        "import matplotlib; matplotlib.use('svg'); import aeguard.report.plots, aeguard.report.evaluate; "
+        "print(matplotlib.get_backend())"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "svg", done.stderr

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from aeguard.errors import UsageError
 from aeguard.train.loop import TrainConfig, reconstruction_loss, reconstruction_spread, resolve_device, train
 from aeguard.train.models import build_model, default_config
-from aeguard.errors import UsageError
 
 
 def fit_blobs(blobs, **overrides):
@@ -42,8 +42,14 @@ def test_early_stopping_restores_the_best_epoch(blobs):
 def test_callbacks_see_every_batch_and_epoch(blobs):
     batches, epochs = [], []
     model = build_model(default_config("conv", 1, 12, 12))
-    train(model, blobs[:48], blobs[48:], TrainConfig(epochs=2, batch_size=20, device="cpu"),
-          on_batch=lambda e, done, total: batches.append((e, done, total)), on_epoch=epochs.append)
+    train(
+        model,
+        blobs[:48],
+        blobs[48:],
+        TrainConfig(epochs=2, batch_size=20, device="cpu"),
+        on_batch=lambda e, done, total: batches.append((e, done, total)),
+        on_epoch=epochs.append,
+    )
     assert batches[-1] == (2, 3, 3) and len(batches) == 6
     assert [r.epoch for r in epochs] == [1, 2]
     assert all(np.isfinite(r.train_loss) and r.images_per_second > 0 for r in epochs)

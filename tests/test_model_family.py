@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from aeguard.cli.main import app
+from aeguard.config import DetectorConfig, TrainConfig
 from aeguard.data.sources import dataset_eval_set
 from aeguard.scoring.scorer import Scorer
-from aeguard.config import DetectorConfig, TrainConfig
 from aeguard.train.job import FitOptions, run_fit
 from aeguard.train.models import MODEL_KINDS
 
@@ -43,8 +43,10 @@ def test_each_model_fits_exports_and_scores_through_the_runtime(model, data_dir,
         assert (tmp_path / model / "report" / name).stat().st_size > 1000
 
 
-@pytest.mark.parametrize("model,extra", [("denoising", {}), ("vae", {"score": "elbo"}),
-                                         ("dense", {"score": "ssim", "ensemble": 2, "noise": "erase:0.25"})])
+@pytest.mark.parametrize(
+    "model,extra",
+    [("denoising", {}), ("vae", {"score": "elbo"}), ("dense", {"score": "ssim", "ensemble": 2, "noise": "erase:0.25"})],
+)
 def test_a_fixed_seed_gives_the_same_auroc_twice(model, extra, data_dir, tmp_path):
     first = quick_fit(tmp_path / "a", data_dir, model, seed=3, **extra)
     second = quick_fit(tmp_path / "b", data_dir, model, seed=3, **extra)
@@ -55,10 +57,35 @@ def test_a_fixed_seed_gives_the_same_auroc_twice(model, extra, data_dir, tmp_pat
 
 def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
     out = tmp_path / "ks"
-    result = runner.invoke(app, ["fit", "--model", "k-sparse", "--k", "4", "--score", "blur", "--score-sigma", "2",
-                                 "--score-top", "0.2", "--activation", "relu",
-                                 "--max-images", "300", "--epochs", "1", "--device", "cpu", "--out", str(out),
-                                 "--data-dir", str(data_dir), "--no-download"])
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--model",
+            "k-sparse",
+            "--k",
+            "4",
+            "--score",
+            "blur",
+            "--score-sigma",
+            "2",
+            "--score-top",
+            "0.2",
+            "--activation",
+            "relu",
+            "--max-images",
+            "300",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            "--no-download",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["k_sparse"] == 4 and manifest["model"]["activation"] == "relu"
@@ -66,14 +93,28 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
     assert manifest["score"]["top"] == 0.2 and "largest 0.2 share" in manifest["score"]["definition"]
     codes = Scorer(out).codes(np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32))
     assert ((codes != 0).sum(axis=1) <= 4).all()
-    for args, message in ((["--model", "conv", "--score", "elbo"], "--score elbo needs a variational model"),
-                          (["--model", "dense", "--beta", "0.5"], "--beta applies to the variational models"),
-                          (["--model", "dense", "--noise", "blur:1"], "--noise must be"),
-                          (["--model", "k-sparse", "--k", "64"], "exceeds the code size"),
-                          (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'"),
-                          (["--model", "conv", "--score-top", "0"], "--score-top must be a share")):
-        result = runner.invoke(app, ["fit", *args, "--out", str(tmp_path / "bad"), "--data-dir", str(data_dir),
-                                     "--no-download", "--epochs", "1"])
+    for args, message in (
+        (["--model", "conv", "--score", "elbo"], "--score elbo needs a variational model"),
+        (["--model", "dense", "--beta", "0.5"], "--beta applies to the variational models"),
+        (["--model", "dense", "--noise", "blur:1"], "--noise must be"),
+        (["--model", "k-sparse", "--k", "64"], "exceeds the code size"),
+        (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'"),
+        (["--model", "conv", "--score-top", "0"], "--score-top must be a share"),
+    ):
+        result = runner.invoke(
+            app,
+            [
+                "fit",
+                *args,
+                "--out",
+                str(tmp_path / "bad"),
+                "--data-dir",
+                str(data_dir),
+                "--no-download",
+                "--epochs",
+                "1",
+            ],
+        )
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert not (tmp_path / "bad").exists()
 
@@ -103,8 +144,9 @@ def test_a_collapsed_training_is_trained_again_from_a_fresh_initialisation(data_
     trainings = _collapse_first_attempts(monkeypatch, 1)
     lines = []
     config = DetectorConfig(model="dense", max_images=300, train=TrainConfig(epochs=1, device="cpu", seed=3))
-    options = FitOptions(out=tmp_path / "b", config=config, dataset="mnist", normal="4", data_dir=data_dir,
-                         allow_download=False)
+    options = FitOptions(
+        out=tmp_path / "b", config=config, dataset="mnist", normal="4", data_dir=data_dir, allow_download=False
+    )
     manifest = run_fit(options, log=lines.append)
     assert len(trainings) == 2
     assert any("training collapsed (initialisation seed 3)" in line for line in lines)
@@ -115,8 +157,25 @@ def test_a_collapsed_training_is_trained_again_from_a_fresh_initialisation(data_
 def test_a_training_that_keeps_collapsing_is_refused_with_its_reason(data_dir, tmp_path, monkeypatch):
     trainings = _collapse_first_attempts(monkeypatch, 99)
     out = tmp_path / "collapsed"
-    result = runner.invoke(app, ["fit", "--model", "dense", "--max-images", "300", "--epochs", "1", "--device", "cpu",
-                                 "--out", str(out), "--data-dir", str(data_dir), "--no-download"])
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--model",
+            "dense",
+            "--max-images",
+            "300",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            "--no-download",
+        ],
+    )
     assert result.exit_code == 6, result.output
     assert "training collapsed 3 times" in result.stderr and "another --seed" in result.stderr
     assert len(trainings) == 3 and not out.exists()
@@ -163,5 +222,6 @@ def test_knn_score_stores_training_codes_and_reloads(data_dir, tmp_path):
     assert manifest["parity"]["max_abs_diff"] < 1e-5
     images = dataset_eval_set("mnist", (4,), data_dir, allow_download=False).images[:64]
     graph = load_bundle_graph(tmp_path / "knn")  # the codes come back with the weights
-    np.testing.assert_allclose(graph(torch.from_numpy(images))[0].detach().numpy(),
-                               Scorer(tmp_path / "knn").score_many(images), rtol=1e-5)
+    np.testing.assert_allclose(
+        graph(torch.from_numpy(images))[0].detach().numpy(), Scorer(tmp_path / "knn").score_many(images), rtol=1e-5
+    )

@@ -21,8 +21,12 @@ def test_mean_over_classes_then_mean_and_std_over_complete_seeds():
 
 
 def test_incomplete_table_has_no_mean_and_says_so():
-    payload = {"machine": {"cpus": 2, "machine": "x86_64", "python": "3.11"}, "torch_threads": 2, "epochs": 20,
-               "models": {"conv": {"runs": [run(3, 0, 0.97)], "command": "aeguard fit --model conv"}}}
+    payload = {
+        "machine": {"cpus": 2, "machine": "x86_64", "python": "3.11"},
+        "torch_threads": 2,
+        "epochs": 20,
+        "models": {"conv": {"runs": [run(3, 0, 0.97)], "command": "aeguard fit --model conv"}},
+    }
     assert one_class.summarise(payload["models"]["conv"]["runs"], list(range(10)))["mean"] is None
     table = one_class.render_markdown("mnist", payload)
     assert "| conv |  |  |  | 97.0 |" in table and "incomplete" in table

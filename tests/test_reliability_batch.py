@@ -48,8 +48,17 @@ def assert_no_traceback(result) -> None:
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
 
 
-@pytest.mark.parametrize("error", [TypeError("odd tag"), RuntimeError("codec"), NotImplementedError("mode"),
-                                   AttributeError("plugin"), IndexError("table"), KeyError("tag")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("odd tag"),
+        RuntimeError("codec"),
+        NotImplementedError("mode"),
+        AttributeError("plugin"),
+        IndexError("table"),
+        KeyError("tag"),
+    ],
+)
 def test_any_exception_of_a_decoder_is_that_images_error(monkeypatch, tmp_path, error):
     path = png(tmp_path / "a.png")
 
@@ -84,8 +93,13 @@ def test_paths_the_os_refuses_get_rows_and_the_run_goes_on(bundle, tmp_path):
     good = png(tmp_path / "good.png")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     listing = tmp_path / "list.txt"
-    entries = [str(good), str(tmp_path / "loop.png"), f"{good}/inside.png", str(tmp_path / ("x" * 300 + ".png")),
-               f"{tmp_path}/nul\0byte.png"]
+    entries = [
+        str(good),
+        str(tmp_path / "loop.png"),
+        f"{good}/inside.png",
+        str(tmp_path / ("x" * 300 + ".png")),
+        f"{tmp_path}/nul\0byte.png",
+    ]
     listing.write_text("\n".join(entries) + "\n")
     out = tmp_path / "out.csv"
     result = score(bundle, "--from-list", listing, "--output", out)
@@ -216,14 +230,21 @@ def test_a_bundle_whose_graph_scores_nan_is_refused_or_its_nan_scores_are_errors
     assert dark["error"] == "" and dark["is_anomaly"] == "false"
     # a graph that is NaN even for a blank image is refused when it loads, by score and evaluate alike
     always = tiny_bundle(tmp_path / "always", kind="nan_always")
-    for command in (["score", str(always), str(tmp_path / "dark.png")], ["evaluate", str(always), "--data", str(tmp_path)]):
+    for command in (
+        ["score", str(always), str(tmp_path / "dark.png")],
+        ["evaluate", str(always), "--data", str(tmp_path)],
+    ):
         refused = runner.invoke(app, command)
         assert refused.exit_code == 4 and "no finite score for a blank image" in refused.output, refused.output
 
 
-@pytest.mark.parametrize("target, words", [
-    ("folder", "it is a folder"), ("missing/out.csv", "its folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        ("folder", "it is a folder"),
+        ("missing/out.csv", "its folder does not exist"),
+    ],
+)
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_7(bundle, tmp_path, target, words):
     png(tmp_path / "a.png")
     (tmp_path / "folder").mkdir()
@@ -234,8 +255,12 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_7(bundle, tmp_pat
 
 def test_a_full_disk_is_one_line_and_exit_7(bundle, tmp_path):
     png(tmp_path / "a.png")
-    result = subprocess.run([str(AEGUARD), "score", str(bundle), str(tmp_path / "a.png"), "--output", "/dev/full"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(AEGUARD), "score", str(bundle), str(tmp_path / "a.png"), "--output", "/dev/full"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 7 and "the disk is full" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -250,13 +275,22 @@ def test_a_file_size_limit_keeps_the_rows_before_it_and_exits_7(bundle, tmp_path
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 
-    result = subprocess.run([str(AEGUARD), "score", str(bundle), str(folder), "--output", str(out),
-                             "--batch-size", "16"], capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    result = subprocess.run(
+        [str(AEGUARD), "score", str(bundle), str(folder), "--output", str(out), "--batch-size", "16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
     assert result.returncode == 7 and "file-size limit" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert 0 < len(rows(out)) < 300  # what fitted; the last row may be cut off at the limit
-    resumed = subprocess.run([str(AEGUARD), "score", str(bundle), str(folder), "--output", str(out), "--resume"],
-                             capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [str(AEGUARD), "score", str(bundle), str(folder), "--output", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     final = rows(out)
     assert sorted(row["path"] for row in final) == sorted(str(p) for p in folder.iterdir())
@@ -271,11 +305,11 @@ def test_scoring_from_inside_a_source_checkout_uses_the_installed_aeguard(bundle
     images.mkdir()
     for i in range(3):
         png(images / f"{i}.png")
-    result = subprocess.run([str(AEGUARD), "score", str(bundle), str(images)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [str(AEGUARD), "score", str(bundle), str(images)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "scored 3 images" in result.stderr and "0 unreadable" in result.stderr
-
 
 
 def test_heat_map_names_of_long_paths_stay_within_the_file_system_limit():

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from aeguard.bundle import remove_stale_staging
 from aeguard.cli.main import app
 from aeguard.data.catalog import DATASETS, parse_classes
 from aeguard.errors import UsageError
-from aeguard.bundle import remove_stale_staging
 
 runner = CliRunner()
 

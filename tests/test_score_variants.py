@@ -35,9 +35,17 @@ def test_every_variant_is_scored_and_the_top_share_finds_a_local_anomaly():
 
 def test_markdown_lists_the_best_variant_first_and_always_the_baselines():
     is_anomaly, residuals, distances = synthetic()
-    runs = [{"normal": c, "seed": 0, "members": 2, "epochs": 1, "seconds": 1.0,
-             "auroc": sv.variant_aurocs(is_anomaly, residuals, [torch.zeros_like(residuals)] * 2, [distances] * 2)}
-            for c in (3, 7)]
+    runs = [
+        {
+            "normal": c,
+            "seed": 0,
+            "members": 2,
+            "epochs": 1,
+            "seconds": 1.0,
+            "auroc": sv.variant_aurocs(is_anomaly, residuals, [torch.zeros_like(residuals)] * 2, [distances] * 2),
+        }
+        for c in (3, 7)
+    ]
     table = sv.render_markdown("mnist", runs, shown=2)
     rows = [line for line in table.splitlines() if line.startswith("| sigma=")]
     assert rows[0].split(" | ")[1] == "100.00"

@@ -21,8 +21,16 @@ def mnist_test(data_dir):
 
 @pytest.fixture(scope="module")
 def daemon(mnist_bundle, tmp_path_factory):
-    with Daemon(mnist_bundle, "--max-images", "16", "--max-body-bytes", "200000", "--max-pixels", "10000",
-                log_path=tmp_path_factory.mktemp("log") / "daemon.log") as running:
+    with Daemon(
+        mnist_bundle,
+        "--max-images",
+        "16",
+        "--max-body-bytes",
+        "200000",
+        "--max-pixels",
+        "10000",
+        log_path=tmp_path_factory.mktemp("log") / "daemon.log",
+    ) as running:
         yield running
 
 
@@ -104,8 +112,17 @@ def test_raw_and_multipart_image_uploads(daemon, mnist_bundle, mnist_test):
 def test_open_inference_protocol(daemon, mnist_bundle, mnist_test):
     pixels = mnist_test.images[:5]
     expected = expected_scores(mnist_bundle, pixels)
-    fp32 = {"id": "req-1", "inputs": [{"name": "images", "shape": [5, 1, 28, 28], "datatype": "FP32",
-                                       "data": (pixels / 255.0).astype(np.float32).ravel().tolist()}]}
+    fp32 = {
+        "id": "req-1",
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [5, 1, 28, 28],
+                "datatype": "FP32",
+                "data": (pixels / 255.0).astype(np.float32).ravel().tolist(),
+            }
+        ],
+    }
     response = daemon.client.post("/v2/models/mnist0/infer", json=fp32)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -113,8 +130,12 @@ def test_open_inference_protocol(daemon, mnist_bundle, mnist_test):
     outputs = {o["name"]: o for o in body["outputs"]}
     assert outputs["score"]["shape"] == [5] and outputs["is_anomaly"]["datatype"] == "BOOL"
     np.testing.assert_allclose(outputs["score"]["data"], expected, rtol=1e-5)
-    uint8 = {"inputs": [{"name": "images", "shape": [5, 28, 28], "datatype": "UINT8", "data": pixels.tolist()},],
-             "outputs": [{"name": "score"}]}
+    uint8 = {
+        "inputs": [
+            {"name": "images", "shape": [5, 28, 28], "datatype": "UINT8", "data": pixels.tolist()},
+        ],
+        "outputs": [{"name": "score"}],
+    }
     body = daemon.client.post(f"/v2/models/mnist0/versions/{body['model_version']}/infer", json=uint8).json()
     assert [o["name"] for o in body["outputs"]] == ["score"]
     np.testing.assert_allclose(body["outputs"][0]["data"], expected, rtol=1e-5)
@@ -122,13 +143,24 @@ def test_open_inference_protocol(daemon, mnist_bundle, mnist_test):
 
 def test_open_inference_protocol_binary_tensor_extension(daemon, mnist_bundle, mnist_test):
     pixels = mnist_test.images[20:24]
-    header = json.dumps({"inputs": [{"name": "images", "shape": [4, 1, 28, 28], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": pixels.size}}],
-                         "outputs": [{"name": "score", "parameters": {"binary_data": True}},
-                                     {"name": "is_anomaly"}]}).encode()
-    response = daemon.client.post("/v2/models/mnist0/infer", content=header + pixels.tobytes(),
-                                  headers={"Inference-Header-Content-Length": str(len(header)),
-                                           "content-type": "application/octet-stream"})
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [4, 1, 28, 28],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.size},
+                }
+            ],
+            "outputs": [{"name": "score", "parameters": {"binary_data": True}}, {"name": "is_anomaly"}],
+        }
+    ).encode()
+    response = daemon.client.post(
+        "/v2/models/mnist0/infer",
+        content=header + pixels.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+    )
     assert response.status_code == 200, response.text
     cut = int(response.headers["inference-header-content-length"])
     body = json.loads(response.content[:cut])
@@ -137,33 +169,72 @@ def test_open_inference_protocol_binary_tensor_extension(daemon, mnist_bundle, m
     scores = np.frombuffer(response.content[cut:], dtype="<f4")
     np.testing.assert_allclose(scores, expected_scores(mnist_bundle, pixels), rtol=1e-5)
     assert flag_entry["data"] == (scores > body["parameters"]["threshold"]).tolist()
-    short = daemon.client.post("/v2/models/mnist0/infer", content=header + pixels.tobytes()[:-1],
-                               headers={"Inference-Header-Content-Length": str(len(header))})
+    short = daemon.client.post(
+        "/v2/models/mnist0/infer",
+        content=header + pixels.tobytes()[:-1],
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert short.status_code == 400 and "needs 3136" in short.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path, kwargs, status, words", [
-    ("/v1/score", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-    ("/v1/score", {"json": {"images": ["@@@"]}}, 400, "invalid base64"),
-    ("/v1/score", {"json": {"pictures": []}}, 400, 'needs "images"'),
-    ("/v1/score", {"json": {"images": [[[0.0] * 28] * 28] * 17}}, 413, "limit is 16"),
-    ("/v1/score", {"content": b"x" * 200_001, "headers": {"content-type": "application/json"}}, 413, "over the limit"),
-    ("/v1/score/image", {"content": png_bytes(np.zeros((200, 200), np.uint8))}, 413, "pixel limit of 10000"),
-    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 1, 32, 32], "datatype": "FP32",
-                                                     "data": [0.0] * 1024}]}}, 400, "does not fit this model"),
-    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "INT64",
-                                                     "data": [0] * 784}]}}, 400, "not supported"),
-    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
-                                                     "data": [0.0] * 700}]}}, 400, "needs 784"),
-    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
-                                                     "data": [300] * 784}]}}, 400, "integers in 0-255"),
-    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
-                                                     "data": [1.5] * 784}]}}, 400, "integers in 0-255"),
-    ("/v2/models/mnist0/infer", {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
-                                                     "data": [2.0] * 784}]}}, 400, "within [0, 1]"),
-    ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
-    ("/v2/nothing-here", {}, 404, "no such endpoint"),
-])
+@pytest.mark.parametrize(
+    "path, kwargs, status, words",
+    [
+        ("/v1/score", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ("/v1/score", {"json": {"images": ["@@@"]}}, 400, "invalid base64"),
+        ("/v1/score", {"json": {"pictures": []}}, 400, 'needs "images"'),
+        ("/v1/score", {"json": {"images": [[[0.0] * 28] * 28] * 17}}, 413, "limit is 16"),
+        (
+            "/v1/score",
+            {"content": b"x" * 200_001, "headers": {"content-type": "application/json"}},
+            413,
+            "over the limit",
+        ),
+        ("/v1/score/image", {"content": png_bytes(np.zeros((200, 200), np.uint8))}, 413, "pixel limit of 10000"),
+        (
+            "/v2/models/mnist0/infer",
+            {
+                "json": {
+                    "inputs": [{"name": "images", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [0.0] * 1024}]
+                }
+            },
+            400,
+            "does not fit this model",
+        ),
+        (
+            "/v2/models/mnist0/infer",
+            {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "INT64", "data": [0] * 784}]}},
+            400,
+            "not supported",
+        ),
+        (
+            "/v2/models/mnist0/infer",
+            {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 700}]}},
+            400,
+            "needs 784",
+        ),
+        (
+            "/v2/models/mnist0/infer",
+            {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", "data": [300] * 784}]}},
+            400,
+            "integers in 0-255",
+        ),
+        (
+            "/v2/models/mnist0/infer",
+            {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", "data": [1.5] * 784}]}},
+            400,
+            "integers in 0-255",
+        ),
+        (
+            "/v2/models/mnist0/infer",
+            {"json": {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [2.0] * 784}]}},
+            400,
+            "within [0, 1]",
+        ),
+        ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
+        ("/v2/nothing-here", {}, 404, "no such endpoint"),
+    ],
+)
 def test_errors_are_json_with_a_4xx_that_names_the_problem(daemon, path, kwargs, status, words):
     response = daemon.client.post(path, **kwargs) if kwargs or path != "/v2/nothing-here" else daemon.client.get(path)
     assert response.status_code == status, response.text

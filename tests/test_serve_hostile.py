@@ -1,4 +1,4 @@
-"""The daemon against hostile clients and broken bundles: a 4xx for every bad request, nothing half-done, nothing silent."""
+"""The daemon against hostile clients and broken bundles: a 4xx for each bad request, nothing half-done or silent."""
 
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def bundle(tmp_path):
 
 @pytest.fixture
 def client(bundle):
-    with TestClient(create_app(ServeSettings(bundle=bundle, admin_token="adm", watch_interval_s=0,
-                                             max_images_per_request=4)), raise_server_exceptions=False) as running:
+    with TestClient(
+        create_app(ServeSettings(bundle=bundle, admin_token="adm", watch_interval_s=0, max_images_per_request=4)),
+        raise_server_exceptions=False,
+    ) as running:
         yield running
 
 
@@ -48,27 +50,31 @@ def png(value: int = 100, size=(28, 28)) -> bytes:
 def infer(client, body, headers=None, content=None):
     if content is None:
         content = json.dumps(body).encode()
-    return client.post("/v2/models/tiny/infer", content=content,
-                       headers={"content-type": "application/json", **(headers or {})})
+    return client.post(
+        "/v2/models/tiny/infer", content=content, headers={"content-type": "application/json", **(headers or {})}
+    )
 
 
 GOOD_TENSOR = {"name": "images", "shape": [1, 1, 28, 28], "datatype": "UINT8", "data": [0] * 784}
 
 
-@pytest.mark.parametrize("body", [
-    {"inputs": [GOOD_TENSOR], "parameters": "binary"},
-    {"inputs": [{**GOOD_TENSOR, "datatype": 5}]},
-    {"inputs": [{**GOOD_TENSOR, "parameters": []}]},
-    {"inputs": [GOOD_TENSOR], "outputs": "score"},
-    {"inputs": [GOOD_TENSOR], "outputs": [5]},
-    {"inputs": [GOOD_TENSOR], "outputs": [{"name": "score", "parameters": {"binary_data": "yes"}}]},
-    {"inputs": [{**GOOD_TENSOR, "shape": [True, 1, 28, 28]}]},
-    {"inputs": [{**GOOD_TENSOR, "shape": [1, 1, 28, 28.0]}]},
-    {"inputs": [{**GOOD_TENSOR, "parameters": {"binary_data_size": -1}}]},
-    {"inputs": {}},
-    {"inputs": [GOOD_TENSOR], "id": 7},
-    [1, 2],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [GOOD_TENSOR], "parameters": "binary"},
+        {"inputs": [{**GOOD_TENSOR, "datatype": 5}]},
+        {"inputs": [{**GOOD_TENSOR, "parameters": []}]},
+        {"inputs": [GOOD_TENSOR], "outputs": "score"},
+        {"inputs": [GOOD_TENSOR], "outputs": [5]},
+        {"inputs": [GOOD_TENSOR], "outputs": [{"name": "score", "parameters": {"binary_data": "yes"}}]},
+        {"inputs": [{**GOOD_TENSOR, "shape": [True, 1, 28, 28]}]},
+        {"inputs": [{**GOOD_TENSOR, "shape": [1, 1, 28, 28.0]}]},
+        {"inputs": [{**GOOD_TENSOR, "parameters": {"binary_data_size": -1}}]},
+        {"inputs": {}},
+        {"inputs": [GOOD_TENSOR], "id": 7},
+        [1, 2],
+    ],
+)
 def test_infer_bodies_of_the_wrong_json_type_are_400(client, body):
     reply = infer(client, body)
     assert reply.status_code == 400, reply.text
@@ -82,24 +88,29 @@ def test_a_good_infer_request_still_works(client):
 
 def test_binary_data_without_binary_data_size_is_400(client):
     header = json.dumps({"inputs": [{**GOOD_TENSOR, "data": None}]}).encode()
-    reply = client.post("/v2/models/tiny/infer", content=header + bytes(784),
-                        headers={"inference-header-content-length": str(len(header))})
+    reply = client.post(
+        "/v2/models/tiny/infer",
+        content=header + bytes(784),
+        headers={"inference-header-content-length": str(len(header))},
+    )
     assert reply.status_code == 400 and "binary_data_size" in reply.text
 
 
 def test_json_data_in_a_binary_request_with_binary_outputs_works(client):
     header = json.dumps({"inputs": [GOOD_TENSOR], "parameters": {"binary_data_output": True}}).encode()
-    reply = client.post("/v2/models/tiny/infer", content=header,
-                        headers={"inference-header-content-length": str(len(header))})
+    reply = client.post(
+        "/v2/models/tiny/infer", content=header, headers={"inference-header-content-length": str(len(header))}
+    )
     assert reply.status_code == 200
     length = int(reply.headers["inference-header-content-length"])
-    assert np.frombuffer(reply.content[length:length + 4], "<f4")[0] == pytest.approx(0.25)
+    assert np.frombuffer(reply.content[length : length + 4], "<f4")[0] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("value", ["١٢", "²", "12abc", "-1", " 12", "9" * 40])
 def test_a_header_length_that_is_not_ascii_digits_is_400(client, value):
-    reply = client.post("/v2/models/tiny/infer", content=b"{}" * 20,
-                        headers={"inference-header-content-length": value.encode()})
+    reply = client.post(
+        "/v2/models/tiny/infer", content=b"{}" * 20, headers={"inference-header-content-length": value.encode()}
+    )
     assert reply.status_code == 400 and "Inference-Header-Content-Length" in reply.text
 
 
@@ -114,8 +125,9 @@ def test_more_multipart_files_than_the_limit_is_413(client):
 
 
 def test_more_multipart_fields_than_the_limit_is_413(client):
-    reply = client.post("/v1/score/image", data={f"f{i}": "x" for i in range(1200)},
-                        files=[("file", ("a.png", png(), "image/png"))])
+    reply = client.post(
+        "/v1/score/image", data={f"f{i}": "x" for i in range(1200)}, files=[("file", ("a.png", png(), "image/png"))]
+    )
     assert reply.status_code == 413, reply.text
 
 
@@ -223,8 +235,13 @@ def test_the_watcher_survives_any_fault(bundle, monkeypatch):
 def test_an_empty_token_is_refused(bundle):
     with pytest.raises(UsageError, match="api_token is set but empty"):
         ServeSettings(bundle=".", api_token="")
-    result = subprocess.run([sys.executable, "-m", "aeguard.cli.main", "serve", str(bundle), "--port", "1"],
-                            env={**os.environ, "AEGUARD_API_TOKEN": ""}, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "aeguard.cli.main", "serve", str(bundle), "--port", "1"],
+        env={**os.environ, "AEGUARD_API_TOKEN": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "api_token is set but empty" in result.stderr, result.stderr
 
 
@@ -241,7 +258,7 @@ def raw_exchange(daemon, data: bytes, pause: float = 0.0, chunks: int = 1) -> by
         step = max(1, len(data) // chunks)
         try:
             for start in range(0, len(data), step):
-                sock.sendall(data[start:start + step])
+                sock.sendall(data[start : start + step])
                 time.sleep(pause)
         except OSError:
             pass  # the daemon closed the connection while we were still sending
@@ -252,8 +269,9 @@ def raw_exchange(daemon, data: bytes, pause: float = 0.0, chunks: int = 1) -> by
 
 
 def test_a_huge_header_is_431_and_the_daemon_stays_well(daemon):
-    answer = raw_exchange(daemon, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (4 * MAX_HEAD_BYTES),
-                          chunks=16)
+    answer = raw_exchange(
+        daemon, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (4 * MAX_HEAD_BYTES), chunks=16
+    )
     assert answer.startswith(b"HTTP/1.1 431")
     assert daemon.client.get("/v2/health/live").status_code == 200
 

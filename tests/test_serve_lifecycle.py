@@ -52,8 +52,9 @@ def served_version(daemon):
 def test_reload_on_change_sighup_and_admin_call(mnist_bundle, dense_bundle, tmp_path):
     served = tmp_path / "served"
     shutil.copytree(mnist_bundle, served)
-    with Daemon(served, "--model-name", "digits", env={"AEGUARD_ADMIN_TOKEN": "adm"},
-                log_path=tmp_path / "log") as daemon:
+    with Daemon(
+        served, "--model-name", "digits", env={"AEGUARD_ADMIN_TOKEN": "adm"}, log_path=tmp_path / "log"
+    ) as daemon:
         daemon.name = "digits"
         assert served_version(daemon) == version_of(mnist_bundle)
 
@@ -68,8 +69,9 @@ def test_reload_on_change_sighup_and_admin_call(mnist_bundle, dense_bundle, tmp_
         data[100] ^= 0xFF
         (served / "model.onnx").write_bytes(bytes(data))
         os.utime(served / "manifest.json")  # a deploy tool touching the manifest
-        daemon.wait_until(lambda: daemon.metric("aeguard_model_reloads_total", result="failure") == 1,
-                          "corrupt bundle not noticed")
+        daemon.wait_until(
+            lambda: daemon.metric("aeguard_model_reloads_total", result="failure") == 1, "corrupt bundle not noticed"
+        )
         assert served_version(daemon) == version_of(dense_bundle)
         ready = daemon.client.get("/v2/health/ready")
         assert ready.json() == {"ready": True, "last_reload_failed": "BundleError"}
@@ -133,17 +135,26 @@ def test_an_open_inference_protocol_client_matches_aeguard_score(mnist_bundle, d
     for i in range(12):
         Image.fromarray(test.images[i]).save(folder / f"{i:02d}.png")
     out = tmp_path / "scores.csv"
-    subprocess.run([sys.executable, "-m", "aeguard.cli.main", "score", str(mnist_bundle), str(folder), "-o", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "aeguard.cli.main", "score", str(mnist_bundle), str(folder), "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
     cli_scores = {os.path.basename(r["path"]): float(r["score"]) for r in csv.DictReader(out.open())}
     with Daemon(mnist_bundle) as daemon:
         names = sorted(os.listdir(folder))
         pixels = [np.asarray(Image.open(folder / n)).tolist() for n in names]
-        request = {"inputs": [{"name": "images", "shape": [len(names), 1, 28, 28], "datatype": "UINT8",
-                               "data": pixels}]}
-        raw = urllib.request.urlopen(urllib.request.Request(
-            f"{daemon.url}/v2/models/mnist0/infer", data=json.dumps(request).encode(),
-            headers={"Content-Type": "application/json"}), timeout=30).read()
+        request = {
+            "inputs": [{"name": "images", "shape": [len(names), 1, 28, 28], "datatype": "UINT8", "data": pixels}]
+        }
+        raw = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{daemon.url}/v2/models/mnist0/infer",
+                data=json.dumps(request).encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        ).read()
         outputs = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
     np.testing.assert_allclose(outputs["score"], [cli_scores[n] for n in names], rtol=1e-6)
 
@@ -166,6 +177,7 @@ def test_daemon_never_imports_torch(mnist_bundle):
 
 
 def test_serve_refuses_a_bad_bundle_at_start(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "aeguard.cli.main", "serve", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "aeguard.cli.main", "serve", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 4 and "no manifest.json" in done.stderr

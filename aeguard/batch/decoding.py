@@ -31,6 +31,7 @@ def _exit_with(parent_pid: int) -> None:
     Otherwise a worker blocked on sending a result nobody reads would live on, and with it the
     forkserver, whose liveness pipe every worker holds open.
     """
+
     def watch() -> None:
         while True:
             time.sleep(1.0)
@@ -102,15 +103,18 @@ class DecodePool:
             origin = self.pool.submit(_worker_origin).result(timeout=120)
         except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, a timeout, an import error in the worker
             self.pool.shutdown(wait=False, cancel_futures=True)
-            raise SetupError(f"the image decoding workers could not start ({type(exc).__name__}: {exc}); "
-                             "see the messages above for the cause") from None
+            raise SetupError(
+                f"the image decoding workers could not start ({type(exc).__name__}: {exc}); "
+                "see the messages above for the cause"
+            ) from None
         if Path(origin).resolve() != Path(__file__).resolve():
             self.pool.shutdown(wait=False, cancel_futures=True)
             raise SetupError(f"the image decoding workers imported aeguard from {origin}, not {__file__}")
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_exit_with,
-                                   initargs=(os.getpid(),))
+        return ProcessPoolExecutor(
+            self.workers, mp_context=self.context, initializer=_exit_with, initargs=(os.getpid(),)
+        )
 
     def submit(self, names: list[str], *args) -> Future:
         try:

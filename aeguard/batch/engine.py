@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard.config import ScoreOptions  # noqa: F401 - re-exported: the engine's options
-from aeguard.errors import OutputError
 from aeguard.batch.decoding import DecodePool
 from aeguard.batch.heatmaps import save_heatmap
 from aeguard.batch.writers import RowWriter, path_text
+from aeguard.config import ScoreOptions  # noqa: F401 - re-exported: the engine's options
+from aeguard.errors import OutputError
 from aeguard.scoring.results import NON_FINITE_SCORE, ItemResult
 from aeguard.scoring.scorer import Scorer
 
@@ -46,7 +46,6 @@ class ScoreSummary:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
-
 def prepare_maps_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,15 +58,29 @@ def write_heatmap(folder: Path, name: str, error_map: np.ndarray) -> None:
     try:
         save_heatmap(folder, name, error_map, HEATMAP_SCALE)
     except OSError as exc:
-        raise OutputError(f"cannot write the heat map of {path_text(name)} into {folder}: "
-                          f"{exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot write the heat map of {path_text(name)} into {folder}: {exc.strerror or exc}"
+        ) from None
 
 
-def record_row(writer: RowWriter, summary: ScoreSummary, path: str, threshold: float, result: ItemResult,
-               on_error: Callable[[str], None] | None) -> None:
+def record_row(
+    writer: RowWriter,
+    summary: ScoreSummary,
+    path: str,
+    threshold: float,
+    result: ItemResult,
+    on_error: Callable[[str], None] | None,
+) -> None:
     """Write one input's row and count it."""
-    writer.write({"path": path, "score": result.score, "threshold": threshold,
-                  "is_anomaly": result.is_anomaly, "error": result.error})
+    writer.write(
+        {
+            "path": path,
+            "score": result.score,
+            "threshold": threshold,
+            "is_anomaly": result.is_anomaly,
+            "error": result.error,
+        }
+    )
     if result.error is not None:
         summary.errors += 1
         if on_error is not None:

@@ -49,7 +49,7 @@ def map_name(path: str) -> str:
     flat = re.sub(r"[^A-Za-z0-9._-]+", "_", path.strip("/"))
     if len(flat) > MAX_NAME:
         digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
-        flat = f"{digest}_{flat[-(MAX_NAME - 17):]}"
+        flat = f"{digest}_{flat[-(MAX_NAME - 17) :]}"
     return flat + ".png"
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.batch.engine import ScoreOptions, ScoreSummary, prepare_maps_folder, record_row, unscored, write_heatmap
+from aeguard.batch.writers import RowWriter
 from aeguard.errors import UsageError
 from aeguard.scoring.results import ItemResult
-from aeguard.batch.writers import RowWriter
 
 WINDOW = 100_000  # paths per Ray Dataset
 
@@ -41,15 +41,19 @@ class _RayScorer:
         decoded = decode_chunk(paths, self.scorer.height, self.scorer.width, self.max_pixels)
         results, error_maps = self.scorer.score_decoded(decoded, error_maps=self.save_maps is not None)
         if self.save_maps is not None:
-            readable = [(path, result) for path, item, result in zip(paths, decoded, results) if not isinstance(item, str)]
+            readable = [
+                (path, result) for path, item, result in zip(paths, decoded, results) if not isinstance(item, str)
+            ]
             for (path, result), error_map in zip(readable, error_maps if error_maps is not None else []):
                 if result.is_anomaly:
                     write_heatmap(self.save_maps, path, error_map)
         # Ray blocks are columns: NaN / None stand for "no score" and "no verdict"
-        return {"path": batch["path"],
-                "score": np.array([np.nan if r.score is None else r.score for r in results], np.float64),
-                "is_anomaly": np.array([r.is_anomaly for r in results], dtype=object),
-                "error": np.array([r.error or "" for r in results], dtype=object)}
+        return {
+            "path": batch["path"],
+            "score": np.array([np.nan if r.score is None else r.score for r in results], np.float64),
+            "is_anomaly": np.array([r.is_anomaly for r in results], dtype=object),
+            "error": np.array([r.error or "" for r in results], dtype=object),
+        }
 
 
 def score_paths_on_ray(
@@ -73,8 +77,13 @@ def score_paths_on_ray(
         prepare_maps_folder(options.save_maps)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in input order, as the local engine writes them
     context.enable_progress_bars = False
@@ -86,13 +95,20 @@ def score_paths_on_ray(
         while window := list(itertools.islice(remaining, WINDOW)):
             dataset = ray.data.from_items([{"path": p} for p in window]).map_batches(
                 _RayScorer,
-                fn_constructor_args=(str(Path(bundle).resolve()), options.max_pixels,
-                                     str(options.save_maps.resolve()) if options.save_maps else None),
-                batch_size=options.batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+                fn_constructor_args=(
+                    str(Path(bundle).resolve()),
+                    options.max_pixels,
+                    str(options.save_maps.resolve()) if options.save_maps else None,
+                ),
+                batch_size=options.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=1,
             )
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
-                for path, score, flagged, error in zip(batch["path"], batch["score"], batch["is_anomaly"], batch["error"]):
+                for path, score, flagged, error in zip(
+                    batch["path"], batch["score"], batch["is_anomaly"], batch["error"]
+                ):
                     result = ItemResult(error=str(error)) if error else ItemResult(float(score), bool(flagged))
                     record_row(writer, summary, str(path), threshold, result, on_error)
                 writer.flush()

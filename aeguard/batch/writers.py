@@ -166,17 +166,25 @@ class RowWriter:
         try:
             action(*args)
         except OSError as exc:
-            raise OutputError(f"cannot write {self.target or 'standard output'}: {_reason(exc)}; "
-                              "the rows written before this point are intact (--resume continues)") from None
+            raise OutputError(
+                f"cannot write {self.target or 'standard output'}: {_reason(exc)}; "
+                "the rows written before this point are intact (--resume continues)"
+            ) from None
 
     def write(self, row: dict) -> None:
         path, error = path_text(row["path"]), row["error"] and path_text(row["error"])
         if self._csv is not None:
             score = row["score"]
-            self._guarded(self._csv.writerow, [
-                path, "" if score is None else f"{score:.8g}", f"{row['threshold']:.8g}",
-                "" if row["is_anomaly"] is None else str(row["is_anomaly"]).lower(), error or "",
-            ])
+            self._guarded(
+                self._csv.writerow,
+                [
+                    path,
+                    "" if score is None else f"{score:.8g}",
+                    f"{row['threshold']:.8g}",
+                    "" if row["is_anomaly"] is None else str(row["is_anomaly"]).lower(),
+                    error or "",
+                ],
+            )
         else:
             values = {**{key: row[key] for key in COLUMNS}, "path": path, "error": error}
             self._guarded(self._handle.write, json.dumps(values, allow_nan=False) + "\n")
@@ -232,8 +240,15 @@ def _spool_to_parquet(spool: Path, output: Path) -> None:
     import pyarrow.json as pa_json
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()),
-                        ("is_anomaly", pa.bool_()), ("error", pa.string())])
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("score", pa.float64()),
+            ("threshold", pa.float64()),
+            ("is_anomaly", pa.bool_()),
+            ("error", pa.string()),
+        ]
+    )
     if spool.stat().st_size == 0:
         table = schema.empty_table()
     else:

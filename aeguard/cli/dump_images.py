@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,9 @@ def dump_images(
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
     split: str = typer.Option("test", help="train or test."),
     count: int = typer.Option(100, min=1, help="How many images, from the start of the split."),
-    data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
+    data_dir: Path | None = typer.Option(
+        None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."
+    ),
     no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
 ) -> None:
     """Write the first COUNT images of a split as OUT/<index>_<class>.png (8-bit grayscale, lossless)."""

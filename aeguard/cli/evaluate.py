@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,11 +12,17 @@ from .common import reports_errors
 @reports_errors
 def evaluate(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `aeguard fit`."),
-    dataset: Optional[str] = typer.Option(None, help="Data set to evaluate on [default: the one the bundle was fitted on]."),
-    normal: Optional[str] = typer.Option(None, help="Normal classes [default: the bundle's]."),
-    data: Optional[Path] = typer.Option(None, help="A folder with normal/ and anomaly/ subfolders instead of a data set.", file_okay=False),
-    data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
-    report_dir: Optional[Path] = typer.Option(None, help="Where to write the report [default: BUNDLE/report]."),
+    dataset: str | None = typer.Option(
+        None, help="Data set to evaluate on [default: the one the bundle was fitted on]."
+    ),
+    normal: str | None = typer.Option(None, help="Normal classes [default: the bundle's]."),
+    data: Path | None = typer.Option(
+        None, help="A folder with normal/ and anomaly/ subfolders instead of a data set.", file_okay=False
+    ),
+    data_dir: Path | None = typer.Option(
+        None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."
+    ),
+    report_dir: Path | None = typer.Option(None, help="Where to write the report [default: BUNDLE/report]."),
     no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
 ) -> None:
     """Score a labelled test set with the bundle and write report.json, report.md and plots."""
@@ -52,10 +57,21 @@ def evaluate(
     report = evaluate_bundle(scorer, eval_set, report_dir or bundle / "report")
     metrics = report["metrics"]
     typer.echo(f"evaluated on {report['evaluation']}")
-    for key in ("auroc", "auprc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "fpr_at_tpr_95pct",
-                "precision", "recall", "f1", "fpr_at_threshold"):
+    for key in (
+        "auroc",
+        "auprc",
+        "tpr_at_fpr_1pct",
+        "tpr_at_fpr_5pct",
+        "fpr_at_tpr_95pct",
+        "precision",
+        "recall",
+        "f1",
+        "fpr_at_threshold",
+    ):
         typer.echo(f"{key:>18}: {metrics[key]:.4f}")
     cm = metrics["confusion_matrix"]
-    typer.echo(f"{'confusion':>18}: tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']} "
-               f"at threshold {report['threshold']:.6g}")
+    typer.echo(
+        f"{'confusion':>18}: tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']} "
+        f"at threshold {report['threshold']:.6g}"
+    )
     typer.echo(f"report: {Path(report_dir or bundle / 'report') / 'report.md'}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,9 +22,15 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(),
-                                MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                console=Console(stderr=True), transient=True)
+            self.bar = Progress(
+                TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.task = self.bar.add_task("train", total=None, epoch=1, info="")
             self.bar.start()
 
@@ -58,42 +63,97 @@ def as_flag_error(exc):
 
     message, name = str(exc), exc.parameter
     if message.startswith(name):
-        message = FLAGS.get(name, "--" + name.replace("_", "-")) + message[len(name):]
+        message = FLAGS.get(name, "--" + name.replace("_", "-")) + message[len(name) :]
     return UsageError(message)
 
 
 @reports_errors
 def fit(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write [default: runs/<dataset>-<normal>-<model>]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Bundle folder to write [default: runs/<dataset>-<normal>-<model>]."
+    ),
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
     normal: str = typer.Option("0", help="Normal classes: indices or names, comma-separated (0,1 / sneaker,sandal)."),
-    data: Optional[Path] = typer.Option(None, help="A folder of your own normal images instead of --dataset; DIR/normal and DIR/anomaly are used for evaluation.", file_okay=False),
-    data_dir: Optional[Path] = typer.Option(None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."),
-    image_size: Optional[str] = typer.Option(None, help="Model input size for --data folders, 28 or HxW [default: the first image's size]."),
-    model: str = typer.Option(DEFAULTS.model.value, help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models)."),
-    latent: Optional[int] = typer.Option(DEFAULTS.latent, help="Size of the code [default: 16 for conv models, 32 for dense ones]."),
-    hidden: Optional[str] = typer.Option(None, help="Hidden widths (dense backbone, default 256,128) or conv channels (conv backbone, default 32,64), comma-separated."),
-    activation: Optional[str] = typer.Option(None, help="Hidden-layer activation: leaky-relu (slope 0.2) or relu [leaky-relu]."),
-    noise: Optional[str] = typer.Option(None, help="Train on corrupted inputs: gaussian, mask, salt-pepper or erase, with :LEVEL (e.g. gaussian:0.2; 'none' turns the denoising model's default off)."),
-    sparsity: Optional[float] = typer.Option(DEFAULTS.sparsity, help="L1 weight on the code [sparse: 1e-3, others 0]."),
-    k: Optional[int] = typer.Option(DEFAULTS.k, help="Keep only the k largest code units [k-sparse: 8]."),
-    contraction: Optional[float] = typer.Option(DEFAULTS.contraction, help="Weight of the encoder-Jacobian penalty [contractive: 1e-2, others 0]."),
-    beta: Optional[float] = typer.Option(DEFAULTS.beta, help="KL weight of the variational models [1]."),
-    score: str = typer.Option(DEFAULTS.score.value, help="Score function in the exported graph: mse, blur, ssim, or elbo (variational models)."),
-    score_sigma: Optional[float] = typer.Option(DEFAULTS.score_sigma, help="Gaussian width in pixels for --score blur (default 1) and ssim (1.5)."),
-    score_top: Optional[float] = typer.Option(DEFAULTS.score_top, help="Score = mean of the largest Q share of the error map's pixels (e.g. 0.1), not of all of them [1]."),
-    knn: int = typer.Option(DEFAULTS.knn, help="Multiply the score by the mean distance from the image's latent code to its K nearest training codes (0: off)."),
-    ensemble: int = typer.Option(DEFAULTS.ensemble, help="Train this many independently seeded models and average their error maps."),
-    max_images: Optional[int] = typer.Option(DEFAULTS.max_images, help="Train on at most this many normal images (quick trials)."),
+    data: Path | None = typer.Option(
+        None,
+        help="A folder of your own normal images instead of --dataset; DIR/normal and DIR/anomaly are used for "
+        "evaluation.",
+        file_okay=False,
+    ),
+    data_dir: Path | None = typer.Option(
+        None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."
+    ),
+    image_size: str | None = typer.Option(
+        None, help="Model input size for --data folders, 28 or HxW [default: the first image's size]."
+    ),
+    model: str = typer.Option(
+        DEFAULTS.model.value,
+        help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models).",
+    ),
+    latent: int | None = typer.Option(
+        DEFAULTS.latent, help="Size of the code [default: 16 for conv models, 32 for dense ones]."
+    ),
+    hidden: str | None = typer.Option(
+        None,
+        help="Hidden widths (dense backbone, default 256,128) or conv channels (conv backbone, default 32,64), "
+        "comma-separated.",
+    ),
+    activation: str | None = typer.Option(
+        None, help="Hidden-layer activation: leaky-relu (slope 0.2) or relu [leaky-relu]."
+    ),
+    noise: str | None = typer.Option(
+        None,
+        help="Train on corrupted inputs: gaussian, mask, salt-pepper or erase, with :LEVEL "
+        "(e.g. gaussian:0.2; 'none' turns the denoising model's default off).",
+    ),
+    sparsity: float | None = typer.Option(DEFAULTS.sparsity, help="L1 weight on the code [sparse: 1e-3, others 0]."),
+    k: int | None = typer.Option(DEFAULTS.k, help="Keep only the k largest code units [k-sparse: 8]."),
+    contraction: float | None = typer.Option(
+        DEFAULTS.contraction, help="Weight of the encoder-Jacobian penalty [contractive: 1e-2, others 0]."
+    ),
+    beta: float | None = typer.Option(DEFAULTS.beta, help="KL weight of the variational models [1]."),
+    score: str = typer.Option(
+        DEFAULTS.score.value,
+        help="Score function in the exported graph: mse, blur, ssim, or elbo (variational models).",
+    ),
+    score_sigma: float | None = typer.Option(
+        DEFAULTS.score_sigma, help="Gaussian width in pixels for --score blur (default 1) and ssim (1.5)."
+    ),
+    score_top: float | None = typer.Option(
+        DEFAULTS.score_top,
+        help="Score = mean of the largest Q share of the error map's pixels (e.g. 0.1), not of all of them [1].",
+    ),
+    knn: int = typer.Option(
+        DEFAULTS.knn,
+        help="Multiply the score by the mean distance from the image's latent code to its K nearest training codes "
+        "(0: off).",
+    ),
+    ensemble: int = typer.Option(
+        DEFAULTS.ensemble, help="Train this many independently seeded models and average their error maps."
+    ),
+    max_images: int | None = typer.Option(
+        DEFAULTS.max_images, help="Train on at most this many normal images (quick trials)."
+    ),
     epochs: int = typer.Option(DEFAULTS.train.epochs),
     batch_size: int = typer.Option(DEFAULTS.train.batch_size),
     lr: float = typer.Option(DEFAULTS.train.learning_rate, help="Adam learning rate."),
-    patience: int = typer.Option(DEFAULTS.train.patience, help="Stop after this many epochs without a better validation loss."),
+    patience: int = typer.Option(
+        DEFAULTS.train.patience, help="Stop after this many epochs without a better validation loss."
+    ),
     device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),
-    devices: int = typer.Option(1, min=1, help="Train in this many processes with DistributedDataParallel (one per GPU; gloo on CPU). torchrun works too."),
+    devices: int = typer.Option(
+        1,
+        min=1,
+        help="Train in this many processes with DistributedDataParallel (one per GPU; gloo on CPU). "
+        "torchrun works too.",
+    ),
     seed: int = typer.Option(DEFAULTS.train.seed, help="Seed for the split, initialisation and batch order."),
-    val_fraction: float = typer.Option(DEFAULTS.val_fraction, help="Share of the normal training images held out for validation and calibration."),
-    target_fpr: float = typer.Option(DEFAULTS.target_fpr, help="False-positive rate on held-out normal images that sets the threshold."),
+    val_fraction: float = typer.Option(
+        DEFAULTS.val_fraction, help="Share of the normal training images held out for validation and calibration."
+    ),
+    target_fpr: float = typer.Option(
+        DEFAULTS.target_fpr, help="False-positive rate on held-out normal images that sets the threshold."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
     no_download: bool = typer.Option(False, "--no-download", help="Never download a missing data set."),
 ) -> None:
@@ -107,17 +167,40 @@ def fit(
         out = Path("runs") / f"{source}-{model}"
     try:
         config = DetectorConfig(
-            model=model, latent=latent, hidden=parse_int_list(hidden, "--hidden"), activation=activation,
-            noise=Noise.parse(noise) if noise is not None else None, sparsity=sparsity, k=k, contraction=contraction,
-            beta=beta, score=score, score_sigma=score_sigma, score_top=score_top, knn=knn, ensemble=ensemble,
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience, device=device,
-                              seed=seed),
-            val_fraction=val_fraction, target_fpr=target_fpr, max_images=max_images,
+            model=model,
+            latent=latent,
+            hidden=parse_int_list(hidden, "--hidden"),
+            activation=activation,
+            noise=Noise.parse(noise) if noise is not None else None,
+            sparsity=sparsity,
+            k=k,
+            contraction=contraction,
+            beta=beta,
+            score=score,
+            score_sigma=score_sigma,
+            score_top=score_top,
+            knn=knn,
+            ensemble=ensemble,
+            train=TrainConfig(
+                epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience, device=device, seed=seed
+            ),
+            val_fraction=val_fraction,
+            target_fpr=target_fpr,
+            max_images=max_images,
         )
     except ConfigError as exc:
         raise as_flag_error(exc) from None
-    options = FitOptions(out=out, config=config, dataset=dataset, normal=normal, data=data, data_dir=data_dir,
-                         image_size=image_size, force=force, allow_download=not no_download)
+    options = FitOptions(
+        out=out,
+        config=config,
+        dataset=dataset,
+        normal=normal,
+        data=data,
+        data_dir=data_dir,
+        image_size=image_size,
+        force=force,
+        allow_download=not no_download,
+    )
     if devices > 1:
         from aeguard.bundle import check_out, read_manifest
         from aeguard.train.distributed import check_devices, launched_by_torchrun
@@ -132,8 +215,9 @@ def fit(
     else:
         progress = _Progress(epochs)
         try:
-            manifest = run_fit(options, progress.on_batch, progress.on_epoch,
-                               log=lambda line: print(line, file=sys.stderr, flush=True))
+            manifest = run_fit(
+                options, progress.on_batch, progress.on_epoch, log=lambda line: print(line, file=sys.stderr, flush=True)
+            )
         finally:
             progress.close()
         if manifest is None:  # a torchrun worker other than rank 0: rank 0 reports
@@ -142,6 +226,8 @@ def fit(
     print(f"bundle:    {out}")
     print(f"threshold: {manifest['threshold']:.6g} (target FPR {target_fpr})")
     if metrics:
-        print(f"AUROC:     {metrics['auroc']:.4f}   AUPRC: {metrics['auprc']:.4f}   "
-              f"TPR@1%FPR: {metrics['tpr_at_fpr_1pct']:.4f}")
+        print(
+            f"AUROC:     {metrics['auroc']:.4f}   AUPRC: {metrics['auprc']:.4f}   "
+            f"TPR@1%FPR: {metrics['tpr_at_fpr_1pct']:.4f}"
+        )
     print(f"report:    {out / 'report' / 'report.md'}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from aeguard import __version__
+
 from . import dump_images, evaluate, fit, score, serve
 
 app = typer.Typer(
@@ -12,6 +14,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve.",
 )
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aeguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve."""
+
+
 app.command()(fit.fit)
 app.command()(evaluate.evaluate)
 app.command()(score.score)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,16 +27,27 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[rate]}"), console=Console(stderr=True), transient=True)
+            self.bar = Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[rate]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.task = self.bar.add_task("score", total=None, rate="")
             self.bar.start()
 
     def update(self, summary) -> None:
         if self.bar is not None:
             total = self.counter.total if self.counter is not None else None
-            self.bar.update(self.task, completed=summary.total + summary.skipped, total=total,
-                            rate=f"{summary.images_per_second:,.0f} img/s")
+            self.bar.update(
+                self.task,
+                completed=summary.total + summary.skipped,
+                total=total,
+                rate=f"{summary.images_per_second:,.0f} img/s",
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -47,19 +57,35 @@ class _Progress:
 @reports_errors
 def score(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `aeguard fit`."),
-    inputs: Optional[list[str]] = typer.Argument(None, help="Image files, folders (searched recursively) and glob patterns."),
-    from_list: Optional[str] = typer.Option(None, "--from-list", help="A text file of paths, one per line; - reads stdin."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV, JSON Lines or Parquet file [default: CSV on stdout]."),
-    format: Optional[str] = typer.Option(None, "--format", help="csv, jsonl or parquet [default: from the --output suffix]."),
+    inputs: list[str] | None = typer.Argument(
+        None, help="Image files, folders (searched recursively) and glob patterns."
+    ),
+    from_list: str | None = typer.Option(
+        None, "--from-list", help="A text file of paths, one per line; - reads stdin."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="CSV, JSON Lines or Parquet file [default: CSV on stdout]."
+    ),
+    format: str | None = typer.Option(
+        None, "--format", help="csv, jsonl or parquet [default: from the --output suffix]."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Skip paths already in --output and append the rest."),
-    save_maps: Optional[Path] = typer.Option(None, "--save-maps", help="Write a PNG heat map of the per-pixel error of each anomaly here.", file_okay=False),
-    max_pixels: int = typer.Option(DEFAULTS.max_pixels, help="Refuse images with more pixels (decompression-bomb guard)."),
+    save_maps: Path | None = typer.Option(
+        None, "--save-maps", help="Write a PNG heat map of the per-pixel error of each anomaly here.", file_okay=False
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULTS.max_pixels, help="Refuse images with more pixels (decompression-bomb guard)."
+    ),
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per onnxruntime call."),
     workers: int = typer.Option(DEFAULTS.workers, help="Decoding processes (0: one per core)."),
     threads: int = typer.Option(0, min=0, help="onnxruntime intra-op threads (0: all cores)."),
-    fail_on_anomaly: bool = typer.Option(False, "--fail-on-anomaly", help=f"Exit {EXIT_ANOMALY} when any image is anomalous (for CI gates)."),
+    fail_on_anomaly: bool = typer.Option(
+        False, "--fail-on-anomaly", help=f"Exit {EXIT_ANOMALY} when any image is anomalous (for CI gates)."
+    ),
     engine: str = typer.Option("local", help="local, or ray to score on a Ray cluster."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address for --engine ray [default: start or join a local one]."),
+    address: str | None = typer.Option(
+        None, help="Ray cluster address for --engine ray [default: start or join a local one]."
+    ),
 ) -> None:
     """Write one row per input: path, score, threshold, is_anomaly, error.
 
@@ -67,9 +93,9 @@ def score(
     4 bad bundle; 10 anomalies found with --fail-on-anomaly (takes precedence over 3).
     """
     from aeguard.batch.engine import score_paths
-    from aeguard.errors import UsageError
     from aeguard.batch.inputs import BackgroundCount, iter_inputs
     from aeguard.batch.writers import RowWriter, infer_format, resume_point
+    from aeguard.errors import UsageError
     from aeguard.scoring.scorer import Scorer
 
     inputs = inputs or []
@@ -93,12 +119,25 @@ def score(
         if engine == "ray":
             from aeguard.batch.ray_engine import score_paths_on_ray
 
-            summary = score_paths_on_ray(bundle, paths, writer, options, done, address,
-                                         on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr))
+            summary = score_paths_on_ray(
+                bundle,
+                paths,
+                writer,
+                options,
+                done,
+                address,
+                on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr),
+            )
         else:
-            summary = score_paths(scorer, paths, writer, options, done,
-                                  on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr),
-                                  on_progress=progress.update)
+            summary = score_paths(
+                scorer,
+                paths,
+                writer,
+                options,
+                done,
+                on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr),
+                on_progress=progress.update,
+            )
         complete = True
     finally:
         progress.close()
@@ -106,10 +145,14 @@ def score(
     if summary.total == 0 and summary.skipped == 0:
         print("aeguard: error: the inputs hold no image files", file=sys.stderr)
         raise typer.Exit(2)
-    print(f"scored {summary.scored} images in {summary.seconds:.1f}s ({summary.images_per_second:,.0f} img/s): "
-          f"{summary.anomalies} anomalies, {summary.errors} unreadable"
-          + (f", {summary.skipped} already done" if resume else "")
-          + f"; threshold {scorer.threshold:.6g}" + (f"; rows in {output}" if output else ""), file=sys.stderr)
+    print(
+        f"scored {summary.scored} images in {summary.seconds:.1f}s ({summary.images_per_second:,.0f} img/s): "
+        f"{summary.anomalies} anomalies, {summary.errors} unreadable"
+        + (f", {summary.skipped} already done" if resume else "")
+        + f"; threshold {scorer.threshold:.6g}"
+        + (f"; rows in {output}" if output else ""),
+        file=sys.stderr,
+    )
     if fail_on_anomaly and summary.anomalies:
         raise typer.Exit(EXIT_ANOMALY)
     if summary.errors:

@@ -57,8 +57,16 @@ DATASETS: dict[str, DatasetSpec] = {
         name="fashion-mnist",
         torchvision_name="FashionMNIST",
         class_names=(
-            "t-shirt/top", "trouser", "pullover", "dress", "coat",
-            "sandal", "shirt", "sneaker", "bag", "ankle boot",
+            "t-shirt/top",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle boot",
         ),
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         sha256={
@@ -184,15 +192,14 @@ def download(spec: DatasetSpec, split: str, target_root: Path | None = None, tim
             finally:
                 Path(tmp).unlink(missing_ok=True)
         else:
-            raise DataNotFoundError(
-                f"could not download {spec.name} {stem}.gz:\n  " + "\n  ".join(failures)
-            )
+            raise DataNotFoundError(f"could not download {spec.name} {stem}.gz:\n  " + "\n  ".join(failures))
 
 
 def _not_found_message(spec: DatasetSpec, split: str, data_dir: Path | None, why: str) -> str:
     looked = [str(d) for root in search_roots(data_dir) for d in _candidate_dirs(spec, root)]
     return (
-        f"{spec.name} ({split} split) not found; looked in:\n  " + "\n  ".join(looked)
+        f"{spec.name} ({split} split) not found; looked in:\n  "
+        + "\n  ".join(looked)
         + f"\n{why}\nPoint aeguard at the IDX files with --data-dir DIR or AEGUARD_DATA_DIR=DIR, where "
         f"DIR/{spec.name}/{SPLIT_FILES[split][0]}.gz (or torchvision's DIR/{spec.torchvision_name}/raw/) exists."
     )

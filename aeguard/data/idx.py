@@ -32,7 +32,5 @@ def read_idx(path: Path) -> np.ndarray:
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DataFormatError(
-            f"{path} holds {len(data) - header} data bytes but its header {shape} needs {expected}"
-        )
+        raise DataFormatError(f"{path} holds {len(data) - header} data bytes but its header {shape} needs {expected}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)

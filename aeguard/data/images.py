@@ -27,9 +27,43 @@ IMAGE_SUFFIXES = frozenset(
 # Every raster format Pillow reads, but not EPS (its loader runs Ghostscript on the file) nor the
 # containers that only ever hold one of the others badly (MPEG headers, PDF is write-only anyway).
 DECODER_FORMATS = (
-    "PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM", "TGA", "ICO", "CUR", "ICNS", "IM", "SPIDER",
-    "DDS", "BLP", "PCX", "DCX", "SGI", "QOI", "AVIF", "JPEG2000", "PSD", "FITS", "FLI", "FTEX", "GBR", "IMT",
-    "MCIDAS", "PCD", "PIXAR", "SUN", "XBM", "XPM", "XVTHUMB", "WMF",
+    "PNG",
+    "JPEG",
+    "MPO",
+    "BMP",
+    "DIB",
+    "GIF",
+    "TIFF",
+    "WEBP",
+    "PPM",
+    "TGA",
+    "ICO",
+    "CUR",
+    "ICNS",
+    "IM",
+    "SPIDER",
+    "DDS",
+    "BLP",
+    "PCX",
+    "DCX",
+    "SGI",
+    "QOI",
+    "AVIF",
+    "JPEG2000",
+    "PSD",
+    "FITS",
+    "FLI",
+    "FTEX",
+    "GBR",
+    "IMT",
+    "MCIDAS",
+    "PCD",
+    "PIXAR",
+    "SUN",
+    "XBM",
+    "XPM",
+    "XVTHUMB",
+    "WMF",
 )
 
 # Decompression-bomb guard: refuse anything above this many pixels (configurable per call), checked from the
@@ -72,8 +106,9 @@ def image_to_array(image: Image.Image, height: int, width: int) -> np.ndarray:
     return array[None, :, :]
 
 
-def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 label: str | None = None) -> np.ndarray:
+def decode_image(
+    source: Path | BinaryIO, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None
+) -> np.ndarray:
     """Decode a file or an in-memory stream to (1, height, width) float32 in [0, 1].
 
     The one decoder behind `aeguard score`, training folders and the daemon. The pixel limit is
@@ -107,7 +142,9 @@ def decode_image(source: Path | BinaryIO, height: int, width: int, max_pixels: i
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode this image") from None
     except Image.DecompressionBombError as exc:  # above Pillow's own limit, whatever max_pixels allows
-        raise ImageTooLargeError(f"{label}: exceeds the pixel limit of Pillow's decompression-bomb guard ({exc})") from None
+        raise ImageTooLargeError(
+            f"{label}: exceeds the pixel limit of Pillow's decompression-bomb guard ({exc})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - see the docstring: any decoder failure is this input's error
         raise ImageError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from None
 

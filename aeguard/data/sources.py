@@ -40,8 +40,9 @@ class TrainingData:
         return tuple(self.train.shape[1:])
 
 
-def dataset_eval_set(name: str, normal_classes: tuple[int, ...], data_dir: Path | None,
-                     allow_download: bool = True) -> EvalSet:
+def dataset_eval_set(
+    name: str, normal_classes: tuple[int, ...], data_dir: Path | None, allow_download: bool = True
+) -> EvalSet:
     """The full test split; every class outside `normal_classes` counts as anomalous."""
     test = load_split(name, "test", data_dir, allow_download)
     return EvalSet(
@@ -52,8 +53,9 @@ def dataset_eval_set(name: str, normal_classes: tuple[int, ...], data_dir: Path 
     )
 
 
-def dataset_training_data(name: str, normal: str, data_dir: Path | None, val_fraction: float, seed: int,
-                          allow_download: bool = True) -> TrainingData:
+def dataset_training_data(
+    name: str, normal: str, data_dir: Path | None, val_fraction: float, seed: int, allow_download: bool = True
+) -> TrainingData:
     spec = get_spec(name)
     normal_classes = parse_classes(spec, normal)
     train = load_split(name, "train", data_dir, allow_download)
@@ -80,8 +82,12 @@ def array_training_data(images, val_fraction: float, seed: int) -> TrainingData:
     if len(images) < 2:
         raise DataNotFoundError(f"{len(images)} training images given; at least 2 are needed")
     fit_images, val_images = train_validation_split(images, val_fraction, seed)
-    return TrainingData(train=fit_images, validation=val_images, evaluation=None,
-                        source={"arrays": True, "n_train": int(len(fit_images)), "n_validation": int(len(val_images))})
+    return TrainingData(
+        train=fit_images,
+        validation=val_images,
+        evaluation=None,
+        source={"arrays": True, "n_train": int(len(fit_images)), "n_validation": int(len(val_images))},
+    )
 
 
 def limit_images(data: TrainingData, max_images: int | None, val_fraction: float) -> TrainingData:

@@ -38,9 +38,7 @@ def as_model_input(images, channels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def train_validation_split(
-    images: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def train_validation_split(images: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Hold out a seeded random share of the normal training images for validation and calibration."""
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aeguard.report import plots as reports
 from aeguard.bundle import VALIDATION_SCORES_NAME, read_plain_file
-from aeguard.report.metrics import evaluate_scores
 from aeguard.data.sources import EvalSet
 from aeguard.errors import BundleError, ModelOutputError
+from aeguard.report import plots as reports
+from aeguard.report.metrics import evaluate_scores
 from aeguard.scoring.scorer import Scorer
 
 GRID_EXAMPLES_PER_GROUP = 8
@@ -43,8 +43,13 @@ def validation_scores(bundle_dir: Path) -> np.ndarray | None:
     return scores
 
 
-def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
-                    bundle_label: Path | str | None = None, val_scores: np.ndarray | None = None) -> dict:
+def evaluate_bundle(
+    scorer: Scorer,
+    eval_set: EvalSet | None,
+    report_dir: Path,
+    bundle_label: Path | str | None = None,
+    val_scores: np.ndarray | None = None,
+) -> dict:
     """Write report.json/.md and plots for `scorer`'s bundle; metrics only when `eval_set` is given.
 
     The held-out normal scores for the histogram come from the bundle folder, or `val_scores` for a
@@ -66,8 +71,9 @@ def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
         val_scores = validation_scores(scorer.bundle_dir)
     if eval_set is None:
         if val_scores is not None:
-            reports.plot_histogram({"normal (validation)": val_scores}, scorer.threshold,
-                                   report_dir / reports.HISTOGRAM_PLOT)
+            reports.plot_histogram(
+                {"normal (validation)": val_scores}, scorer.threshold, report_dir / reports.HISTOGRAM_PLOT
+            )
             report["plots"].append(reports.HISTOGRAM_PLOT)
         reports.write_report(report_dir, report)
         return report
@@ -80,15 +86,24 @@ def evaluate_bundle(scorer: Scorer, eval_set: EvalSet | None, report_dir: Path,
     metrics = evaluate_scores(scores, truth, scorer.threshold)
     report["metrics"] = metrics
     reports.plot_roc(scores, truth, metrics, report_dir / reports.ROC_PLOT)
-    reports.plot_histogram({"normal": scores[truth == 0], "anomalous": scores[truth == 1]}, scorer.threshold,
-                           report_dir / reports.HISTOGRAM_PLOT)
+    reports.plot_histogram(
+        {"normal": scores[truth == 0], "anomalous": scores[truth == 1]},
+        scorer.threshold,
+        report_dir / reports.HISTOGRAM_PLOT,
+    )
     picks = _grid_indices(truth)
     detail = scorer.score(eval_set.images[picks], error_maps=True, reconstructions=True)
     titles = ["anomaly" if truth[i] else "normal" for i in picks]
     if eval_set.class_labels is not None:
         titles = [f"{t} ({eval_set.class_labels[i]})" for t, i in zip(titles, picks)]
-    reports.plot_grid(eval_set.images[picks], detail.reconstructions, detail.error_maps, detail.scores, titles,
-                      report_dir / reports.GRID_PLOT)
+    reports.plot_grid(
+        eval_set.images[picks],
+        detail.reconstructions,
+        detail.error_maps,
+        detail.scores,
+        titles,
+        report_dir / reports.GRID_PLOT,
+    )
     report["plots"] += [reports.ROC_PLOT, reports.HISTOGRAM_PLOT, reports.GRID_PLOT]
     report["plots"] += _class_plots(scorer, eval_set, scores, report_dir)
     if (report_dir / reports.PRIOR_SAMPLES_PLOT).is_file():
@@ -111,8 +126,10 @@ def _class_plots(scorer: Scorer, eval_set: EvalSet, scores: np.ndarray, report_d
         if labels is not None:
             colours = labels[picks]
             normal_classes = set(np.unique(labels[normal]).tolist())
-            names = {c: f"{names.get(c, c)} (normal)" if c in normal_classes else str(names.get(c, c))
-                     for c in np.unique(labels).tolist()}
+            names = {
+                c: f"{names.get(c, c)} (normal)" if c in normal_classes else str(names.get(c, c))
+                for c in np.unique(labels).tolist()
+            }
         else:
             colours, names = eval_set.is_anomaly[picks], {0: "normal", 1: "anomalous"}
         reports.plot_latent_pca(scorer.codes(eval_set.images[picks]), colours, names, report_dir / reports.LATENT_PLOT)

@@ -31,9 +31,7 @@ def evaluate_scores(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
     fpr, tpr, _ = skm.roc_curve(truth, scores)
     predicted = is_anomalous(scores, threshold)
     tn, fp, fn, tp = skm.confusion_matrix(truth, predicted, labels=[False, True]).ravel()
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        truth, predicted, average="binary", zero_division=0
-    )
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(truth, predicted, average="binary", zero_division=0)
     return {
         "n_normal": int((~truth).sum()),
         "n_anomalous": int(truth.sum()),

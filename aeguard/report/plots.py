@@ -11,6 +11,7 @@ from sklearn.metrics import auc, roc_curve
 
 from aeguard.bundle import write_json_atomic
 
+
 def _subplots(rows: int = 1, columns: int = 1, **kwargs):
     """A figure drawn off-screen: Figure objects render straight to files, so no pyplot and no backend switch
     (importing this module must not change a notebook's matplotlib backend)."""
@@ -54,15 +55,24 @@ def plot_latent_pca(codes: np.ndarray, labels: np.ndarray, names: dict, path: Pa
     for value in np.unique(labels):
         chosen = labels == value
         ax.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.6, label=names.get(int(value), str(value)))
-    ax.set(xlabel=f"PC 1 ({share[0]:.0%} of variance)", ylabel=f"PC 2 ({share[1]:.0%})",
-           title="Latent codes, first two principal components")
+    ax.set(
+        xlabel=f"PC 1 ({share[0]:.0%} of variance)",
+        ylabel=f"PC 2 ({share[1]:.0%})",
+        title="Latent codes, first two principal components",
+    )
     ax.legend(markerscale=3, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def plot_roc_per_class(scores: np.ndarray, class_labels: np.ndarray, normal: np.ndarray, names: dict,
-                       path: Path, title: str = "ROC per anomalous class") -> None:
+def plot_roc_per_class(
+    scores: np.ndarray,
+    class_labels: np.ndarray,
+    normal: np.ndarray,
+    names: dict,
+    path: Path,
+    title: str = "ROC per anomalous class",
+) -> None:
     """One ROC curve per anomalous class: that class against the normal images."""
     fig, ax = _subplots(figsize=(5.5, 5))
     for value in np.unique(class_labels[~normal]):
@@ -97,35 +107,48 @@ def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) 
     fig, ax = _subplots(figsize=(7, 4))
     for name, scores in groups.items():
         # Fractions, not densities: on log-spaced bins a density would inflate the narrow low bins.
-        ax.hist(np.clip(scores, low, None), bins=bins, alpha=0.55, weights=np.full(len(scores), 1 / len(scores)),
-                label=f"{name} ({len(scores)})")
+        ax.hist(
+            np.clip(scores, low, None),
+            bins=bins,
+            alpha=0.55,
+            weights=np.full(len(scores), 1 / len(scores)),
+            label=f"{name} ({len(scores)})",
+        )
     ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
-    ax.set(xscale="log", xlabel="anomaly score", ylabel="fraction of group",
-           title="Score distribution")
+    ax.set(xscale="log", xlabel="anomaly score", ylabel="fraction of group", title="Score distribution")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def plot_grid(images: np.ndarray, reconstructions: np.ndarray, error_maps: np.ndarray,
-              scores: np.ndarray, titles: list[str], path: Path) -> None:
+def plot_grid(
+    images: np.ndarray,
+    reconstructions: np.ndarray,
+    error_maps: np.ndarray,
+    scores: np.ndarray,
+    titles: list[str],
+    path: Path,
+) -> None:
     """Rows: originals, reconstructions, per-pixel error maps; one column per example."""
     n = len(images)
     fig, axes = _subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
     vmax = float(error_maps.max()) or 1.0
     for col in range(n):
-        for row, (data, kwargs) in enumerate((
-            (images[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
-            (reconstructions[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
-            (error_maps[col, 0], {"cmap": "inferno", "vmin": 0, "vmax": vmax}),
-        )):
+        for row, (data, kwargs) in enumerate(
+            (
+                (images[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
+                (reconstructions[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
+                (error_maps[col, 0], {"cmap": "inferno", "vmin": 0, "vmax": vmax}),
+            )
+        ):
             axes[row, col].imshow(data, **kwargs)
             axes[row, col].axis("off")
         axes[0, col].set_title(f"{titles[col]}\n{scores[col]:.4f}", fontsize=7)
     for row, label in enumerate(("original", "reconstruction", "error")):
-        axes[row, 0].text(-0.15, 0.5, label, transform=axes[row, 0].transAxes, rotation=90,
-                          va="center", ha="right", fontsize=8)
+        axes[row, 0].text(
+            -0.15, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -136,22 +159,42 @@ def _fmt(value) -> str:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# aeguard report: {report['model_name']}", ""]
-    lines += [f"- bundle: `{report['bundle']}`", f"- evaluated on: {report['evaluation']}",
-              f"- threshold: {report['threshold']:.6g} (target FPR {report['calibration']['target_fpr']}, "
-              f"validation FPR {report['calibration']['validation_fpr']:.4f} on "
-              f"{report['calibration']['n_normal_validation']} held-out normal images)"]
+    lines += [
+        f"- bundle: `{report['bundle']}`",
+        f"- evaluated on: {report['evaluation']}",
+        f"- threshold: {report['threshold']:.6g} (target FPR {report['calibration']['target_fpr']}, "
+        f"validation FPR {report['calibration']['validation_fpr']:.4f} on "
+        f"{report['calibration']['n_normal_validation']} held-out normal images)",
+    ]
     if report.get("parity"):
         lines.append(f"- torch vs onnxruntime max |score difference|: {report['parity']['max_abs_diff']:.3g}")
     metrics = report.get("metrics")
     if metrics:
         lines += ["", "## Metrics (anomaly = positive class)", "", "| metric | value |", "| --- | --- |"]
-        for key in ("auroc", "auprc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "fpr_at_tpr_95pct",
-                    "precision", "recall", "f1", "fpr_at_threshold", "n_normal", "n_anomalous"):
+        for key in (
+            "auroc",
+            "auprc",
+            "tpr_at_fpr_1pct",
+            "tpr_at_fpr_5pct",
+            "fpr_at_tpr_95pct",
+            "precision",
+            "recall",
+            "f1",
+            "fpr_at_threshold",
+            "n_normal",
+            "n_anomalous",
+        ):
             lines.append(f"| {key} | {_fmt(metrics[key])} |")
         cm = metrics["confusion_matrix"]
-        lines += ["", "## Confusion matrix at the threshold", "",
-                  "| | predicted normal | predicted anomaly |", "| --- | --- | --- |",
-                  f"| normal | {cm['tn']} | {cm['fp']} |", f"| anomaly | {cm['fn']} | {cm['tp']} |"]
+        lines += [
+            "",
+            "## Confusion matrix at the threshold",
+            "",
+            "| | predicted normal | predicted anomaly |",
+            "| --- | --- | --- |",
+            f"| normal | {cm['tn']} | {cm['fp']} |",
+            f"| anomaly | {cm['fn']} | {cm['tp']} |",
+        ]
     else:
         lines += ["", "No labelled evaluation data: only the calibration is reported."]
     lines += ["", "## Plots", ""]

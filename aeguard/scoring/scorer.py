@@ -48,8 +48,9 @@ def open_session(model_path: Path, intra_op_threads: int = 0, spin: bool = True)
     )
 
 
-def score_array(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 512,
-                output: str = SCORE_OUTPUT) -> np.ndarray:
+def score_array(
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 512, output: str = SCORE_OUTPUT
+) -> np.ndarray:
     """One output (the score by default) for a float32 NCHW array, run in batches to keep memory flat."""
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
@@ -78,8 +79,10 @@ def _input_spec(manifest: dict, where: str) -> tuple[int, int, int]:
         raise BundleError(f"{where}: input channels, height and width must be integers, got {values}")
     channels, height, width = values
     if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE):
-        raise BundleError(f"{where}: input {channels}x{height}x{width} is outside 1-{MAX_CHANNELS} channels "
-                          f"and 1-{MAX_INPUT_SIDE} pixels a side")
+        raise BundleError(
+            f"{where}: input {channels}x{height}x{width} is outside 1-{MAX_CHANNELS} channels "
+            f"and 1-{MAX_INPUT_SIDE} pixels a side"
+        )
     return channels, height, width
 
 
@@ -87,10 +90,13 @@ def _threshold(manifest: dict, where: str) -> float:
     threshold, calibration = manifest.get("threshold"), manifest.get("calibration")
     if not _finite_number(threshold):
         raise BundleError(f"{where}: threshold {threshold!r} is not a finite number; calibrate the bundle again")
-    if not (isinstance(calibration, dict) and all(_finite_number(calibration.get(k))
-                                                   for k in ("target_fpr", "validation_fpr", "n_normal_validation"))):
-        raise BundleError(f"{where}: calibration is missing or incomplete (target_fpr, validation_fpr, "
-                          "n_normal_validation)")
+    if not (
+        isinstance(calibration, dict)
+        and all(_finite_number(calibration.get(k)) for k in ("target_fpr", "validation_fpr", "n_normal_validation"))
+    ):
+        raise BundleError(
+            f"{where}: calibration is missing or incomplete (target_fpr, validation_fpr, n_normal_validation)"
+        )
     return float(threshold)
 
 
@@ -109,7 +115,7 @@ class Scorer:
         self._load(manifest, model_bytes, str(self.bundle_dir / MANIFEST_NAME), intra_op_threads, spin)
 
     @classmethod
-    def from_contents(cls, contents, intra_op_threads: int = 0) -> "Scorer":
+    def from_contents(cls, contents, intra_op_threads: int = 0) -> Scorer:
         """A scorer of a bundle still in memory (a fitted Detector's, before or without saving it)."""
         scorer = cls.__new__(cls)
         scorer.bundle_dir = None
@@ -121,9 +127,10 @@ class Scorer:
         self.channels, self.height, self.width = _input_spec(self.manifest, where)
         self.threshold = _threshold(self.manifest, where)
         try:
-            self.session = ort.InferenceSession(model_bytes, sess_options=session_options(intra_op_threads, spin),
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+            self.session = ort.InferenceSession(
+                model_bytes, sess_options=session_options(intra_op_threads, spin), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad graphs
             raise BundleError(f"onnxruntime cannot load the {MODEL_NAME} of {where}: {exc}") from None
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
@@ -131,10 +138,13 @@ class Scorer:
         if SCORE_OUTPUT not in outputs:
             raise BundleError(f"{MODEL_NAME} has no {SCORE_OUTPUT!r} output (has {sorted(outputs)})")
         declared = list(graph_input.shape)
-        if len(declared) != 4 or any(isinstance(d, int) and d != want
-                                     for d, want in zip(declared[1:], self.input_shape)):
-            raise BundleError(f"{MODEL_NAME} takes input {declared}, but the manifest declares "
-                              f"[N, {self.channels}, {self.height}, {self.width}]")
+        if len(declared) != 4 or any(
+            isinstance(d, int) and d != want for d, want in zip(declared[1:], self.input_shape)
+        ):
+            raise BundleError(
+                f"{MODEL_NAME} takes input {declared}, but the manifest declares "
+                f"[N, {self.channels}, {self.height}, {self.width}]"
+            )
         self._probe(where)
 
     def _probe(self, where: str) -> None:
@@ -162,7 +172,9 @@ class Scorer:
         batch = self.check_batch(batch)
         if len(batch) == 0:
             empty = np.zeros((0, *self.input_shape), np.float32)
-            return ScoreBatch(np.zeros(0, np.float32), empty if error_maps else None, empty if reconstructions else None)
+            return ScoreBatch(
+                np.zeros(0, np.float32), empty if error_maps else None, empty if reconstructions else None
+            )
         names = [SCORE_OUTPUT]
         if error_maps:
             names.append(ERROR_MAP_OUTPUT)
@@ -191,8 +203,10 @@ class Scorer:
         """True where the score is above the threshold; a non-finite score raises (it is no verdict)."""
         scores = self.decision_function(images, batch_size)
         if not np.isfinite(scores).all():
-            raise ModelOutputError(f"the model gave {int(np.count_nonzero(~np.isfinite(scores)))} of {len(scores)} "
-                                   "images a non-finite score; score them one by one to find which")
+            raise ModelOutputError(
+                f"the model gave {int(np.count_nonzero(~np.isfinite(scores)))} of {len(scores)} "
+                "images a non-finite score; score them one by one to find which"
+            )
         return is_anomalous(scores, self.threshold)
 
     def anomaly_maps(self, images) -> np.ndarray:
@@ -203,8 +217,9 @@ class Scorer:
     def results(self, errors: Sequence[str | None], scores: Sequence[float]) -> list[ItemResult]:
         return item_results(errors, scores, self.threshold)
 
-    def score_decoded(self, decoded: Sequence[np.ndarray | str], error_maps: bool = False
-                      ) -> tuple[list[ItemResult], np.ndarray | None]:
+    def score_decoded(
+        self, decoded: Sequence[np.ndarray | str], error_maps: bool = False
+    ) -> tuple[list[ItemResult], np.ndarray | None]:
         """The one way a front end scores a batch of decoded items: each an array (C, H, W) in [0, 1] or the
         message of why it could not be read. Returns a result per item and, if asked, the error maps of the
         readable ones (in order)."""
@@ -223,7 +238,7 @@ class Bundle:
         self.path, self.manifest = Path(path), manifest
 
     @classmethod
-    def load(cls, path: str | Path) -> "Bundle":
+    def load(cls, path: str | Path) -> Bundle:
         return cls(Path(path), read_manifest(Path(path)))
 
     @property

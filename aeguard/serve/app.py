@@ -108,10 +108,20 @@ class Endpoint:
             seconds = time.perf_counter() - started
             self.metrics.request_done(self.name, None if reply is None else reply.status, seconds)
         if self.log_requests and log.isEnabledFor(logging.INFO):
-            log.info("request", extra={"fields": {
-                "request_id": request.request_id, "endpoint": self.name, "method": request.method,
-                "path": request.path, "status": reply.status,
-                "duration_ms": round(seconds * 1000, 3), "images": request.images}})
+            log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": request.request_id,
+                        "endpoint": self.name,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": reply.status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "images": request.images,
+                    }
+                },
+            )
 
 
 class Handlers:
@@ -124,20 +134,29 @@ class Handlers:
     async def _body(self, request: HttpRequest) -> bytes:
         return await request.body(self.settings.max_body_bytes, self.settings.request_timeout_s)
 
-    async def _score_reply(self, items: list, labels: list[str], request: HttpRequest,
-                           names: list[str] | None = None) -> Reply:
+    async def _score_reply(
+        self, items: list, labels: list[str], request: HttpRequest, names: list[str] | None = None
+    ) -> Reply:
         model, results = await self.service.judge_items(items, labels)
         rows = []
         for index, result in enumerate(results):
-            row = {"error": result.error} if result.error is not None else \
-                {"score": result.score, "is_anomaly": result.is_anomaly}
+            row = (
+                {"error": result.error}
+                if result.error is not None
+                else {"score": result.score, "is_anomaly": result.is_anomaly}
+            )
             rows.append({"filename": names[index], **row} if names is not None else row)
         scored = sum(1 for result in results if result.error is None)
         request.images = scored
-        return json_reply({
-            "model": {"name": model.name, "version": model.version}, "threshold": model.threshold,
-            "results": rows, "n_scored": scored, "n_errors": len(items) - scored,
-        })
+        return json_reply(
+            {
+                "model": {"name": model.name, "version": model.version},
+                "threshold": model.threshold,
+                "results": rows,
+                "n_scored": scored,
+                "n_errors": len(items) - scored,
+            }
+        )
 
     async def v1_score(self, request: HttpRequest) -> Reply:
         _check_token(request, self.settings.api_token)
@@ -148,8 +167,9 @@ class Handlers:
         _check_token(request, self.settings.api_token)
         body = await self._body(request)
         if (request.header(b"content-type") or "").startswith("multipart/form-data"):
-            async with request.starlette_request().form(max_files=self.settings.max_images_per_request,
-                                                        max_part_size=self.settings.max_body_bytes) as form:
+            async with request.starlette_request().form(
+                max_files=self.settings.max_images_per_request, max_part_size=self.settings.max_body_bytes
+            ) as form:
                 uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
                 if not uploads:
                     raise RequestError("multipart body holds no file parts")
@@ -171,8 +191,9 @@ class Handlers:
             plan = payloads.oip_plan(infer, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
         else:
             header, binary = payloads.split_binary_body(body, header_length)
-            plan = self.plans.plan(header, model, scorer.input_name, scorer.input_shape,
-                                   settings.max_images_per_request)
+            plan = self.plans.plan(
+                header, model, scorer.input_name, scorer.input_shape, settings.max_images_per_request
+            )
             # the extension also allows JSON data in the header, with binary outputs only
             infer = payloads.infer_request(header) if plan.binary_size is None else None
         images = payloads.oip_pixels(plan, infer, binary)
@@ -183,13 +204,19 @@ class Handlers:
     async def oip_model_metadata(self, request: HttpRequest) -> Reply:
         model = self.service.model(request.path_params["name"])
         c, h, w = model.scorer.input_shape
-        return json_reply({
-            "name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": model.scorer.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
-            "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]},
-                        {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]}],
-            "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
-        })
+        return json_reply(
+            {
+                "name": model.name,
+                "versions": [model.version],
+                "platform": "onnxruntime_onnx",
+                "inputs": [{"name": model.scorer.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
+                "outputs": [
+                    {"name": "score", "datatype": "FP32", "shape": [-1]},
+                    {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+                ],
+                "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
+            }
+        )
 
     async def oip_model_ready(self, request: HttpRequest) -> Reply:
         self.service.model(request.path_params["name"])
@@ -220,8 +247,9 @@ class Handlers:
         try:
             model = await self.service.reload("admin request")
         except AeguardError as exc:
-            return json_reply({"reloaded": False, "error": str(exc),
-                               "serving": self.service.store.serving_version}, 422)
+            return json_reply(
+                {"reloaded": False, "error": str(exc), "serving": self.service.store.serving_version}, 422
+            )
         return json_reply({"reloaded": True, "model": model.name, "version": model.version})
 
     async def openapi(self, request: HttpRequest) -> Reply:
@@ -237,18 +265,27 @@ def oip_reply(model, plan: payloads.OipPlan, scores: list[float], verdicts: list
         datatype, values, binary_type = columns[name]
         if as_binary:
             blob = np.asarray(values, binary_type).tobytes()
-            outputs.append({"name": name, "datatype": datatype, "shape": shape,
-                            "parameters": {"binary_data_size": len(blob)}})
+            outputs.append(
+                {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(blob)}}
+            )
             blobs.append(blob)
         else:
             outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": values})
-    body = {"model_name": model.name, "model_version": model.version,
-            "parameters": {"threshold": model.threshold}, "outputs": outputs, **plan.echo}
+    body = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "parameters": {"threshold": model.threshold},
+        "outputs": outputs,
+        **plan.echo,
+    }
     if not blobs:
         return json_reply(body)
     header = orjson.dumps(body)
-    return Reply(header + b"".join(blobs), content_type=b"application/octet-stream",
-                 headers=[(payloads.OIP_BINARY_HEADER, b"%d" % len(header))])
+    return Reply(
+        header + b"".join(blobs),
+        content_type=b"application/octet-stream",
+        headers=[(payloads.OIP_BINARY_HEADER, b"%d" % len(header))],
+    )
 
 
 def create_app(settings: ServeSettings, registry: CollectorRegistry | None = None) -> Starlette:
@@ -284,15 +321,19 @@ def create_app(settings: ServeSettings, registry: CollectorRegistry | None = Non
         status = getattr(exc, "status_code", 404)
         metrics.requests.labels(endpoint="unknown", code=str(status)).inc()
         message = "no such endpoint; see /openapi.json" if status == 404 else f"method {request.method} not allowed"
-        return Response(orjson.dumps({"error": {"type": "NotFound" if status == 404 else "MethodNotAllowed",
-                                                "message": message}}),
-                        status_code=status, media_type="application/json",
-                        headers=getattr(exc, "headers", None))  # 405 carries Allow
+        return Response(
+            orjson.dumps({"error": {"type": "NotFound" if status == 404 else "MethodNotAllowed", "message": message}}),
+            status_code=status,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )  # 405 carries Allow
 
     # An Endpoint is an ASGI app, not a function: Starlette routes to it without its Request/Response wrapper.
     app = Starlette(
-        routes=[Route(path, Endpoint(name, handler, metrics, new_request_id), methods=methods)
-                for path, name, handler, methods in routes],
+        routes=[
+            Route(path, Endpoint(name, handler, metrics, new_request_id), methods=methods)
+            for path, name, handler, methods in routes
+        ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_found},
     )

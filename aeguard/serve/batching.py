@@ -50,8 +50,17 @@ def model_input(parts: list[np.ndarray]) -> np.ndarray:
 class BatchingScorer:
     """Scores image arrays for request handlers, batching them when configured to."""
 
-    def __init__(self, store: ModelStore, metrics: Metrics, max_batch_size: int, max_wait_s: float, batching: bool,
-                 workers: int = 1, timeout_s: float = 30.0, inline_max_s: float = 0.001):
+    def __init__(
+        self,
+        store: ModelStore,
+        metrics: Metrics,
+        max_batch_size: int,
+        max_wait_s: float,
+        batching: bool,
+        workers: int = 1,
+        timeout_s: float = 30.0,
+        inline_max_s: float = 0.001,
+    ):
         self.store = store
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -98,7 +107,7 @@ class BatchingScorer:
         The future fails with RequestTimeoutError when the images are not scored within timeout_s (the request
         is then dropped from its batch if that batch has not started).
         """
-        self.store.current  # raises NotReadyError now rather than inside a batch
+        _ = self.store.current  # raises NotReadyError now rather than inside a batch
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         now = loop.time()
@@ -168,7 +177,7 @@ class BatchingScorer:
     def _launch(self, batch: list[Pending]) -> None:
         try:  # every image of one batch goes through the same model, even if a reload lands meanwhile
             model = self.store.current
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - NotReadyError or worse: every waiting request gets it
             self._deliver(batch, model=None, scores=None, error=exc)
             return
         parts = [images for images, _ in batch]
@@ -177,7 +186,7 @@ class BatchingScorer:
         if count * model.seconds_per_image <= self.inline_max_s:
             try:
                 scores, error = self._infer(model, parts), None
-            except Exception as exc:  # the daemon lives on; these requests get the failure
+            except Exception as exc:  # noqa: BLE001 - the daemon lives on; these requests get the failure
                 scores, error = None, exc
             self._deliver(batch, model, scores, error)
             return
@@ -193,8 +202,9 @@ class BatchingScorer:
             self._flush()
 
     @staticmethod
-    def _deliver(batch: list[Pending], model: LoadedModel | None, scores: np.ndarray | None,
-                 error: BaseException | None) -> None:
+    def _deliver(
+        batch: list[Pending], model: LoadedModel | None, scores: np.ndarray | None, error: BaseException | None
+    ) -> None:
         """Hand each request its share of the batch's scores (Python floats: what the replies are made of, and
         one conversion per batch instead of numpy calls per request), or the batch's failure."""
         values = scores.tolist() if error is None else None

@@ -95,8 +95,13 @@ class Reply:
 
     __slots__ = ("body", "status", "content_type", "headers")
 
-    def __init__(self, body: bytes, status: int = 200, content_type: bytes = b"application/json",
-                 headers: list[tuple[bytes, bytes]] | None = None):
+    def __init__(
+        self,
+        body: bytes,
+        status: int = 200,
+        content_type: bytes = b"application/json",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ):
         self.body, self.status, self.content_type, self.headers = body, status, content_type, headers
 
 
@@ -107,9 +112,14 @@ def json_reply(content, status: int = 200) -> Reply:
 
 def reply_messages(reply: Reply, request_id: bytes) -> tuple[dict, dict]:
     """The two ASGI messages that send a whole reply (the caller awaits send() on each: no coroutine of its own)."""
-    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body)),
-               (b"x-request-id", request_id)]
+    headers = [
+        (b"content-type", reply.content_type),
+        (b"content-length", b"%d" % len(reply.body)),
+        (b"x-request-id", request_id),
+    ]
     if reply.headers:
         headers += reply.headers
-    return ({"type": "http.response.start", "status": reply.status, "headers": headers},
-            {"type": "http.response.body", "body": reply.body})
+    return (
+        {"type": "http.response.start", "status": reply.status, "headers": headers},
+        {"type": "http.response.body", "body": reply.body},
+    )

@@ -7,9 +7,15 @@ import os
 
 import numpy as np
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -52,34 +58,61 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter("aeguard_http_requests", "HTTP requests by endpoint and status code.",
-                                ["endpoint", "code"], registry=r)
-        self.request_seconds = Histogram("aeguard_http_request_duration_seconds", "Request latency, whole request.",
-                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("aeguard_inference_duration_seconds",
-                                           "onnxruntime time per batch.", buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("aeguard_batch_size_images", "Images per onnxruntime call.",
-                                    buckets=BATCH_BUCKETS, registry=r)
+        self.requests = Counter(
+            "aeguard_http_requests", "HTTP requests by endpoint and status code.", ["endpoint", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "aeguard_http_request_duration_seconds",
+            "Request latency, whole request.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "aeguard_inference_duration_seconds", "onnxruntime time per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "aeguard_batch_size_images", "Images per onnxruntime call.", buckets=BATCH_BUCKETS, registry=r
+        )
         self.images = Counter("aeguard_images_scored", "Images scored.", registry=r)
         self.anomalies = Counter("aeguard_anomalies", "Images flagged as anomalous.", registry=r)
-        self.non_finite = Counter("aeguard_non_finite_scores", "Images the model gave a NaN or infinite score "
-                                  "(answered with an error, not a verdict).", registry=r)
-        self.score_ratio = Histogram("aeguard_anomaly_score_ratio",
-                                     "Anomaly score divided by the model's threshold (above 1 = anomalous).",
-                                     buckets=SCORE_RATIO_BUCKETS, registry=r)
-        self.in_flight = Gauge("aeguard_http_requests_in_flight", "Requests being served.",
-                               multiprocess_mode="livesum", registry=r)
+        self.non_finite = Counter(
+            "aeguard_non_finite_scores",
+            "Images the model gave a NaN or infinite score (answered with an error, not a verdict).",
+            registry=r,
+        )
+        self.score_ratio = Histogram(
+            "aeguard_anomaly_score_ratio",
+            "Anomaly score divided by the model's threshold (above 1 = anomalous).",
+            buckets=SCORE_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "aeguard_http_requests_in_flight", "Requests being served.", multiprocess_mode="livesum", registry=r
+        )
         self.reloads = Counter("aeguard_model_reloads", "Model reloads by result.", ["result"], registry=r)
-        self.threshold = Gauge("aeguard_model_threshold", "The served model's anomaly threshold.",
-                               multiprocess_mode="mostrecent", registry=r)
-        self.calibrated_fpr = Gauge("aeguard_model_calibrated_fpr",
-                                    "Share of held-out normal images the threshold flags: the expected anomaly "
-                                    "rate on normal traffic.", multiprocess_mode="mostrecent", registry=r)
-        self.model_info = Gauge("aeguard_model_info", "The served model (value 1; labels say which).",
-                                ["model", "version", "bundle_sha256", "aeguard_version"],
-                                multiprocess_mode="mostrecent", registry=r)
-        self.ready = Gauge("aeguard_ready", "1 while the daemon accepts scoring requests.",
-                           multiprocess_mode="livemin", registry=r)
+        self.threshold = Gauge(
+            "aeguard_model_threshold",
+            "The served model's anomaly threshold.",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.calibrated_fpr = Gauge(
+            "aeguard_model_calibrated_fpr",
+            "Share of held-out normal images the threshold flags: the expected anomaly rate on normal traffic.",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "aeguard_model_info",
+            "The served model (value 1; labels say which).",
+            ["model", "version", "bundle_sha256", "aeguard_version"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "aeguard_ready", "1 while the daemon accepts scoring requests.", multiprocess_mode="livemin", registry=r
+        )
         self._info_labels: tuple | None = None
         # labels() costs a lock and a dict build per call; the hot path looks its children up here instead
         self._request_children: dict[tuple[str, int], tuple] = {}
@@ -91,8 +124,9 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result=result)  # both series exist from the start, at 0
 
-    def set_model(self, name: str, version: str, bundle_sha256: str, aeguard_version: str, threshold: float,
-                  calibrated_fpr: float) -> None:
+    def set_model(
+        self, name: str, version: str, bundle_sha256: str, aeguard_version: str, threshold: float, calibrated_fpr: float
+    ) -> None:
         labels = (name, version, bundle_sha256, aeguard_version)
         if self._info_labels is not None and self._info_labels != labels:
             self.model_info.labels(*self._info_labels).set(0)
@@ -126,8 +160,10 @@ class Metrics:
             children = self._request_children.get(key)
             if children is None:
                 endpoint, status = key
-                children = self._request_children[key] = (self.requests.labels(endpoint=endpoint, code=str(status)),
-                                                          self.request_seconds.labels(endpoint=endpoint))
+                children = self._request_children[key] = (
+                    self.requests.labels(endpoint=endpoint, code=str(status)),
+                    self.request_seconds.labels(endpoint=endpoint),
+                )
             children[0].inc(len(values))
             observe_many(children[1], np.array(values))
 

@@ -99,14 +99,19 @@ class ModelStore:
                 candidate = load_model(self.bundle, self.name, self.intra_op_threads)
                 validation_fpr = float(candidate.scorer.manifest["calibration"]["validation_fpr"])
             except Exception as exc:  # noqa: BLE001 - see the docstring
-                error = exc if isinstance(exc, AeguardError) else BundleError(
-                    f"{self.bundle}: cannot load the bundle ({type(exc).__name__}: {exc})")
+                error = (
+                    exc
+                    if isinstance(exc, AeguardError)
+                    else BundleError(f"{self.bundle}: cannot load the bundle ({type(exc).__name__}: {exc})")
+                )
                 self.signature = signature  # do not retry the same broken files on every poll
                 self.last_error = str(error)
                 self.last_error_type = type(error).__name__
                 self.metrics.reloads.labels(result="failure").inc()
-                log.error("model reload refused", extra={"fields": {"reason": reason, "error": str(error),
-                                                                    "still_serving": self.serving_version}})
+                log.error(
+                    "model reload refused",
+                    extra={"fields": {"reason": reason, "error": str(error), "still_serving": self.serving_version}},
+                )
                 if error is exc:
                     raise
                 raise error from exc
@@ -115,10 +120,25 @@ class ModelStore:
             self.signature = signature
             self.last_error = self.last_error_type = None
             self.metrics.reloads.labels(result="success").inc()
-            self.metrics.set_model(candidate.name, candidate.version, candidate.bundle_sha256, __version__,
-                                   candidate.threshold, validation_fpr)
-            log.info("model loaded", extra={"fields": {"reason": reason, "model": candidate.name,
-                                                       "version": candidate.version, "previous": previous}})
+            self.metrics.set_model(
+                candidate.name,
+                candidate.version,
+                candidate.bundle_sha256,
+                __version__,
+                candidate.threshold,
+                validation_fpr,
+            )
+            log.info(
+                "model loaded",
+                extra={
+                    "fields": {
+                        "reason": reason,
+                        "model": candidate.name,
+                        "version": candidate.version,
+                        "previous": previous,
+                    }
+                },
+            )
             return candidate
 
     def changed_on_disk(self) -> bool:

@@ -71,7 +71,9 @@ def array_image(value: list, height: int, width: int, label: str) -> np.ndarray:
     if array.shape == (height, width):
         array = array[None]
     if array.shape != (1, height, width):
-        raise RequestError(f"{label}: array shape {list(array.shape)}, expected [{height}, {width}] or [1, {height}, {width}]")
+        raise RequestError(
+            f"{label}: array shape {list(array.shape)}, expected [{height}, {width}] or [1, {height}, {width}]"
+        )
     return require_unit_range(array, f"{label}: pixel values")
 
 
@@ -125,6 +127,7 @@ def score_request_items(body: bytes, max_images: int) -> list:
 def decode_items(items: list, labels: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
     """Decode each item on its own: one bad image never costs the others their scores. A request of one
     image over a limit is refused as a whole (413), as a body over the limit is."""
+
     def decode(item, label: str) -> np.ndarray:
         try:
             return decode_item(item, height, width, max_pixels, label)
@@ -146,8 +149,10 @@ def split_binary_body(body: bytes, header_length: bytes) -> tuple[bytes, memoryv
     """The binary tensor extension's body: the JSON header, and a view of the raw bytes that follow it
     (a view: image tensors can be megabytes)."""
     if not _HEADER_LENGTH.fullmatch(header_length) or int(header_length) > len(body):
-        raise RequestError(f"Inference-Header-Content-Length {header_length.decode('latin-1')[:40]!r} is not a "
-                           f"number of bytes that fits a body of {len(body)}")
+        raise RequestError(
+            f"Inference-Header-Content-Length {header_length.decode('latin-1')[:40]!r} is not a "
+            f"number of bytes that fits a body of {len(body)}"
+        )
     cut = int(header_length)
     return body[:cut], memoryview(body)[cut:]
 
@@ -278,14 +283,16 @@ def oip_pixels(plan: OipPlan, request: InferRequest | None, binary: bytes | memo
         if binary is None:
             raise RequestError("binary_data_size given but the request has no Inference-Header-Content-Length")
         if len(binary) != plan.binary_size:
-            raise RequestError(f"binary data holds {len(binary)} bytes; shape {list(dims)} of {datatype} needs "
-                               f"{plan.binary_size}")
+            raise RequestError(
+                f"binary data holds {len(binary)} bytes; shape {list(dims)} of {datatype} needs {plan.binary_size}"
+            )
         array = np.frombuffer(binary, dtype=OIP_DATATYPES[datatype])
     else:
         if binary:
             raise RequestError("the request carries binary data but its input has no binary_data_size parameter")
-        array = _json_tensor_data(request.inputs[0].data if request is not None else None, datatype,
-                                  math.prod(dims), dims)
+        array = _json_tensor_data(
+            request.inputs[0].data if request is not None else None, datatype, math.prod(dims), dims
+        )
     if datatype == "FP32":
         array = require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
     return array.reshape(dims)

@@ -54,8 +54,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._head_count, self._refusal = True, 0, 0, None
         self._cancel_head_timer()
         if self._head_timeout_s > 0:
-            self._head_timer = self.loop.call_later(self._head_timeout_s, self._refuse, 408,
-                                                    "the request head did not arrive in time")
+            self._head_timer = self.loop.call_later(
+                self._head_timeout_s, self._refuse, 408, "the request head did not arrive in time"
+            )
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -98,7 +99,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return  # a response is under way (or the connection is gone): not ours to write
         body = message.encode()
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
+        )
         self.transport.close()
-

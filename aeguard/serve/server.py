@@ -11,7 +11,6 @@ import threading
 
 import uvicorn
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
 from uvicorn.supervisors import Multiprocess
 
 from aeguard.serve.logs import configure_logging
@@ -47,16 +46,27 @@ class DrainingServer(uvicorn.Server):
 
 
 def _uvicorn_options(settings: ServeSettings) -> dict:
-    return {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
-            "timeout_graceful_shutdown": settings.graceful_timeout_s, "lifespan": "on",
-            "limit_concurrency": None, "server_header": False}
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.graceful_timeout_s,
+        "lifespan": "on",
+        "limit_concurrency": None,
+        "server_header": False,
+    }
 
 
 def warn_if_open(settings: ServeSettings) -> None:
     """Scoring without a token is fine on loopback; anywhere else it is worth a line in the log."""
     if settings.api_token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("the scoring endpoints are open to anyone who reaches %s:%d: set AEGUARD_API_TOKEN to "
-                    "require a bearer token", settings.host, settings.port)
+        log.warning(
+            "the scoring endpoints are open to anyone who reaches %s:%d: set AEGUARD_API_TOKEN to "
+            "require a bearer token",
+            settings.host,
+            settings.port,
+        )
 
 
 def run(settings: ServeSettings) -> None:
@@ -85,9 +95,15 @@ def run(settings: ServeSettings) -> None:
             multiprocess.MultiProcessCollector(registry)
             start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
         # uvicorn.run, with the guarded protocol configured: the Config travels to every worker process
-        config = configure(uvicorn.Config("aeguard.serve.app:create_app_from_env", factory=True,
-                                          workers=settings.workers, **_uvicorn_options(settings)),
-                           settings.header_timeout_s)
+        config = configure(
+            uvicorn.Config(
+                "aeguard.serve.app:create_app_from_env",
+                factory=True,
+                workers=settings.workers,
+                **_uvicorn_options(settings),
+            ),
+            settings.header_timeout_s,
+        )
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

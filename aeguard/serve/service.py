@@ -35,10 +35,16 @@ class ScoringService:
         self.settings = settings
         self.metrics = Metrics(registry)
         self.store = ModelStore(settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics)
-        self.scorer = BatchingScorer(self.store, self.metrics, settings.max_batch_size,
-                                     settings.max_wait_ms / 1000.0, settings.batching,
-                                     settings.inference_workers or os.cpu_count() or 1, settings.request_timeout_s,
-                                     settings.inline_max_ms / 1000.0)
+        self.scorer = BatchingScorer(
+            self.store,
+            self.metrics,
+            settings.max_batch_size,
+            settings.max_wait_ms / 1000.0,
+            settings.batching,
+            settings.inference_workers or os.cpu_count() or 1,
+            settings.request_timeout_s,
+            settings.inline_max_ms / 1000.0,
+        )
         self.draining = False
         self._watch_task: asyncio.Task | None = None
 
@@ -92,7 +98,6 @@ class ScoringService:
             self._watch_task.cancel()
         await self.scorer.stop()
 
-
     def model(self, name: str, version: str | None = None) -> LoadedModel:
         """The served model, if `name` (and `version`, when given) are its own."""
         model = self.store.current
@@ -107,13 +112,13 @@ class ScoringService:
         model = self.store.current
         height, width = model.scorer.height, model.scorer.width
         # Decoding is CPU work of unbounded cost (a 4000x4000 PNG takes most of a second): never on the loop.
-        decoded = await asyncio.to_thread(payloads.decode_items, items, labels, height, width,
-                                          self.settings.max_pixels)
+        decoded = await asyncio.to_thread(payloads.decode_items, items, labels, height, width, self.settings.max_pixels)
         good = [item for item in decoded if not isinstance(item, str)]
         errors = [item if isinstance(item, str) else None for item in decoded]
         if not good:
-            raise RequestError(errors[0] if len(errors) == 1 else
-                               f"none of the {len(errors)} images could be read; first: {errors[0]}")
+            raise RequestError(
+                errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; first: {errors[0]}"
+            )
         scores, model = await self.scorer.score(np.stack(good))
         return model, model.scorer.results(errors, scores)
 

@@ -44,8 +44,15 @@ class ServeSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"serve setting {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "inline_max_ms", "watch_interval_s", "drain_seconds", "intra_op_threads",
-                     "inference_workers", "header_timeout_s"):
+        for name in (
+            "max_wait_ms",
+            "inline_max_ms",
+            "watch_interval_s",
+            "drain_seconds",
+            "intra_op_threads",
+            "inference_workers",
+            "header_timeout_s",
+        ):
             if getattr(self, name) < 0:
                 raise UsageError(f"serve setting {name} must not be negative, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
@@ -64,7 +71,7 @@ class ServeSettings:
         return json.dumps(values)
 
     @classmethod
-    def from_env(cls) -> "ServeSettings":
+    def from_env(cls) -> ServeSettings:
         try:
             values = json.loads(os.environ[SETTINGS_ENV])
         except (KeyError, json.JSONDecodeError) as exc:

@@ -35,8 +35,9 @@ def launched_by_torchrun() -> bool:
 
 def init_from_env(device: str) -> DistributedContext:
     """Join the process group torchrun (or `spawn_fit`) describes in RANK / WORLD_SIZE / MASTER_*."""
-    context = DistributedContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                                 int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+    context = DistributedContext(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    )
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(context.local_rank)

@@ -69,8 +69,10 @@ def parity_max_abs_diff(graph: ScoringGraph, onnx_path: Path, images: np.ndarray
 
 def check_parity(parity: dict) -> None:
     map_tolerance = parity.get("error_map_tolerance", PARITY_TOLERANCE)
-    for what, diff, tolerance in (("scores", parity["max_abs_diff"], PARITY_TOLERANCE),
-                                  ("error maps", parity["error_map_max_abs_diff"], map_tolerance)):
+    for what, diff, tolerance in (
+        ("scores", parity["max_abs_diff"], PARITY_TOLERANCE),
+        ("error maps", parity["error_map_max_abs_diff"], map_tolerance),
+    ):
         if diff > tolerance:
             raise ParityError(
                 f"torch and onnxruntime {what} differ by {diff:.3g} on {parity['n_images']} images "
@@ -83,8 +85,9 @@ def scoring_graph(model_config: dict, score: dict | None, members: list | None =
     if members is None:
         members = [build_model(model_config) for _ in range(int(model_config.get("ensemble", 1)))]
     score = score or {}
-    config = score_config(score.get("function", "mse"), score.get("sigma"), score.get("beta", 1.0), score.get("knn", 0),
-                          score.get("top"))
+    config = score_config(
+        score.get("function", "mse"), score.get("sigma"), score.get("beta", 1.0), score.get("knn", 0), score.get("top")
+    )
     if config.get("knn"):
         config["references"] = int(score.get("references") or 1)  # how many codes the saved weights hold
     return ScoringGraph(members, config, model_config["channels"])

@@ -12,7 +12,7 @@ import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,29 @@ from aeguard.errors import TrainingCollapsedError
 from aeguard.scoring.scorer import open_session, score_array
 from aeguard.scoring.threshold import calibration_summary
 from aeguard.train.distributed import (
-    DistributedContext, barrier, init_from_env, launched_by_torchrun, process_device, shutdown,
+    DistributedContext,
+    barrier,
+    init_from_env,
+    launched_by_torchrun,
+    process_device,
+    shutdown,
 )
-from aeguard.train.export import INPUT_NAME, OPSET, OUTPUTS, check_parity, export_onnx, parity_max_abs_diff, scoring_graph
+from aeguard.train.export import (
+    INPUT_NAME,
+    OPSET,
+    OUTPUTS,
+    check_parity,
+    export_onnx,
+    parity_max_abs_diff,
+    scoring_graph,
+)
 from aeguard.train.loop import (
-    BatchCallback, EpochCallback, TrainResult, reconstruction_spread, seed_everything, train,
+    BatchCallback,
+    EpochCallback,
+    TrainResult,
+    reconstruction_spread,
+    seed_everything,
+    train,
 )
 from aeguard.train.models import Autoencoder, build_model
 
@@ -59,8 +77,15 @@ COLLAPSE_RETRIES = 2  # fresh initialisations tried after a collapsed one
 RETRY_SEED_STRIDE = 1_000_003  # retry k initialises with seed + k * stride: deterministic, far from other members
 
 
-def train_member(config: dict, data: TrainingData, train_config: TrainConfig, on_batch, on_epoch,
-                 context: DistributedContext, log: Callable[[str], None]):
+def train_member(
+    config: dict,
+    data: TrainingData,
+    train_config: TrainConfig,
+    on_batch,
+    on_epoch,
+    context: DistributedContext,
+    log: Callable[[str], None],
+):
     """Train one model; a collapsed one (its reconstructions all alike) is trained again from a fresh initialisation.
 
     A collapsed network (every ReLU of a layer dead, the decoder stuck at the data's mean grey) gives every
@@ -75,20 +100,27 @@ def train_member(config: dict, data: TrainingData, train_config: TrainConfig, on
         init_seed = seed + attempt * RETRY_SEED_STRIDE
         seed_everything(init_seed)  # before the model exists: initial weights are part of the run
         model = build_model(config)
-        result = train(model, data.train, data.validation, train_config, on_batch, on_epoch, context, config["training"])
+        result = train(
+            model, data.train, data.validation, train_config, on_batch, on_epoch, context, config["training"]
+        )
         spread = reconstruction_spread(model, validation.to(next(model.parameters()).device))
         result.init_seed = init_seed
         if spread >= COLLAPSE_SPREAD:
-            log(f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
-                f"reconstruction spread {spread:.2f}")
+            log(
+                f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
+                f"reconstruction spread {spread:.2f}"
+            )
             return model, result
-        log(f"training collapsed (initialisation seed {init_seed}): every held-out image gets nearly the same "
+        log(
+            f"training collapsed (initialisation seed {init_seed}): every held-out image gets nearly the same "
             f"reconstruction (spread {spread:.1%} of the images'); "
-            + ("training again from a fresh initialisation" if attempt < COLLAPSE_RETRIES else "giving up"))
+            + ("training again from a fresh initialisation" if attempt < COLLAPSE_RETRIES else "giving up")
+        )
     raise TrainingCollapsedError(
         f"training collapsed {COLLAPSE_RETRIES + 1} times (seed {seed} and {COLLAPSE_RETRIES} fresh initialisations): "
         "the model reconstructs every held-out image as nearly the same image, so its score would not separate "
-        "anomalies; no bundle was written. Try another --seed, a larger --latent, or --noise erase:0.25")
+        "anomalies; no bundle was written. Try another --seed, a larger --latent, or --noise erase:0.25"
+    )
 
 
 @dataclass
@@ -102,8 +134,13 @@ class Trained:
     context: DistributedContext
 
 
-def train_members(config: DetectorConfig, data: TrainingData, on_batch: BatchCallback | None = None,
-                  on_epoch: EpochCallback | None = None, log: Callable[[str], None] = print) -> Trained | None:
+def train_members(
+    config: DetectorConfig,
+    data: TrainingData,
+    on_batch: BatchCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> Trained | None:
     """Train every ensemble member on `data`. Under torchrun every process trains its share and only rank 0
     gets the result (the others get None)."""
     model = model_config(config, data.input_shape)
@@ -118,12 +155,21 @@ def train_members(config: DetectorConfig, data: TrainingData, on_batch: BatchCal
     members, results = [], []
     try:
         for member in range(config.ensemble):
-            log(f"training {model['kind']} autoencoder"
+            log(
+                f"training {model['kind']} autoencoder"
                 + (f" (ensemble member {member + 1}/{config.ensemble})" if config.ensemble > 1 else "")
                 + f" on {len(data.train)} normal images ({len(data.validation)} held out), input {data.input_shape}"
-                + (f", {context.world_size} processes" if context.enabled else ""))
-            trained, result = train_member(model, data, dataclasses.replace(train_config, seed=train_config.seed + member),
-                                           on_batch, on_epoch, context, log)
+                + (f", {context.world_size} processes" if context.enabled else "")
+            )
+            trained, result = train_member(
+                model,
+                data,
+                dataclasses.replace(train_config, seed=train_config.seed + member),
+                on_batch,
+                on_epoch,
+                context,
+                log,
+            )
             members.append(trained)
             results.append(result)
     finally:
@@ -134,8 +180,9 @@ def train_members(config: DetectorConfig, data: TrainingData, on_batch: BatchCal
     return Trained(model, score, members, results, context)
 
 
-def export_contents(config: DetectorConfig, trained: Trained, data: TrainingData,
-                    log: Callable[[str], None] = print) -> BundleContents:
+def export_contents(
+    config: DetectorConfig, trained: Trained, data: TrainingData, log: Callable[[str], None] = print
+) -> BundleContents:
     """Export the scoring graph to ONNX (refused when torch and onnxruntime disagree), calibrate the threshold
     on the held-out normal images through that graph, and return the bundle's files and manifest."""
     graph = scoring_graph(trained.model, trained.score, trained.members).cpu().eval()
@@ -160,7 +207,7 @@ def export_contents(config: DetectorConfig, trained: Trained, data: TrainingData
     manifest = {
         "name": None,  # the folder's name, set when the bundle is written
         "aeguard_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": preprocessing_spec(*data.input_shape[1:]),
         "model": trained.model,
         "score": {**score, "higher_is_anomalous": True, "is_anomaly": "score > threshold"},
@@ -171,9 +218,14 @@ def export_contents(config: DetectorConfig, trained: Trained, data: TrainingData
         "calibration": calibration,
         "metrics": None,
         "parity": parity,
-        "training": {**_training_record(train_config, trained.results[0]), "processes": trained.context.world_size,
-                     "members": [_training_record(dataclasses.replace(train_config, seed=train_config.seed + i), r)
-                                 for i, r in enumerate(trained.results[1:], start=1)]},
+        "training": {
+            **_training_record(train_config, trained.results[0]),
+            "processes": trained.context.world_size,
+            "members": [
+                _training_record(dataclasses.replace(train_config, seed=train_config.seed + i), r)
+                for i, r in enumerate(trained.results[1:], start=1)
+            ],
+        },
     }
     files = {MODEL_NAME: model_bytes, WEIGHTS_NAME: weights.getvalue(), VALIDATION_SCORES_NAME: scores.getvalue()}
     return BundleContents(manifest, files)

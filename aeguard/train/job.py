@@ -41,13 +41,23 @@ def load_training_data(options: FitOptions) -> TrainingData:
     elif options.image_size is not None:
         raise UsageError("--image-size applies to --data folders; IDX data sets keep their native size")
     else:
-        data = dataset_training_data(options.dataset, options.normal, options.data_dir, config.val_fraction,
-                                     config.train.seed, options.allow_download)
+        data = dataset_training_data(
+            options.dataset,
+            options.normal,
+            options.data_dir,
+            config.val_fraction,
+            config.train.seed,
+            options.allow_download,
+        )
     return limit_images(data, config.max_images, config.val_fraction)
 
 
-def run_fit(options: FitOptions, on_batch: BatchCallback | None = None, on_epoch: EpochCallback | None = None,
-            log: Callable[[str], None] = print) -> dict | None:
+def run_fit(
+    options: FitOptions,
+    on_batch: BatchCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> dict | None:
     """Train, export and write the bundle with its report to options.out; return its manifest.
 
     Under torchrun (or `spawn_fit`) every process trains its share; rank 0 alone writes the bundle, and the
@@ -70,8 +80,15 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, options: FitOptions) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

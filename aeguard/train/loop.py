@@ -39,8 +39,10 @@ class TrainResult:
 
 
 def format_epoch(record: EpochRecord, epochs: int) -> str:
-    return (f"epoch {record.epoch:3d}/{epochs}  train loss {record.train_loss:.6f}  "
-            f"val loss {record.val_loss:.6f}  {record.images_per_second:,.0f} img/s")
+    return (
+        f"epoch {record.epoch:3d}/{epochs}  train loss {record.train_loss:.6f}  "
+        f"val loss {record.val_loss:.6f}  {record.images_per_second:,.0f} img/s"
+    )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -40,8 +40,14 @@ class Autoencoder(nn.Module):
     code_statistics() gives the training objective what it needs beyond that.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: int, variational: bool = False,
-                 k_sparse: int | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent: int,
+        variational: bool = False,
+        k_sparse: int | None = None,
+    ):
         super().__init__()
         if k_sparse is not None and not 1 <= k_sparse <= latent:
             raise UsageError(f"k-sparse k must be between 1 and the code size {latent}, got {k_sparse}")
@@ -79,12 +85,23 @@ class Autoencoder(nn.Module):
 class DenseAutoencoder(Autoencoder):
     """A mirrored MLP with a sigmoid output (784-256-128-32 by default)."""
 
-    def __init__(self, channels: int, height: int, width: int, hidden: list[int], latent: int,
-                 variational: bool = False, k_sparse: int | None = None, *, activation: str):
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        hidden: list[int],
+        latent: int,
+        variational: bool = False,
+        k_sparse: int | None = None,
+        *,
+        activation: str,
+    ):
         self.shape = (channels, height, width)
         sizes = [channels * height * width, *hidden]
-        encoder = nn.Sequential(nn.Flatten(), *dense_layers(sizes, activation),
-                                nn.Linear(sizes[-1], latent * (2 if variational else 1)))
+        encoder = nn.Sequential(
+            nn.Flatten(), *dense_layers(sizes, activation), nn.Linear(sizes[-1], latent * (2 if variational else 1))
+        )
         widths = [latent, *reversed(hidden)]
         decoder = nn.Sequential(*dense_layers(widths, activation), nn.Linear(widths[-1], sizes[0]), nn.Sigmoid())
         super().__init__(encoder, decoder, latent, variational, k_sparse)
@@ -100,8 +117,18 @@ class ConvAutoencoder(Autoencoder):
     with the pad amounts fixed at construction so the ONNX graph stays static but for the batch axis.
     """
 
-    def __init__(self, channels: int, height: int, width: int, conv_channels: list[int], latent: int,
-                 variational: bool = False, k_sparse: int | None = None, *, activation: str):
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        conv_channels: list[int],
+        latent: int,
+        variational: bool = False,
+        k_sparse: int | None = None,
+        *,
+        activation: str,
+    ):
         self.shape = (channels, height, width)
         factor = 2 ** len(conv_channels)
         padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
@@ -137,8 +164,11 @@ def build_model(config: dict) -> Autoencoder:
     """Instantiate the model a config dict describes (as written by default_config and the manifest)."""
     backbone = backbone_of(config)
     shape = (config["channels"], config["height"], config["width"])
-    extra = {"variational": bool(config.get("variational", False)), "k_sparse": config.get("k_sparse"),
-             "activation": config.get("activation", "relu")}  # no key: a bundle from before the option, a ReLU net
+    extra = {
+        "variational": bool(config.get("variational", False)),
+        "k_sparse": config.get("k_sparse"),
+        "activation": config.get("activation", "relu"),
+    }  # no key: a bundle from before the option, a ReLU net
     if backbone == "dense":
         return DenseAutoencoder(*shape, hidden=list(config["hidden"]), latent=config["latent"], **extra)
     if backbone == "conv":

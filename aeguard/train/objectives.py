@@ -14,6 +14,7 @@ from aeguard.config import NOISE_KINDS, parse_noise  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
 from aeguard.train.models import Autoencoder
 
+
 def corrupt(images: torch.Tensor, noise: tuple[str, float] | None) -> torch.Tensor:
     """A corrupted copy for denoising training; the target stays the clean image."""
     if noise is None:

@@ -36,7 +36,7 @@ MAX_REFERENCE_CODES = 10_000  # bounds the graph's size and the per-image cost o
 def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
     radius = max(1, math.ceil(2 * sigma))
     steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    line = torch.exp(-steps**2 / (2 * sigma**2))
+    line = torch.exp(-(steps**2) / (2 * sigma**2))
     line = line / line.sum()
     return (line[:, None] * line[None, :]).expand(channels, 1, -1, -1).contiguous()
 
@@ -65,7 +65,8 @@ class ErrorMap(nn.Module):
             var_r = self._smooth(reconstruction * reconstruction) - mean_r**2
             covariance = self._smooth(images * reconstruction) - mean_x * mean_r
             similarity = ((2 * mean_x * mean_r + c1) * (2 * covariance + c2)) / (
-                (mean_x**2 + mean_r**2 + c1) * (var_x + var_r + c2))
+                (mean_x**2 + mean_r**2 + c1) * (var_x + var_r + c2)
+            )
             return 1.0 - similarity
         return (images - reconstruction) ** 2
 
@@ -77,8 +78,11 @@ def nearest_distance(codes: torch.Tensor, references: torch.Tensor, k: int) -> t
     different orders) then disagree by more than the 1e-5 parity tolerance.
     """
     codes, references = codes.double(), references.double()
-    squared = ((codes * codes).sum(dim=1, keepdim=True) - 2.0 * codes @ references.T
-               + (references * references).sum(dim=1)[None, :])
+    squared = (
+        (codes * codes).sum(dim=1, keepdim=True)
+        - 2.0 * codes @ references.T
+        + (references * references).sum(dim=1)[None, :]
+    )
     nearest = torch.topk(squared, k, dim=1, largest=False).values
     return nearest.clamp(min=0.0).sqrt().mean(dim=1).float()
 
@@ -125,8 +129,10 @@ class ScoringGraph(nn.Module):
         if len(images) > MAX_REFERENCE_CODES:
             keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:MAX_REFERENCE_CODES]
             images = images[keep.sort().values]
-        codes = [torch.cat([member.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-                 for member in self.members]
+        codes = [
+            torch.cat([member.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+            for member in self.members
+        ]
         self.reference_codes = torch.stack(codes).float()
         return len(images)
 
