@@ -24,8 +24,9 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve."""
 
