@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[train,parquet,ray,test,check]"
+	$(BIN)/python -m pip install --quiet -e ".[train,report,parquet,ray,test,check]"
 	touch $@
 
 demo: install

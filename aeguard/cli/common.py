@@ -44,6 +44,28 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+EXTRAS = {
+    "sklearn": "report",
+    "matplotlib": "report",
+    "torch": "train",
+    "onnx": "train",
+    "pyarrow": "parquet",
+    "ray": "ray",
+}
+
+
+def needs_extra(command: str, exc: ModuleNotFoundError) -> Exception:
+    """An ImportError of an optional dependency as the install command that provides it."""
+    from aeguard.errors import SetupError
+
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return exc
+    return SetupError(
+        f"aeguard {command} needs {top}, which the base install leaves out: pip install 'aeguard[{EXTRAS[top]}]'"
+    )
+
+
 def parse_int_list(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None

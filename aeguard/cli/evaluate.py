@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import reports_errors
+from .common import needs_extra, reports_errors
 
 
 @reports_errors
@@ -29,7 +29,11 @@ def evaluate(
     from aeguard.data.catalog import get_spec, parse_classes
     from aeguard.data.sources import dataset_eval_set, folder_eval_set
     from aeguard.errors import DataNotFoundError, UsageError
-    from aeguard.report.evaluate import evaluate_bundle
+
+    try:
+        from aeguard.report.evaluate import evaluate_bundle
+    except ModuleNotFoundError as exc:
+        raise needs_extra("evaluate", exc) from None
     from aeguard.scoring.scorer import Scorer
 
     scorer = Scorer(bundle)

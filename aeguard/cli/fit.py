@@ -9,7 +9,7 @@ import typer
 
 from aeguard.config import DetectorConfig
 
-from .common import parse_int_list, reports_errors
+from .common import needs_extra, parse_int_list, reports_errors
 
 
 class _Progress:
@@ -160,7 +160,13 @@ def fit(
     """Train an autoencoder on normal images, calibrate its threshold and export an ONNX bundle."""
     from aeguard.config import ConfigError, Noise, TrainConfig
     from aeguard.errors import UsageError
-    from aeguard.train.job import FitOptions, run_fit
+
+    try:
+        from aeguard.report.evaluate import evaluate_bundle  # noqa: F401 - scikit-learn and matplotlib
+        from aeguard.train.fit import export_contents  # noqa: F401 - torch and onnx, needed below
+        from aeguard.train.job import FitOptions, run_fit
+    except ModuleNotFoundError as exc:
+        raise needs_extra("fit", exc) from None
 
     if out is None:
         source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
