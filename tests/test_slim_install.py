@@ -33,17 +33,30 @@ def test_the_base_install_scores_and_serves_without_the_heavy_stacks(tmp_path):
     bundle = tiny_bundle(tmp_path / "bundle")
     Image.new("L", (28, 28), 250).save(tmp_path / "bright.png")
     aeguard = str(venv / "bin" / "aeguard")
-    scored = subprocess.run([aeguard, "score", str(bundle), str(tmp_path / "bright.png")], capture_output=True,
-                            text=True, timeout=120, cwd=tmp_path)
+    scored = subprocess.run(
+        [aeguard, "score", str(bundle), str(tmp_path / "bright.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert scored.returncode == 0, scored.stderr
     assert scored.stdout.splitlines()[1].endswith(",true,")  # path, score, threshold, is_anomaly, error
-    evaluated = subprocess.run([aeguard, "evaluate", str(bundle), "--data", str(tmp_path)], capture_output=True,
-                               text=True, timeout=120, cwd=tmp_path)
+    evaluated = subprocess.run(
+        [aeguard, "evaluate", str(bundle), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert evaluated.returncode == 1 and "pip install 'aeguard[report]'" in evaluated.stderr, evaluated.stderr
 
     port = free_port()
-    daemon = subprocess.Popen([aeguard, "serve", str(bundle), "--port", str(port), "--log-level", "warning"],
-                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    daemon = subprocess.Popen(
+        [aeguard, "serve", str(bundle), "--port", str(port), "--log-level", "warning"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     try:
         deadline = time.monotonic() + 60
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
