@@ -11,7 +11,7 @@ export AEGUARD_DATA_DIR ?= $(abspath ../shared/datasets)
 DEMO_DIR ?= demo
 BIN := $(VENV)/bin
 
-.PHONY: demo test check install clean
+.PHONY: demo test test-fast check docs install clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[train,report,parquet,ray,test,check]"
+	$(BIN)/python -m pip install --quiet -e ".[train,report,parquet,ray,test,check,docs]"
 	touch $@
 
 demo: install
@@ -35,11 +35,19 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The edit-test loop: the unit tests only (no real data sets, no daemons, no fresh environments).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+
 # Lint (ruff, rules chosen in pyproject.toml), format, and types against tools/mypy-baseline.txt.
 check: install
 	$(BIN)/ruff check aeguard tests benchmarks tools
 	$(BIN)/ruff format --check aeguard tests benchmarks tools
 	$(BIN)/python tools/typecheck.py
+
+# The documentation site (build/site), strict: a broken link or a docstring that does not render fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python tools/build_docs.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs

@@ -17,6 +17,20 @@ def real_data_dir() -> Path | None:
     return path if (path / "mnist" / "t10k-images-idx3-ubyte.gz").is_file() else None
 
 
+# Modules that start processes, build environments or fuzz for long: left out of the fast lane (make test-fast).
+SLOW_MODULES = {"test_slim_install", "test_api_fuzz", "test_deploy", "test_distributed", "test_serve_lifecycle"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the end-to-end tests (those reading the real MNIST files) and the slow modules, so the edit-test
+    loop can leave them out with -m "not e2e and not slow"."""
+    for item in items:
+        if "data_dir" in item.fixturenames or "mnist_bundle" in item.fixturenames:
+            item.add_marker(pytest.mark.e2e)
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real MNIST / Fashion-MNIST files. Missing data fails the run in CI and skips elsewhere."""
