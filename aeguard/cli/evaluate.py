@@ -34,6 +34,7 @@ def evaluate(
         from aeguard.report.evaluate import evaluate_bundle
     except ModuleNotFoundError as exc:
         raise needs_extra("evaluate", exc) from None
+    from aeguard.report.metrics import SUMMARY_METRICS
     from aeguard.scoring.scorer import Scorer
 
     scorer = Scorer(bundle)
@@ -61,17 +62,7 @@ def evaluate(
     report = evaluate_bundle(scorer, eval_set, report_dir or bundle / "report")
     metrics = report["metrics"]
     typer.echo(f"evaluated on {report['evaluation']}")
-    for key in (
-        "auroc",
-        "auprc",
-        "tpr_at_fpr_1pct",
-        "tpr_at_fpr_5pct",
-        "fpr_at_tpr_95pct",
-        "precision",
-        "recall",
-        "f1",
-        "fpr_at_threshold",
-    ):
+    for key in SUMMARY_METRICS:
         typer.echo(f"{key:>18}: {metrics[key]:.4f}")
     cm = metrics["confusion_matrix"]
     typer.echo(

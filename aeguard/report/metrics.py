@@ -11,6 +11,19 @@ from sklearn import metrics as skm
 from aeguard.errors import UsageError
 from aeguard.scoring.results import is_anomalous
 
+# The scalar metrics a report shows, in the order it shows them (the CLI prints the same).
+SUMMARY_METRICS = (
+    "auroc",
+    "auprc",
+    "tpr_at_fpr_1pct",
+    "tpr_at_fpr_5pct",
+    "fpr_at_tpr_95pct",
+    "precision",
+    "recall",
+    "f1",
+    "fpr_at_threshold",
+)
+
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     """Best true-positive rate among operating points whose false-positive rate is at most `target`."""

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
 from aeguard.bundle import write_json_atomic
+from aeguard.report.metrics import SUMMARY_METRICS
 
 
 def _subplots(rows: int = 1, columns: int = 1, **kwargs):
@@ -171,19 +172,7 @@ def render_markdown(report: dict) -> str:
     metrics = report.get("metrics")
     if metrics:
         lines += ["", "## Metrics (anomaly = positive class)", "", "| metric | value |", "| --- | --- |"]
-        for key in (
-            "auroc",
-            "auprc",
-            "tpr_at_fpr_1pct",
-            "tpr_at_fpr_5pct",
-            "fpr_at_tpr_95pct",
-            "precision",
-            "recall",
-            "f1",
-            "fpr_at_threshold",
-            "n_normal",
-            "n_anomalous",
-        ):
+        for key in (*SUMMARY_METRICS, "n_normal", "n_anomalous"):
             lines.append(f"| {key} | {_fmt(metrics[key])} |")
         cm = metrics["confusion_matrix"]
         lines += [
