@@ -58,3 +58,40 @@ def test_the_docs_python_example_is_the_tested_one():
         return match.group(1)
 
     assert example(ROOT / "docs" / "python.md") == example(ROOT / "README.md")
+
+
+def cli_examples() -> list[tuple[str, list[str]]]:
+    """Every `aeguard COMMAND ...` line inside a code block of the README and the docs."""
+    import shlex
+
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.splitlines():
+                line = line.split("  #")[0].strip()
+                if line.startswith("aeguard "):
+                    found.append((str(page.relative_to(ROOT)), shlex.split(line.replace("\\", ""))[1:]))
+    return found
+
+
+def test_every_cli_example_in_the_docs_names_real_commands_and_flags():
+    import typer
+
+    from aeguard.cli.main import app
+
+    commands = {
+        name: {flag for param in command.params for flag in param.opts}
+        for name, command in typer.main.get_command(app).commands.items()
+    }
+    examples = cli_examples()
+    assert len(examples) > 10
+    wrong = []
+    for page, words in examples:
+        if not words or words[0].startswith("-"):
+            continue  # aeguard --version / --help
+        if words[0] not in commands:
+            wrong.append(f"{page}: no command {words[0]!r}")
+            continue
+        flags = {word.split("=")[0] for word in words[1:] if word.startswith("--")}
+        wrong += [f"{page}: aeguard {words[0]} has no {flag}" for flag in flags - commands[words[0]] - {"--help"}]
+    assert wrong == []
