@@ -12,6 +12,7 @@ whose names end in an underscore. Importing this module does not import torch: `
 
 from __future__ import annotations
 
+import inspect
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -116,7 +117,7 @@ class Detector:
 
     def get_params(self) -> dict:
         """The constructor's arguments (scikit-learn's convention)."""
-        return {name: getattr(self, name) for name in self.__init__.__code__.co_varnames[1:] if name in self.__dict__}
+        return {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
 
     def config(self) -> DetectorConfig:
         """The parameters, checked: a UsageError names the first that is wrong."""
