@@ -129,13 +129,10 @@ def score_paths(
         names, future = window.popleft()
         decoded = pool.result(names, future, *decode_args)
         results, error_maps = scorer.score_decoded(decoded, error_maps=options.save_maps is not None)
-        position = 0
-        for name, item, result in zip(names, decoded, results):
+        for name, result, error_map in zip(names, results, error_maps):
             record_row(writer, summary, name, scorer.threshold, result, on_error)
-            if not isinstance(item, str):
-                if result.is_anomaly and options.save_maps is not None:
-                    write_heatmap(options.save_maps, name, error_maps[position])
-                position += 1
+            if result.is_anomaly and options.save_maps is not None and error_map is not None:
+                write_heatmap(options.save_maps, name, error_map)
         writer.flush()  # a crash from here on loses at most the batch in flight
         summary.seconds = time.perf_counter() - started
         if on_progress is not None:

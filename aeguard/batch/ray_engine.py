@@ -41,11 +41,8 @@ class _RayScorer:
         decoded = decode_chunk(paths, self.scorer.height, self.scorer.width, self.max_pixels)
         results, error_maps = self.scorer.score_decoded(decoded, error_maps=self.save_maps is not None)
         if self.save_maps is not None:
-            readable = [
-                (path, result) for path, item, result in zip(paths, decoded, results) if not isinstance(item, str)
-            ]
-            for (path, result), error_map in zip(readable, error_maps if error_maps is not None else []):
-                if result.is_anomaly:
+            for path, result, error_map in zip(paths, results, error_maps):
+                if result.is_anomaly and error_map is not None:
                     write_heatmap(self.save_maps, path, error_map)
         # Ray blocks are columns: NaN / None stand for "no score" and "no verdict"
         return {

@@ -10,7 +10,7 @@ import glob
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -194,6 +194,14 @@ def decode_each(decode, items, labels) -> list[np.ndarray | str]:
         except ImageError as exc:
             decoded.append(str(exc))
     return decoded
+
+
+def split_decoded(decoded: Sequence[np.ndarray | str]) -> tuple[list[np.ndarray], list[str | None]]:
+    """Decoded items -> the readable arrays, in order, and per item its error message (None where readable)."""
+    return (
+        [item for item in decoded if not isinstance(item, str)],
+        [item if isinstance(item, str) else None for item in decoded],
+    )
 
 
 def load_images(paths, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray | str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
-from aeguard.data.images import image_size, iter_image_paths, load_images
+from aeguard.data.images import image_size, iter_image_paths, load_images, split_decoded
 from aeguard.data.splits import anomaly_labels, as_model_input, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
@@ -128,10 +128,9 @@ def first_readable_size(paths: list[Path]) -> tuple[int, int]:
 
 def readable_images(paths: list[Path], height: int, width: int) -> tuple[np.ndarray, list[str]]:
     """Decode what can be decoded; return the stack and one message per file that failed."""
-    decoded = load_images(paths, height, width)
-    arrays = [item for item in decoded if not isinstance(item, str)]
+    arrays, errors = split_decoded(load_images(paths, height, width))
     stack = np.stack(arrays) if arrays else np.zeros((0, 1, height, width), np.float32)
-    return stack, [item for item in decoded if isinstance(item, str)]
+    return stack, [error for error in errors if error is not None]
 
 
 def folder_eval_set(folder: Path, height: int, width: int) -> tuple[EvalSet | None, list[str]]:

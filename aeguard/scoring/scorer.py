@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
+from aeguard.data.images import split_decoded
 from aeguard.data.splits import as_model_input
 from aeguard.errors import BundleError, ModelOutputError, UsageError
 from aeguard.scoring.results import ItemResult, is_anomalous, item_results
@@ -219,16 +220,17 @@ class Scorer:
 
     def score_decoded(
         self, decoded: Sequence[np.ndarray | str], error_maps: bool = False
-    ) -> tuple[list[ItemResult], np.ndarray | None]:
+    ) -> tuple[list[ItemResult], list[np.ndarray | None]]:
         """The one way a front end scores a batch of decoded items: each an array (C, H, W) in [0, 1] or the
-        message of why it could not be read. Returns a result per item and, if asked, the error maps of the
-        readable ones (in order)."""
-        good = [item for item in decoded if not isinstance(item, str)]
-        errors = [item if isinstance(item, str) else None for item in decoded]
+        message of why it could not be read. Returns a result per item and, if asked, each item's error map
+        (None for the unreadable ones; all None when not asked)."""
+        good, errors = split_decoded(decoded)
         if not good:
-            return [ItemResult(error=error) for error in errors], None
+            return [ItemResult(error=error) for error in errors], [None] * len(decoded)
         batch = self.score(np.stack(good), error_maps=error_maps)
-        return self.results(errors, batch.scores), batch.error_maps
+        maps = iter(batch.error_maps) if batch.error_maps is not None else None
+        per_item = [next(maps) if maps is not None and error is None else None for error in errors]
+        return self.results(errors, batch.scores), per_item
 
 
 class Bundle:

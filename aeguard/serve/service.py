@@ -16,6 +16,7 @@ import threading
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from aeguard.data.images import split_decoded
 from aeguard.errors import AeguardError, ModelNotFoundError, ModelOutputError, RequestError
 from aeguard.scoring.results import ItemResult
 from aeguard.serve import payloads
@@ -113,8 +114,7 @@ class ScoringService:
         height, width = model.scorer.height, model.scorer.width
         # Decoding is CPU work of unbounded cost (a 4000x4000 PNG takes most of a second): never on the loop.
         decoded = await asyncio.to_thread(payloads.decode_items, items, labels, height, width, self.settings.max_pixels)
-        good = [item for item in decoded if not isinstance(item, str)]
-        errors = [item if isinstance(item, str) else None for item in decoded]
+        good, errors = split_decoded(decoded)
         if not good:
             raise RequestError(
                 errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; first: {errors[0]}"
