@@ -142,8 +142,7 @@ class RowWriter:
         if fmt == "parquet":
             require_pyarrow()  # before any work, not after hours of scoring
         target = spool_path(output) if fmt == "parquet" else output
-        self._owns = target is not None
-        self.target = target
+        self.target = target  # None: standard output, which is neither synced nor closed here
         if target is None:
             self._handle: IO[str] = sys.stdout
             header = True
@@ -191,7 +190,7 @@ class RowWriter:
 
     def flush(self) -> None:
         self._guarded(self._handle.flush)
-        if self._owns:
+        if self.target is not None:
             self._guarded(_fsync, self._handle)
 
     def close(self, complete: bool = True) -> None:
@@ -199,7 +198,7 @@ class RowWriter:
         try:
             self.flush()
         finally:
-            if self._owns:
+            if self.target is not None:
                 try:
                     self._handle.close()
                 except OSError:
