@@ -34,6 +34,7 @@ class Model(StrEnum):
     CONTRACTIVE = "contractive"  # dense, penalty on the encoder's Jacobian
     VAE = "vae"  # dense, variational; the exported graph decodes the mean code
     CONV_VAE = "conv-vae"
+    DRAEM = "draem"  # restore synthetic defects + segment them (train/draem.py): localizes, for photos
 
 
 # model -> backbone. The training terms live in the model config's "training" entry.
@@ -46,6 +47,7 @@ MODEL_KINDS = {
     "contractive": "dense",
     "vae": "dense",
     "conv-vae": "conv",
+    "draem": "draem",
 }
 VARIATIONAL = frozenset({"vae", "conv-vae"})
 
@@ -127,6 +129,7 @@ class ScoreFunction(StrEnum):
     BLUR = "blur"
     SSIM = "ssim"
     ELBO = "elbo"
+    SEGMENTATION = "segmentation"  # draem: the predicted defect probability
 
 
 SCORE_FUNCTIONS = tuple(function.value for function in ScoreFunction)
@@ -135,7 +138,13 @@ DEFINITIONS = {
     "blur": "mean over pixels of (gaussian_blur(image - reconstruction, sigma))^2",
     "ssim": "mean over pixels of 1 - SSIM(image, reconstruction), gaussian window sigma",
     "elbo": "mean over pixels of (image - reconstruction)^2 + beta * KL(q(z|x) || N(0, I)) / pixels, at the mean code",
+    "segmentation": "max over pixels of the defect probability map",
 }
+# DRAEM's image score is the max of its map after a 21 x 21 mean (at 256 px). On a development folder of the
+# brick texture (benchmarks/texture_defects.py with --seed 1, not the benchmark's test images) the plain max
+# won: image AUROC 0.962 against 0.952 / 0.930 / 0.911 / 0.893 / 0.871 for 3 / 5 / 7 / 11 / 21 px means, as
+# a wide mean erases a 2-pixel scratch. A bundle records its pool; the graph applies it when above 1.
+SEGMENTATION_POOL = 1
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
@@ -189,7 +198,7 @@ class DetectorConfig:
     k: int | None = None  # keep the k largest code units [k-sparse: 8]
     contraction: float | None = None  # encoder-Jacobian penalty [contractive: 1e-2, others 0]
     beta: float | None = None  # KL weight of the variational models [1]
-    score: ScoreFunction = ScoreFunction.MSE
+    score: ScoreFunction | None = None  # [mse; segmentation for draem, the only score it has]
     score_sigma: float | None = None  # Gaussian width in pixels for blur [1] and ssim [1.5]
     score_top: float | None = None  # the score averages the largest share of the error map [1: all of it]
     knn: int = 0  # > 0: the score times the mean latent distance to the knn nearest training codes
@@ -240,6 +249,15 @@ class DetectorConfig:
             raise ConfigError("beta", "beta applies to the variational models (vae, conv-vae)")
         if self.score is ScoreFunction.ELBO and not variational:
             raise ConfigError("score", "score elbo needs a variational model (vae, conv-vae)")
+        draem = self.model is Model.DRAEM
+        if (self.score is ScoreFunction.SEGMENTATION) != draem and self.score is not None:
+            raise ConfigError("score", "score segmentation is the draem model's, and the only score it has")
+        if draem:
+            for name in ("k", "sparsity", "contraction", "beta", "score_top", "noise"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(name, f"{name} does not apply to the draem model")
+            if self.knn or self.ensemble != 1:
+                raise ConfigError("knn" if self.knn else "ensemble", "draem takes neither knn nor an ensemble")
         latent = self.latent or (32 if MODEL_KINDS[self.model.value] == "dense" else 16)
         k = self.k if self.k is not None else (8 if self.model is Model.K_SPARSE else None)
         if k is not None and k > latent:
@@ -248,6 +266,14 @@ class DetectorConfig:
     def replace(self, **changes) -> DetectorConfig:
         return dataclasses.replace(self, **changes)
 
+
+def photo_recipe() -> DetectorConfig:
+    """What `aeguard fit --data DIR` trains when no model is named: the recipe that won the texture benchmark
+    (benchmarks/textures.py). The MNIST defaults (DetectorConfig()) stay those of the one-class benchmark."""
+    return DetectorConfig(model=Model.DRAEM, train=TrainConfig(epochs=PHOTO_EPOCHS, batch_size=16, patience=10))
+
+
+PHOTO_EPOCHS = 50
 
 # Decompression-bomb guard of aeguard score: images with more pixels are refused from their header.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -270,6 +296,21 @@ class ScoreOptions:
         _positive_int("max_pixels", self.max_pixels)
 
 
+# The conv backbone grows with the image: stride-2 stages until the feature map is at most 8 pixels across,
+# channels doubling from 32 with depth up to 256. At 28 px that is MNIST's measured [32, 64] (7 x 7). From
+# 64 px up the code keeps its spatial layout (`latent` channels on that 8 x 8 grid): a 16-unit dense code
+# cannot hold the structure of a 128 px photo (it reconstructed the mean image there).
+BOTTLENECK_SIDE = 8
+MAX_CONV_CHANNELS = 256
+SPATIAL_FROM = 64
+DRAEM_CODE_CHANNELS = 64
+
+
+def conv_channels_for(height: int, width: int) -> list[int]:
+    stages = max(1, math.ceil(math.log2(max(height, width) / BOTTLENECK_SIDE)))
+    return [min(MAX_CONV_CHANNELS, 32 * 2**i) for i in range(stages)]
+
+
 def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     """The model config dict of a model kind with every option at its default."""
     if kind not in MODEL_KINDS:
@@ -285,9 +326,14 @@ def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     }
     if backbone == "dense":
         config.update(hidden=[256, 128], latent=32)
+    elif kind == "draem":
+        restorer = [min(128, c // 2) for c in conv_channels_for(height, width)]
+        config.update(conv_channels=restorer, latent=DRAEM_CODE_CHANNELS, spatial_code=True)
     else:
         # A 16-unit code measured better than 8 or 32 on the one-class benchmark (benchmarks/one_class.py)
-        config.update(conv_channels=[32, 64], latent=16)
+        config.update(
+            conv_channels=conv_channels_for(height, width), latent=16, spatial_code=min(height, width) >= SPATIAL_FROM
+        )
     config["variational"] = kind in VARIATIONAL
     config["k_sparse"] = 8 if kind == "k-sparse" else None
     config["training"] = {
@@ -347,10 +393,13 @@ def score_config(
             raise UsageError(f"--score-sigma must be positive, got {sigma}")
     if function == "elbo":
         config["beta"] = float(beta)
+    if function == "segmentation":
+        config["pool"] = SEGMENTATION_POOL
     return config
 
 
 def detector_score_config(config: DetectorConfig, model: dict) -> dict:
     """The manifest's score entry for `config` and the model entry built from it."""
     beta = model["training"]["beta"] if model["variational"] else 1.0
-    return score_config(config.score.value, config.score_sigma, beta, config.knn, config.score_top)
+    function = config.score or (ScoreFunction.SEGMENTATION if config.model is Model.DRAEM else ScoreFunction.MSE)
+    return score_config(function.value, config.score_sigma, beta, config.knn, config.score_top)

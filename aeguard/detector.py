@@ -51,7 +51,7 @@ class Detector:
         k: int | None = None,
         contraction: float | None = None,
         beta: float | None = None,
-        score: str = "mse",
+        score: str | None = None,
         score_sigma: float | None = None,
         score_top: float | None = None,
         knn: int = 0,
@@ -66,6 +66,8 @@ class Detector:
         target_fpr: float = 0.01,
         max_images: int | None = None,
         image_size: str | None = None,
+        color: str | None = None,
+        crop: str = "none",
         verbose: bool = False,
     ):
         self.model, self.latent, self.hidden, self.activation = model, latent, hidden, activation
@@ -81,9 +83,17 @@ class Detector:
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
         self.max_images, self.image_size, self.verbose = max_images, image_size, verbose
+        self.color, self.crop = color, crop  # for folders: grayscale or rgb [the images' own]; none or center
 
     @classmethod
-    def from_config(cls, config: DetectorConfig, image_size: str | None = None, verbose: bool = False) -> Detector:
+    def from_config(
+        cls,
+        config: DetectorConfig,
+        image_size: str | None = None,
+        verbose: bool = False,
+        color: str | None = None,
+        crop: str = "none",
+    ) -> Detector:
         noise = config.noise
         train = config.train
         return cls(
@@ -97,7 +107,7 @@ class Detector:
             k=config.k,
             contraction=config.contraction,
             beta=config.beta,
-            score=config.score.value,
+            score=config.score.value if config.score else None,
             score_sigma=config.score_sigma,
             score_top=config.score_top,
             knn=config.knn,
@@ -112,6 +122,8 @@ class Detector:
             target_fpr=config.target_fpr,
             max_images=config.max_images,
             image_size=image_size,
+            color=color,
+            crop=crop,
             verbose=verbose,
         )
 
@@ -166,7 +178,9 @@ class Detector:
         """
         config = self.config()
         if isinstance(X, (str, Path)):
-            data = folder_training_data(Path(X), self.image_size, config.val_fraction, config.train.seed)
+            data = folder_training_data(
+                Path(X), self.image_size, config.val_fraction, config.train.seed, self.color, self.crop
+            )
         else:
             data = array_training_data(X, config.val_fraction, config.train.seed)
         self.fit_training_data(limit_images(data, config.max_images, config.val_fraction))
@@ -259,4 +273,7 @@ class Detector:
 
             write_prior_samples(self.models_[0], staging / REPORT_DIR, seed=self.seed)
         result = evaluate_bundle(Scorer(staging), evaluation, staging / REPORT_DIR, bundle_label=out)
-        return {**manifest, "metrics": result["metrics"]} if result["metrics"] is not None else manifest
+        if result["metrics"] is None:
+            return manifest
+        extra = {key: result[key] for key in ("per_defect", "localization") if key in result}
+        return {**manifest, "metrics": result["metrics"], **extra}

@@ -29,6 +29,7 @@ from aeguard.batch.decoding import DecodePool
 from aeguard.batch.engine import ScoreOptions, score_paths
 from aeguard.batch.writers import RowWriter
 from aeguard.data.catalog import load_split
+from aeguard.data.contract import Preprocessing
 from aeguard.data.images import DEFAULT_MAX_PIXELS, load_image
 from aeguard.scoring.scorer import Scorer
 from benchmarks.results_io import StealMeter, write_results
@@ -54,16 +55,16 @@ def write_pngs(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def decode_rate(paths: list[Path], workers: int) -> float:
+def decode_rate(paths: list[Path], workers: int, prep: Preprocessing = Preprocessing(1, 28, 28)) -> float:
     """The engine's own decoding (same pool, same batches in flight), with nothing scored."""
     names = [str(p) for p in paths]
     pool = DecodePool(workers)
     try:
-        pool.submit(names[:BATCH], 28, 28, DEFAULT_MAX_PIXELS).result()  # workers started, as in a run
+        pool.submit(names[:BATCH], prep, DEFAULT_MAX_PIXELS).result()  # workers started, as in a run
         started = time.perf_counter()
         window = []
         for start in range(0, len(names), BATCH):
-            window.append(pool.submit(names[start : start + BATCH], 28, 28, DEFAULT_MAX_PIXELS))
+            window.append(pool.submit(names[start : start + BATCH], prep, DEFAULT_MAX_PIXELS))
             if len(window) >= ScoreOptions().prefetch_batches:
                 window.pop(0).result()
         for future in window:
@@ -140,7 +141,7 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="aeguard-score-folder-"))
     paths = write_pngs(work / "pngs", args.images)
     workers = os.cpu_count() or 1
-    decoded = np.stack([load_image(p, 28, 28) for p in paths])
+    decoded = np.stack([load_image(p, Preprocessing(1, 28, 28)) for p in paths])
     models = {}
     for kind in ("dense", "conv"):
         bundle = fit_bundle(kind, work)

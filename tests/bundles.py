@@ -21,9 +21,14 @@ def score_graph(channels: int, height: int, width: int, kind: str = "brightness"
     """
     half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
     axes = numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes")
+    # channel c's error counts (c + 1) / channels: a swapped channel order or layout changes the score
+    weights = numpy_helper.from_array(
+        (np.arange(1, channels + 1, dtype=np.float32) / channels).reshape(1, channels, 1, 1), "weights"
+    )
     nodes = [
         helper.make_node("Sub", ["images", "half"], ["centred"]),
-        helper.make_node("Mul", ["centred", "centred"], ["error_map"]),
+        helper.make_node("Mul", ["centred", "centred"], ["squared"]),
+        helper.make_node("Mul", ["squared", "weights"], ["error_map"]),
     ]
     if kind == "brightness":
         nodes.append(helper.make_node("ReduceMean", ["error_map", "axes"], ["score"], keepdims=0))
@@ -43,7 +48,7 @@ def score_graph(channels: int, height: int, width: int, kind: str = "brightness"
             helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
             helper.make_tensor_value_info("error_map", TensorProto.FLOAT, ["N", channels, height, width]),
         ],
-        initializer=[half, axes],
+        initializer=[half, axes, weights],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
@@ -65,12 +70,17 @@ def manifest_fields(channels: int, height: int, width: int, threshold: float) ->
 
 
 def tiny_bundle(
-    folder: Path, size: tuple[int, int] = (28, 28), kind: str = "brightness", threshold: float = 0.1, **overrides
+    folder: Path,
+    size: tuple[int, int] = (28, 28),
+    kind: str = "brightness",
+    threshold: float = 0.1,
+    channels: int = 1,
+    **overrides,
 ) -> Path:
     """A loadable bundle at `folder`; `overrides` replace manifest fields (the checksums stay right)."""
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(score_graph(1, *size, kind), str(folder / MODEL_NAME))
-    write_manifest(folder, {**manifest_fields(1, *size, threshold), **overrides}, [MODEL_NAME])
+    onnx.save(score_graph(channels, *size, kind), str(folder / MODEL_NAME))
+    write_manifest(folder, {**manifest_fields(channels, *size, threshold), **overrides}, [MODEL_NAME])
     return folder
 
 

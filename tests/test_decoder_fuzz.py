@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from aeguard.data.contract import Preprocessing
 from aeguard.data.images import DECODER_FORMATS, decode_image
 from aeguard.errors import ImageError
 
@@ -55,7 +56,7 @@ READ_ONLY_MAGIC = [
 
 def check(data: bytes) -> None:
     try:
-        array = decode_image(io.BytesIO(data), *SIZE, max_pixels=4_000_000, label="fuzz")
+        array = decode_image(io.BytesIO(data), Preprocessing(1, *SIZE), max_pixels=4_000_000, label="fuzz")
     except ImageError as exc:
         assert str(exc).startswith("fuzz: ")
         return
@@ -107,7 +108,7 @@ def test_non_finite_float_tiff_is_refused(value):
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="F").save(buffer, format="TIFF")
     with pytest.raises(ImageError, match="non-finite"):
-        decode_image(io.BytesIO(buffer.getvalue()), 8, 8, label="nan.tif")
+        decode_image(io.BytesIO(buffer.getvalue()), Preprocessing(1, 8, 8), label="nan.tif")
 
 
 def test_eps_is_not_decoded():
@@ -115,4 +116,4 @@ def test_eps_is_not_decoded():
     buffer = io.BytesIO()
     Image.new("L", (8, 8)).save(buffer, format="EPS")
     with pytest.raises(ImageError, match="not a recognised image format"):
-        decode_image(io.BytesIO(buffer.getvalue()), 8, 8, label="x.eps")
+        decode_image(io.BytesIO(buffer.getvalue()), Preprocessing(1, 8, 8), label="x.eps")

@@ -2,14 +2,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aeguard.data.images import image_to_array, iter_image_paths, load_image
+from aeguard.data.contract import Preprocessing
+from aeguard.data.images import iter_image_paths, load_image
 from aeguard.errors import DataNotFoundError, ImageError
 
 
 def test_grayscale_8bit_maps_to_unit_range(tmp_path):
     pixels = np.array([[0, 128], [255, 64]], dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    array = load_image(tmp_path / "a.png", 2, 2)
+    array = load_image(tmp_path / "a.png", Preprocessing(1, 2, 2))
     assert array.shape == (1, 2, 2) and array.dtype == np.float32
     np.testing.assert_allclose(array[0], pixels / 255.0, atol=1e-7)
 
@@ -17,21 +18,21 @@ def test_grayscale_8bit_maps_to_unit_range(tmp_path):
 def test_16bit_uses_its_full_range(tmp_path):
     pixels = np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)
     Image.fromarray(pixels).save(tmp_path / "deep.png")
-    array = load_image(tmp_path / "deep.png", 2, 2)
+    array = load_image(tmp_path / "deep.png", Preprocessing(1, 2, 2))
     np.testing.assert_allclose(array[0], pixels / 65535.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "LA", "CMYK"])
 def test_any_mode_becomes_one_channel(mode):
     image = Image.new("RGB", (10, 6), (200, 30, 30)).convert(mode)
-    array = image_to_array(image, 4, 5)
+    array = Preprocessing(1, 4, 5).to_array(image)
     assert array.shape == (1, 4, 5)
     assert 0.0 <= array.min() and array.max() <= 1.0
 
 
 def test_resize_to_model_size(tmp_path):
     Image.new("L", (100, 40), 255).save(tmp_path / "wide.jpg")
-    array = load_image(tmp_path / "wide.jpg", 28, 28)
+    array = load_image(tmp_path / "wide.jpg", Preprocessing(1, 28, 28))
     assert array.shape == (1, 28, 28)
     assert array.min() > 0.95
 
@@ -48,14 +49,14 @@ def test_broken_files_raise_image_error_naming_the_file(tmp_path, content, reaso
     else:
         path.write_bytes(content)
     with pytest.raises(ImageError, match=reason) as info:
-        load_image(path, 28, 28)
+        load_image(path, Preprocessing(1, 28, 28))
     assert str(path) in str(info.value)
 
 
 def test_pixel_limit(tmp_path):
     Image.new("L", (50, 50)).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match="pixel limit"):
-        load_image(tmp_path / "big.png", 28, 28, max_pixels=1000)
+        load_image(tmp_path / "big.png", Preprocessing(1, 28, 28), max_pixels=1000)
 
 
 def test_paths_from_files_folders_and_globs(tmp_path):

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from aeguard.cli.main import app
 from aeguard.data import images as image_module
+from aeguard.data.contract import Preprocessing
 from aeguard.data.images import iter_image_paths, load_image
 from aeguard.errors import ImageError
 from tests.bundles import tiny_bundle
@@ -76,7 +77,7 @@ def test_any_exception_of_a_decoder_is_that_images_error(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(image_module.Image, "open", lambda *args, **kwargs: Broken())
     with pytest.raises(ImageError, match=f"a.png: cannot decode image \\({type(error).__name__}"):
-        load_image(path, 28, 28)
+        load_image(path, Preprocessing(1, 28, 28))
 
 
 def test_the_decode_worker_turns_any_failure_into_an_error_string(monkeypatch):
@@ -131,7 +132,7 @@ def test_an_unreadable_subfolder_is_reported_not_dropped(monkeypatch, tmp_path):
     found = list(iter_image_paths([tmp_path]))
     assert found == [tmp_path / "a.png", tmp_path / "locked"]
     with pytest.raises(ImageError, match="locked: folder cannot be listed \\(permission denied\\)"):
-        load_image(tmp_path / "locked", 28, 28)
+        load_image(tmp_path / "locked", Preprocessing(1, 28, 28))
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import aeguard
+from aeguard.data.contract import Preprocessing
 from aeguard.data.images import load_images
 from aeguard.errors import SetupError
 
@@ -43,17 +44,17 @@ def _exit_with(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="aeguard-parent-watch").start()
 
 
-def decode_chunk(names: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
+def decode_chunk(names: list[str], prep: Preprocessing, max_pixels: int) -> list[np.ndarray | str]:
     """Decode a batch of paths in a worker: arrays, or the error message for each file that failed."""
     try:
-        return load_images([Path(name) for name in names], height, width, max_pixels)
+        return load_images([Path(name) for name in names], prep, max_pixels)
     except Exception:  # noqa: BLE001 - load_image makes decoder failures ImageErrors; this is the last guard
-        return [_decode_guarded(Path(name), height, width, max_pixels) for name in names]
+        return [_decode_guarded(Path(name), prep, max_pixels) for name in names]
 
 
-def _decode_guarded(path: Path, height: int, width: int, max_pixels: int) -> np.ndarray | str:
+def _decode_guarded(path: Path, prep: Preprocessing, max_pixels: int) -> np.ndarray | str:
     try:
-        return load_images([path], height, width, max_pixels)[0]
+        return load_images([path], prep, max_pixels)[0]
     except Exception as exc:  # noqa: BLE001 - see decode_chunk
         return f"{path}: cannot read ({type(exc).__name__}: {exc})"
 

@@ -25,9 +25,6 @@ from aeguard.errors import OutputError
 from aeguard.scoring.results import NON_FINITE_SCORE, ItemResult
 from aeguard.scoring.scorer import Scorer
 
-# Squared pixel error that saturates the heat-map colours: a pixel off by half the range or more.
-HEATMAP_SCALE = 0.25
-
 
 @dataclass
 class ScoreSummary:
@@ -53,10 +50,10 @@ def prepare_maps_folder(folder: Path) -> None:
         raise OutputError(f"--save-maps {folder}: {exc.strerror or exc}") from None
 
 
-def write_heatmap(folder: Path, name: str, error_map: np.ndarray) -> None:
+def write_heatmap(folder: Path, name: str, error_map: np.ndarray, scale: float) -> None:
     """One anomaly's heat map; a failure to write it stops the run like any output failure (exit 7)."""
     try:
-        save_heatmap(folder, name, error_map, HEATMAP_SCALE)
+        save_heatmap(folder, name, error_map, scale)
     except OSError as exc:
         raise OutputError(
             f"cannot write the heat map of {path_text(name)} into {folder}: {exc.strerror or exc}"
@@ -122,7 +119,7 @@ def score_paths(
     if options.save_maps is not None:
         prepare_maps_folder(options.save_maps)
     window: deque[tuple[list[str], Future]] = deque()
-    decode_args = (scorer.height, scorer.width, options.max_pixels)
+    decode_args = (scorer.preprocessing, options.max_pixels)
     pool = DecodePool(options.workers or os.cpu_count() or 1)
 
     def finish_batch() -> None:
@@ -132,7 +129,7 @@ def score_paths(
         for name, result, error_map in zip(names, results, error_maps):
             record_row(writer, summary, name, scorer.threshold, result, on_error)
             if result.is_anomaly and options.save_maps is not None and error_map is not None:
-                write_heatmap(options.save_maps, name, error_map)
+                write_heatmap(options.save_maps, name, error_map, scorer.map_scale)
         writer.flush()  # a crash from here on loses at most the batch in flight
         summary.seconds = time.perf_counter() - started
         if on_progress is not None:

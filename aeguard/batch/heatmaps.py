@@ -32,11 +32,12 @@ _LUT = np.frombuffer(bytes.fromhex(_INFERNO_HEX), np.uint8).reshape(256, 3)
 
 
 def heatmap(error_map: np.ndarray, scale: float) -> Image.Image:
-    """(1, H, W) per-pixel errors (of the bundle's score function) -> an RGB image; `scale` is the top colour.
+    """(C, H, W) per-pixel errors (of the bundle's score function) -> an RGB image of their mean over channels;
+    `scale` is the top colour.
 
     A fixed scale per run (not per image) keeps maps comparable: the same colour means the same error.
     """
-    levels = np.clip(error_map[0] / scale, 0.0, 1.0)
+    levels = np.clip(error_map.mean(axis=0) / scale, 0.0, 1.0)
     return Image.fromarray(_LUT[(levels * 255).astype(np.uint8)], mode="RGB")
 
 

@@ -38,12 +38,12 @@ class _RayScorer:
         from aeguard.batch.decoding import decode_chunk
 
         paths = [str(p) for p in batch["path"]]
-        decoded = decode_chunk(paths, self.scorer.height, self.scorer.width, self.max_pixels)
+        decoded = decode_chunk(paths, self.scorer.preprocessing, self.max_pixels)
         results, error_maps = self.scorer.score_decoded(decoded, error_maps=self.save_maps is not None)
         if self.save_maps is not None:
             for path, result, error_map in zip(paths, results, error_maps):
                 if result.is_anomaly and error_map is not None:
-                    write_heatmap(self.save_maps, path, error_map)
+                    write_heatmap(self.save_maps, path, error_map, self.scorer.map_scale)
         # Ray blocks are columns: NaN / None stand for "no score" and "no verdict"
         return {
             "path": batch["path"],

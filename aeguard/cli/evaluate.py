@@ -17,7 +17,10 @@ def evaluate(
     ),
     normal: str | None = typer.Option(None, help="Normal classes [default: the bundle's]."),
     data: Path | None = typer.Option(
-        None, help="A folder with normal/ and anomaly/ subfolders instead of a data set.", file_okay=False
+        None,
+        help="A labelled folder instead of a data set: normal/ + anomaly/, or the MVTec AD layout (test/good/, "
+        "test/<defect>/, ground_truth/<defect>/<name>_mask.png).",
+        file_okay=False,
     ),
     data_dir: Path | None = typer.Option(
         None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."
@@ -40,11 +43,14 @@ def evaluate(
     scorer = Scorer(bundle)
     fitted_on = scorer.manifest.get("data", {})
     if data is not None:
-        eval_set, bad = folder_eval_set(data, scorer.height, scorer.width)
+        eval_set, bad = folder_eval_set(data, scorer.preprocessing)
         for message in bad:
             typer.echo(f"warning: skipped {message}", err=True)
         if eval_set is None:
-            raise DataNotFoundError(f"{data} needs normal/ and anomaly/ subfolders that hold images")
+            raise DataNotFoundError(
+                f"{data} needs normal/ and anomaly/ subfolders, or the MVTec layout (test/good/ and test/<defect>/), "
+                "that hold both normal and anomalous images"
+            )
     else:
         name = dataset or fitted_on.get("dataset")
         if name is None:
@@ -69,4 +75,15 @@ def evaluate(
         f"{'confusion':>18}: tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']} "
         f"at threshold {report['threshold']:.6g}"
     )
+    for name, row in (report.get("per_defect") or {}).items():
+        pixel = row.get("pixel_auroc")
+        typer.echo(
+            f"{name:>18}: image AUROC {row['auroc']:.4f}"
+            + (f", pixel AUROC {pixel:.4f}" if pixel is not None else "")
+            + f" ({row['n_images']} images)"
+        )
+    local = report.get("localization")
+    if local:
+        typer.echo(f"{'pixel_auroc':>18}: {local['pixel_auroc']:.4f}")
+        typer.echo(f"{'aupro':>18}: {local['aupro']:.4f} (FPR up to {local['aupro_max_fpr']})")
     typer.echo(f"report: {Path(report_dir or bundle / 'report') / 'report.md'}")

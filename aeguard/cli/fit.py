@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from aeguard.config import DetectorConfig
+from aeguard.config import DetectorConfig, photo_recipe
 
 from .common import needs_extra, parse_int_list, reports_errors
 
@@ -54,6 +54,7 @@ class _Progress:
 
 
 DEFAULTS = DetectorConfig()  # every default below comes from the typed configuration, stated once
+PHOTO = photo_recipe()  # ... and those of --data folders from the photo recipe
 FLAGS = {"learning_rate": "--lr"}  # where a flag is not the parameter's name with dashes
 
 
@@ -76,19 +77,24 @@ def fit(
     normal: str = typer.Option("0", help="Normal classes: indices or names, comma-separated (0,1 / sneaker,sandal)."),
     data: Path | None = typer.Option(
         None,
-        help="A folder of your own normal images instead of --dataset; DIR/normal and DIR/anomaly are used for "
-        "evaluation.",
+        help="A folder of your own normal images instead of --dataset: the MVTec AD layout (DIR/train/good, "
+        "DIR/test/<defect>, DIR/ground_truth) or any images, DIR/normal and DIR/anomaly kept for evaluation.",
         file_okay=False,
     ),
     data_dir: Path | None = typer.Option(
         None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."
     ),
     image_size: str | None = typer.Option(
-        None, help="Model input size for --data folders, 28 or HxW [default: the first image's size]."
+        None, help="Model input size for --data folders, 28 or HxW: images are resized [default: the first image's]."
     ),
-    model: str = typer.Option(
-        DEFAULTS.model.value,
-        help="dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see README: models).",
+    color: str | None = typer.Option(
+        None, help="grayscale or rgb for --data folders [default: rgb when the training images are in colour]."
+    ),
+    crop: str = typer.Option("none", help="center: crop each image to the --image-size aspect ratio before resizing."),
+    model: str | None = typer.Option(
+        None,
+        help="draem, dense, conv, denoising, sparse, k-sparse, contractive, vae or conv-vae (see docs/models.md) "
+        f"[default: {PHOTO.model.value} for --data, {DEFAULTS.model.value} for --dataset].",
     ),
     latent: int | None = typer.Option(
         DEFAULTS.latent, help="Size of the code [default: 16 for conv models, 32 for dense ones]."
@@ -112,9 +118,10 @@ def fit(
         DEFAULTS.contraction, help="Weight of the encoder-Jacobian penalty [contractive: 1e-2, others 0]."
     ),
     beta: float | None = typer.Option(DEFAULTS.beta, help="KL weight of the variational models [1]."),
-    score: str = typer.Option(
-        DEFAULTS.score.value,
-        help="Score function in the exported graph: mse, blur, ssim, or elbo (variational models).",
+    score: str | None = typer.Option(
+        None,
+        help="Score function in the exported graph: mse, blur, ssim, elbo (variational models) "
+        "[mse; draem: segmentation, its only one].",
     ),
     score_sigma: float | None = typer.Option(
         DEFAULTS.score_sigma, help="Gaussian width in pixels for --score blur (default 1) and ssim (1.5)."
@@ -134,11 +141,17 @@ def fit(
     max_images: int | None = typer.Option(
         DEFAULTS.max_images, help="Train on at most this many normal images (quick trials)."
     ),
-    epochs: int = typer.Option(DEFAULTS.train.epochs),
-    batch_size: int = typer.Option(DEFAULTS.train.batch_size),
+    epochs: int | None = typer.Option(
+        None, help=f"[{DEFAULTS.train.epochs}; {PHOTO.train.epochs} for draem, the --data default]"
+    ),
+    batch_size: int | None = typer.Option(
+        None, help=f"[{DEFAULTS.train.batch_size}; {PHOTO.train.batch_size} for draem]"
+    ),
     lr: float = typer.Option(DEFAULTS.train.learning_rate, help="Adam learning rate."),
-    patience: int = typer.Option(
-        DEFAULTS.train.patience, help="Stop after this many epochs without a better validation loss."
+    patience: int | None = typer.Option(
+        None,
+        help="Stop after this many epochs without a better validation loss "
+        f"[{DEFAULTS.train.patience}; {PHOTO.train.patience} for draem].",
     ),
     device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),
     devices: int = typer.Option(
@@ -168,6 +181,12 @@ def fit(
     except ModuleNotFoundError as exc:
         raise needs_extra("fit", exc) from None
 
+    if model is None:
+        model = (PHOTO if data is not None else DEFAULTS).model.value
+    recipe = PHOTO if model == PHOTO.model.value else DEFAULTS
+    epochs = recipe.train.epochs if epochs is None else epochs
+    batch_size = recipe.train.batch_size if batch_size is None else batch_size
+    patience = recipe.train.patience if patience is None else patience
     if out is None:
         source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
         out = Path("runs") / f"{source}-{model}"
@@ -204,6 +223,8 @@ def fit(
         data=data,
         data_dir=data_dir,
         image_size=image_size,
+        color=color,
+        crop=crop,
         force=force,
         allow_download=not no_download,
     )
@@ -236,4 +257,7 @@ def fit(
             f"AUROC:     {metrics['auroc']:.4f}   AUPRC: {metrics['auprc']:.4f}   "
             f"TPR@1%FPR: {metrics['tpr_at_fpr_1pct']:.4f}"
         )
+    local = (manifest.get("localization") or {}) if metrics else {}
+    if local:
+        print(f"pixel AUROC: {local['pixel_auroc']:.4f}   AUPRO: {local['aupro']:.4f}")
     print(f"report:    {out / 'report' / 'report.md'}")

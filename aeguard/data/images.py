@@ -1,7 +1,6 @@
-"""Image files -> the model's input: grayscale, resized, float32 in [0, 1]. Pillow and numpy only.
+"""Image files -> the model's input under the preprocessing contract (data/contract.py). Pillow and numpy only.
 
-This is the one implementation of the preprocessing contract written into every manifest; the CLI,
-the batch scorer and the daemon all call it.
+This is the one decoder behind every front end: the CLI, the batch scorer, Ray, training folders and the daemon.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aeguard.config import DEFAULT_MAX_PIXELS
+from aeguard.data.contract import Preprocessing
 from aeguard.errors import DataNotFoundError, ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset(
@@ -71,45 +71,10 @@ DECODER_FORMATS = (
 # images above twice its limit, about 179 M pixels, whatever a caller allows.
 
 
-def preprocessing_spec(height: int, width: int) -> dict:
-    """The contract recorded in the manifest; `image_to_array` implements it."""
-    return {
-        "layout": "NCHW",
-        "dtype": "float32",
-        "channels": 1,
-        "height": height,
-        "width": width,
-        "color": "grayscale (ITU-R 601-2 luma); 16-bit images scaled by 1/65535",
-        "resize": "bilinear",
-        "range": [0.0, 1.0],
-    }
-
-
-def _to_grayscale_float(image: Image.Image) -> Image.Image:
-    """Return a mode 'L' or 'F' image; 'F' images already hold values in [0, 1]."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float32) / 65535.0
-        return Image.fromarray(np.clip(array, 0.0, 1.0), mode="F")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0), mode="F")
-    return image.convert("L")
-
-
-def image_to_array(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """Convert a decoded Pillow image to a (1, height, width) float32 array in [0, 1]."""
-    gray = _to_grayscale_float(image)
-    if gray.size != (width, height):
-        gray = gray.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(gray, dtype=np.float32)
-    if gray.mode == "L":
-        array = array / 255.0
-    return array[None, :, :]
-
-
 def decode_image(
-    source: Path | BinaryIO, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None
+    source: Path | BinaryIO, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None
 ) -> np.ndarray:
-    """Decode a file or an in-memory stream to (1, height, width) float32 in [0, 1].
+    """Decode a file or an in-memory stream to (channels, height, width) float32 in [0, 1].
 
     The one decoder behind `aeguard score`, training folders and the daemon. The pixel limit is
     checked from the header, before any pixel is decoded. Every failure is an ImageError naming
@@ -132,7 +97,7 @@ def decode_image(
             image.load()
             if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # before clipping turns inf into 1
                 raise ImageError(f"{label}: the image holds non-finite pixel values (NaN or infinity)")
-            return image_to_array(image, height, width)
+            return prep.to_array(image)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -161,8 +126,8 @@ def _os_reason(exc: OSError | ValueError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read one image file as (1, height, width) float32; any failure becomes an ImageError naming the file."""
+def load_image(path: Path, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file as (channels, height, width) float32; any failure becomes an ImageError naming the file."""
     path = Path(path)
     try:
         info = path.stat()
@@ -178,7 +143,7 @@ def load_image(path: Path, height: int, width: int, max_pixels: int = DEFAULT_MA
         raise ImageError(f"{path}: is a folder, not an image file")
     if info.st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    return decode_image(path, height, width, max_pixels)
+    return decode_image(path, prep, max_pixels)
 
 
 def decode_each(decode, items, labels) -> list[np.ndarray | str]:
@@ -204,9 +169,9 @@ def split_decoded(decoded: Sequence[np.ndarray | str]) -> tuple[list[np.ndarray]
     )
 
 
-def load_images(paths, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray | str]:
+def load_images(paths, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray | str]:
     """Image files decoded one by one (see decode_each)."""
-    return decode_each(lambda path, _: load_image(path, height, width, max_pixels), paths, paths)
+    return decode_each(lambda path, _: load_image(path, prep, max_pixels), paths, paths)
 
 
 def image_size(path: Path) -> tuple[int, int]:

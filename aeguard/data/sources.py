@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
+from aeguard.data.contract import Color, Crop, Preprocessing, looks_colour
 from aeguard.data.images import image_size, iter_image_paths, load_images, split_decoded
 from aeguard.data.splits import anomaly_labels, as_model_input, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
 NORMAL_SUBDIR = "normal"
 ANOMALY_SUBDIR = "anomaly"
+GOOD = "good"  # MVTec AD: DIR/train/good, DIR/test/good, DIR/test/<defect>, DIR/ground_truth/<defect>/<name>_mask.png
+MASK_SUFFIX = "_mask"
 
 
 @dataclass
@@ -25,6 +28,9 @@ class EvalSet:
     is_anomaly: np.ndarray
     description: str
     class_labels: np.ndarray | None = None  # original class per image, for per-class plots
+    groups: list[str] | None = None  # per image: "good" or its defect type (MVTec layout), for per-type results
+    masks: np.ndarray | None = None  # (N, H, W) bool ground truth, all False for normal images
+    has_mask: np.ndarray | None = None  # (N,) bool: the image's mask is known (normal ones always)
 
 
 @dataclass
@@ -34,6 +40,11 @@ class TrainingData:
     evaluation: EvalSet | None
     source: dict  # what the manifest records about the data
     skipped: list[str] = field(default_factory=list)
+    preprocessing: Preprocessing | None = None  # how files become these arrays [as the arrays' shape says]
+
+    def __post_init__(self):
+        if self.preprocessing is None:
+            self.preprocessing = Preprocessing(*self.train.shape[1:])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -126,59 +137,174 @@ def first_readable_size(paths: list[Path]) -> tuple[int, int]:
     raise DataNotFoundError(f"none of the {len(paths)} training images can be read")
 
 
-def readable_images(paths: list[Path], height: int, width: int) -> tuple[np.ndarray, list[str]]:
-    """Decode what can be decoded; return the stack and one message per file that failed."""
-    arrays, errors = split_decoded(load_images(paths, height, width))
-    stack = np.stack(arrays) if arrays else np.zeros((0, 1, height, width), np.float32)
+COLOUR_PROBE = 16  # training images looked at to tell a colour folder from a grey one
+
+
+def folder_color(paths: list[Path], height: int, width: int) -> Color:
+    """rgb when any of the first readable training images is in colour, else grayscale."""
+    probe = Preprocessing(3, height, width)
+    looked = 0
+    for path in paths:
+        decoded = load_images([path], probe)[0]
+        if isinstance(decoded, str):
+            continue
+        if looks_colour(decoded):
+            return Color.RGB
+        looked += 1
+        if looked >= COLOUR_PROBE:
+            break
+    return Color.GRAYSCALE
+
+
+def compact(images: list[np.ndarray]) -> np.ndarray:
+    """Stack decoded images as uint8 when that loses nothing (8-bit sources), else float32."""
+    bytes_ = [np.rint(image * 255.0).astype(np.uint8) for image in images]
+    if all(np.allclose(b / np.float32(255.0), image, atol=1e-6) for b, image in zip(bytes_, images)):
+        return np.stack(bytes_)
+    return np.stack(images)
+
+
+def readable_images(paths: list[Path], prep: Preprocessing) -> tuple[np.ndarray, list[str]]:
+    """Decode what can be decoded; return the stack (see compact) and one message per file that failed."""
+    arrays, errors = split_decoded(load_images(paths, prep))
+    stack = compact(arrays) if arrays else np.zeros((0, *prep.shape), np.uint8)
     return stack, [error for error in errors if error is not None]
 
 
-def folder_eval_set(folder: Path, height: int, width: int) -> tuple[EvalSet | None, list[str]]:
-    """DIR/normal and DIR/anomaly as an evaluation set, when both hold images."""
-    normal_dir, anomaly_dir = Path(folder) / NORMAL_SUBDIR, Path(folder) / ANOMALY_SUBDIR
-    if not (normal_dir.is_dir() and anomaly_dir.is_dir()):
-        return None, []
-    normal, bad_normal = readable_images(list(iter_image_paths([normal_dir])), height, width)
-    anomalous, bad_anomalous = readable_images(list(iter_image_paths([anomaly_dir])), height, width)
-    if len(normal) == 0 or len(anomalous) == 0:
-        return None, bad_normal + bad_anomalous
+def is_mvtec(folder: Path) -> bool:
+    return (Path(folder) / "train" / GOOD).is_dir()
+
+
+def mask_path(folder: Path, defect: str, image: Path) -> Path:
+    return Path(folder) / "ground_truth" / defect / f"{image.stem}{MASK_SUFFIX}.png"
+
+
+def read_mask(path: Path, prep: Preprocessing) -> np.ndarray | str:
+    """A mask image -> (H, W) bool at the model's size (cropped and resized as the images are), or why not."""
+    decoded = load_images([path], Preprocessing(1, prep.height, prep.width, prep.crop))[0]
+    return decoded if isinstance(decoded, str) else decoded[0] > 0.5
+
+
+def _labelled_set(
+    groups: list[tuple[str, list[Path]]], prep: Preprocessing, mask_of, description: str
+) -> tuple[EvalSet | None, list[str]]:
+    """Images of several groups ("good" = normal) as one EvalSet; mask_of(group, path) -> mask path or None."""
+    images, names, masks, known, problems = [], [], [], [], []
+    for group, paths in groups:
+        decoded = load_images(paths, prep)
+        for path, item in zip(paths, decoded):
+            if isinstance(item, str):
+                problems.append(item)
+                continue
+            mask, have = np.zeros(prep.shape[1:], bool), group == GOOD
+            where = mask_of(group, path) if group != GOOD else None
+            if where is not None and where.is_file():
+                read = read_mask(where, prep)
+                if isinstance(read, str):
+                    problems.append(f"mask of {path}: {read}")
+                else:
+                    mask, have = read, True
+            images.append(item)
+            names.append(group)
+            masks.append(mask)
+            known.append(have)
+    is_anomaly = np.array([name != GOOD for name in names], np.int64)
+    if not images or is_anomaly.all() or not is_anomaly.any():
+        return None, problems
+    any_mask = any(k for k, name in zip(known, names) if name != GOOD)
+    counts = ", ".join(f"{group} {names.count(group)}" for group, _ in groups if names.count(group))
     return (
         EvalSet(
-            images=np.concatenate([normal, anomalous]),
-            is_anomaly=np.r_[np.zeros(len(normal), np.int64), np.ones(len(anomalous), np.int64)],
-            description=f"{folder}: {len(normal)} normal, {len(anomalous)} anomalous images",
+            images=compact(images),
+            is_anomaly=is_anomaly,
+            description=f"{description}: {counts}",
+            groups=names,
+            masks=np.stack(masks) if any_mask else None,
+            has_mask=np.array(known) if any_mask else None,
         ),
-        bad_normal + bad_anomalous,
+        problems,
     )
 
 
-def folder_training_data(folder: Path, image_size_text: str | None, val_fraction: float, seed: int) -> TrainingData:
-    """Normal images anywhere under DIR except DIR/normal and DIR/anomaly, which are kept for evaluation."""
+def mvtec_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
+    """DIR/test/good and DIR/test/<defect>/, with masks from DIR/ground_truth/<defect>/<name>_mask.png."""
+    test = Path(folder) / "test"
+    if not test.is_dir():
+        return None, []
+    kinds = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
+    kinds = [GOOD] * (GOOD in kinds) + [k for k in kinds if k != GOOD]
+    groups = [(kind, list(iter_image_paths([test / kind]))) for kind in kinds]
+    return _labelled_set(groups, prep, lambda kind, path: mask_path(folder, kind, path), f"{folder} (MVTec layout)")
+
+
+def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
+    """The evaluation set of a folder: MVTec layout (DIR/test/...), or DIR/normal and DIR/anomaly (masks, when
+    there are any, in DIR/ground_truth/anomaly/<name>_mask.png)."""
+    if is_mvtec(folder) or (Path(folder) / "test").is_dir():
+        return mvtec_eval_set(folder, prep)
+    normal_dir, anomaly_dir = Path(folder) / NORMAL_SUBDIR, Path(folder) / ANOMALY_SUBDIR
+    if not (normal_dir.is_dir() and anomaly_dir.is_dir()):
+        return None, []
+    groups = [(GOOD, list(iter_image_paths([normal_dir]))), (ANOMALY_SUBDIR, list(iter_image_paths([anomaly_dir])))]
+    return _labelled_set(groups, prep, lambda kind, path: mask_path(folder, kind, path), str(folder))
+
+
+def training_paths(folder: Path) -> list[Path]:
+    """MVTec: DIR/train/good. Otherwise every image under DIR except DIR/normal, DIR/anomaly and ground_truth."""
+    if is_mvtec(folder):
+        return list(iter_image_paths([folder / "train" / GOOD]))
+    excluded = [folder / NORMAL_SUBDIR, folder / ANOMALY_SUBDIR, folder / "ground_truth"]
+    return list(iter_image_paths([folder], exclude=excluded))
+
+
+def folder_preprocessing(
+    paths: list[Path], image_size_text: str | None, color: Color | str | None, crop: Crop | str
+) -> Preprocessing:
+    """The contract a folder's model is trained under: the size asked for (or the first image's), the colour
+    asked for (or the images' own), and the crop."""
+    height, width = parse_image_size(image_size_text) or first_readable_size(paths)
+    chosen = Color(color) if color is not None else folder_color(paths, height, width)
+    return Preprocessing.of(chosen, height, width, crop)
+
+
+def folder_training_data(
+    folder: Path,
+    image_size_text: str | None,
+    val_fraction: float,
+    seed: int,
+    color: Color | str | None = None,
+    crop: Crop | str = Crop.NONE,
+) -> TrainingData:
+    """A user's folder: normal images for training, held-out ones for calibration, and the evaluation set."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataNotFoundError(f"--data {folder} is not a directory")
-    paths = list(iter_image_paths([folder], exclude=[folder / NORMAL_SUBDIR, folder / ANOMALY_SUBDIR]))
+    paths = training_paths(folder)
     if not paths:
-        raise DataNotFoundError(
-            f"no training images under {folder} (outside its {NORMAL_SUBDIR}/ and {ANOMALY_SUBDIR}/ subfolders)"
+        where = (
+            "in train/good/" if is_mvtec(folder) else f"outside its {NORMAL_SUBDIR}/ and {ANOMALY_SUBDIR}/ subfolders"
         )
-    size = parse_image_size(image_size_text) or first_readable_size(paths)
-    images, skipped = readable_images(paths, *size)
+        raise DataNotFoundError(f"no training images under {folder} ({where})")
+    prep = folder_preprocessing(paths, image_size_text, color, crop)
+    images, skipped = readable_images(paths, prep)
     for message in skipped:
         print(f"warning: skipped {message}", file=sys.stderr)
     if len(images) < 2:
         raise DataNotFoundError(f"{folder} has {len(images)} readable training images; at least 2 are needed")
     fit_images, val_images = train_validation_split(images, val_fraction, seed)
-    evaluation, bad_eval = folder_eval_set(folder, *size)
+    evaluation, bad_eval = folder_eval_set(folder, prep)
     return TrainingData(
         train=fit_images,
         validation=val_images,
         evaluation=evaluation,
         source={
             "folder": str(folder.resolve()),
+            "layout": "mvtec" if is_mvtec(folder) else "folder",
+            "color": prep.color.value,
             "n_train": int(len(fit_images)),
             "n_validation": int(len(val_images)),
             "n_skipped": len(skipped) + len(bad_eval),
         },
         skipped=skipped + bad_eval,
+        preprocessing=prep,
     )

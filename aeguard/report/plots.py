@@ -26,6 +26,7 @@ GRID_PLOT = "reconstructions.png"
 LATENT_PLOT = "latent_pca.png"
 PRIOR_SAMPLES_PLOT = "prior_samples.png"  # written on the training side (VAE decoder), listed when present
 CLASS_ROC_PLOT = "roc_per_class.png"
+LOCALIZATION_PLOT = "localization.png"
 
 
 def plot_image_grid(images: np.ndarray, title: str, path: Path, columns: int = 8) -> None:
@@ -131,16 +132,16 @@ def plot_grid(
     titles: list[str],
     path: Path,
 ) -> None:
-    """Rows: originals, reconstructions, per-pixel error maps; one column per example."""
+    """Rows: originals, reconstructions, per-pixel error maps (mean over channels); one column per example."""
     n = len(images)
     fig, axes = _subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
-    vmax = float(error_maps.max()) or 1.0
+    maps = error_maps.mean(axis=1)
+    vmax = float(maps.max()) or 1.0
     for col in range(n):
         for row, (data, kwargs) in enumerate(
             (
-                (images[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
-                (reconstructions[col, 0], {"cmap": "gray", "vmin": 0, "vmax": 1}),
-                (error_maps[col, 0], {"cmap": "inferno", "vmin": 0, "vmax": vmax}),
+                *(picture(part[col]) for part in (images, reconstructions)),
+                (maps[col], {"cmap": "inferno", "vmin": 0, "vmax": vmax}),
             )
         ):
             axes[row, col].imshow(data, **kwargs)
@@ -150,6 +151,32 @@ def plot_grid(
         axes[row, 0].text(
             -0.15, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8
         )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def picture(image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(C, H, W) in [0, 1] -> what imshow takes: a grey plane with its colour map, or (H, W, 3)."""
+    if image.shape[0] == 3:
+        return np.clip(image.transpose(1, 2, 0), 0, 1), {}
+    return image[0], {"cmap": "gray", "vmin": 0, "vmax": 1}
+
+
+def plot_localization(
+    images: np.ndarray, maps: np.ndarray, masks: np.ndarray, titles: list[str], path: Path, vmax: float
+) -> None:
+    """Each image with its anomaly map laid over it and the ground-truth outline (cyan) drawn on both."""
+    n = len(images)
+    fig, axes = _subplots(2, n, figsize=(1.5 * n, 3.3), squeeze=False)
+    for col in range(n):
+        data, kwargs = picture(images[col])
+        for row in (0, 1):
+            axes[row, col].imshow(data, **kwargs)
+            if masks[col].any():
+                axes[row, col].contour(masks[col].astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
+            axes[row, col].axis("off")
+        axes[1, col].imshow(maps[col], cmap="inferno", vmin=0, vmax=vmax or 1.0, alpha=0.6)
+        axes[0, col].set_title(titles[col], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -184,6 +211,30 @@ def render_markdown(report: dict) -> str:
             f"| normal | {cm['tn']} | {cm['fp']} |",
             f"| anomaly | {cm['fn']} | {cm['tp']} |",
         ]
+        groups = report.get("per_defect")
+        if groups:
+            lines += ["", "## Per defect type (each against the normal test images)", ""]
+            lines += ["| type | images | image AUROC | pixel AUROC |", "| --- | --- | --- | --- |"]
+            for name, row in groups.items():
+                pixel = row.get("pixel_auroc")
+                lines.append(
+                    f"| {name} | {row['n_images']} | {row['auroc']:.4f} | {'-' if pixel is None else f'{pixel:.4f}'} |"
+                )
+        local = report.get("localization")
+        if local:
+            lines += [
+                "",
+                "## Localization (anomaly map against the ground-truth masks)",
+                "",
+                f"- pixel AUROC: {local['pixel_auroc']:.4f}",
+                f"- AUPRO (FPR up to {local['aupro_max_fpr']}, normalised): {local['aupro']:.4f}",
+                f"- {local['n_images']} images with known masks, {local['n_regions']} defect regions"
+                + (
+                    f"; {local['n_without_mask']} anomalous images without a mask left out"
+                    if local.get("n_without_mask")
+                    else ""
+                ),
+            ]
     else:
         lines += ["", "No labelled evaluation data: only the calibration is reported."]
     lines += ["", "## Plots", ""]

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
+from aeguard.data.contract import Preprocessing
 from aeguard.data.images import split_decoded
 from aeguard.data.splits import as_model_input
 from aeguard.errors import BundleError, ModelOutputError, UsageError
@@ -57,10 +58,17 @@ def score_array(
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     input_name = session.get_inputs()[0].name
     parts = [
-        session.run([output], {input_name: np.ascontiguousarray(images[i : i + batch_size], np.float32)})[0]
+        session.run([output], {input_name: float_batch(images[i : i + batch_size])})[0]
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def float_batch(images: np.ndarray) -> np.ndarray:
+    """Model input as float32; uint8 images (how training and evaluation sets are held) are scaled, never cast."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 MAX_INPUT_SIDE = 8192  # pixels per side of the model input; also bounds what evaluate allocates per image
@@ -126,6 +134,11 @@ class Scorer:
     def _load(self, manifest: dict, model_bytes: bytes, where: str, intra_op_threads: int, spin: bool) -> None:
         self.manifest = manifest
         self.channels, self.height, self.width = _input_spec(self.manifest, where)
+        self.preprocessing = Preprocessing.from_spec(self.manifest["input"], where)
+        score = self.manifest.get("score") if isinstance(self.manifest.get("score"), dict) else {}
+        # The map value at which heat maps saturate: a defect probability's 1, or a squared error of 0.25
+        # (a pixel off by half the range or more)
+        self.map_scale = 1.0 if score.get("function") == "segmentation" else 0.25
         self.threshold = _threshold(self.manifest, where)
         try:
             self.session = ort.InferenceSession(
@@ -166,7 +179,7 @@ class Scorer:
             raise UsageError(
                 f"expected a batch of shape (N, {self.channels}, {self.height}, {self.width}), got {batch.shape}"
             )
-        return np.ascontiguousarray(batch, dtype=np.float32)
+        return float_batch(batch)
 
     def score(self, batch: np.ndarray, error_maps: bool = False, reconstructions: bool = False) -> ScoreBatch:
         """Score one batch; ask for error maps / reconstructions only when needed (they cost copies)."""

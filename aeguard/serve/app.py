@@ -135,16 +135,18 @@ class Handlers:
         return await request.body(self.settings.max_body_bytes, self.settings.request_timeout_s)
 
     async def _score_reply(
-        self, items: list, labels: list[str], request: HttpRequest, names: list[str] | None = None
+        self, items: list, labels: list[str], request: HttpRequest, names: list[str] | None = None, maps: bool = False
     ) -> Reply:
-        model, results = await self.service.judge_items(items, labels)
+        model, results, error_maps = await self.service.judge_items(items, labels, maps)
         rows = []
-        for index, result in enumerate(results):
+        for index, (result, error_map) in enumerate(zip(results, error_maps)):
             row = (
                 {"error": result.error}
                 if result.error is not None
                 else {"score": result.score, "is_anomaly": result.is_anomaly}
             )
+            if error_map is not None:
+                row["anomaly_map"] = payloads.map_payload(error_map)
             rows.append({"filename": names[index], **row} if names is not None else row)
         scored = sum(1 for result in results if result.error is None)
         request.images = scored
@@ -160,8 +162,8 @@ class Handlers:
 
     async def v1_score(self, request: HttpRequest) -> Reply:
         _check_token(request, self.settings.api_token)
-        items = payloads.score_request_items(await self._body(request), self.settings.max_images_per_request)
-        return await self._score_reply(items, [f"images[{i}]" for i in range(len(items))], request)
+        items, maps = payloads.score_request_items(await self._body(request), self.settings.max_images_per_request)
+        return await self._score_reply(items, [f"images[{i}]" for i in range(len(items))], request, maps=maps)
 
     async def v1_score_image(self, request: HttpRequest) -> Reply:
         _check_token(request, self.settings.api_token)
@@ -175,8 +177,8 @@ class Handlers:
                     raise RequestError("multipart body holds no file parts")
                 names = [upload.filename or f"file[{i}]" for i, upload in enumerate(uploads)]
                 items = [await upload.read() for upload in uploads]
-            return await self._score_reply(items, names, request, names=names)
-        return await self._score_reply([body], ["body"], request)
+            return await self._score_reply(items, names, request, names=names, maps=request.query_flag("maps"))
+        return await self._score_reply([body], ["body"], request, maps=request.query_flag("maps"))
 
     async def oip_infer(self, request: HttpRequest) -> Reply:
         settings = self.settings
@@ -197,9 +199,10 @@ class Handlers:
             # the extension also allows JSON data in the header, with binary outputs only
             infer = payloads.infer_request(header) if plan.binary_size is None else None
         images = payloads.oip_pixels(plan, infer, binary)
-        model, scores, verdicts = await self.service.judge_tensor(images)
+        maps_for = model if any(name == payloads.OIP_MAP_OUTPUT for name, _ in plan.outputs) else None
+        model, scores, verdicts, maps = await self.service.judge_tensor(images, maps_for)
         request.images = len(images)
-        return oip_reply(model, plan, scores, verdicts)
+        return oip_reply(model, plan, scores, verdicts, maps)
 
     async def oip_model_metadata(self, request: HttpRequest) -> Reply:
         model = self.service.model(request.path_params["name"])
@@ -256,13 +259,17 @@ class Handlers:
         return json_reply(openapi_document())
 
 
-def oip_reply(model, plan: payloads.OipPlan, scores: list[float], verdicts: list[bool]) -> Reply:
+def oip_reply(
+    model, plan: payloads.OipPlan, scores: list[float], verdicts: list[bool], maps: np.ndarray | None = None
+) -> Reply:
     """An infer reply with the outputs the request asked for, each as JSON data or binary tensor data."""
-    shape = [len(scores)]
     columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", verdicts, "?")}
+    if maps is not None:
+        columns[payloads.OIP_MAP_OUTPUT] = ("FP32", maps, "<f4")
     outputs, blobs = [], []
     for name, as_binary in plan.outputs:
         datatype, values, binary_type = columns[name]
+        shape = list(np.shape(values)) if name == payloads.OIP_MAP_OUTPUT else [len(scores)]
         if as_binary:
             blob = np.asarray(values, binary_type).tobytes()
             outputs.append(
@@ -270,7 +277,8 @@ def oip_reply(model, plan: payloads.OipPlan, scores: list[float], verdicts: list
             )
             blobs.append(blob)
         else:
-            outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": values})
+            data = np.asarray(values).ravel().tolist() if name == payloads.OIP_MAP_OUTPUT else values
+            outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
     body = {
         "model_name": model.name,
         "model_version": model.version,

@@ -39,6 +39,13 @@ class HttpRequest:
     def path_params(self) -> dict:
         return self.scope.get("path_params", {})
 
+    def query_flag(self, name: str) -> bool:
+        """True when the query string sets `name` to 1, true or yes (?maps=true)."""
+        from urllib.parse import parse_qs
+
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name, [])
+        return bool(values) and values[-1].lower() in ("1", "true", "yes")
+
     def raw_header(self, name: bytes) -> bytes | None:
         """The first value of a header; `name` in lower case, as ASGI servers deliver header names."""
         headers = self._headers

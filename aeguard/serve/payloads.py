@@ -14,11 +14,13 @@ import msgspec
 import numpy as np
 import orjson
 
+from aeguard.data.contract import Preprocessing
 from aeguard.data.images import decode_each, decode_image
 from aeguard.errors import ImageError, ImageTooLargeError, PayloadTooLargeError, RequestError
 
 OIP_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype(np.uint8)}
-OIP_OUTPUTS = ("score", "is_anomaly")
+OIP_OUTPUTS = ("score", "is_anomaly")  # what a reply holds unless the request names its outputs
+OIP_MAP_OUTPUT = "anomaly_map"  # [N, H, W] FP32, only when asked for by name: maps are large
 
 
 def parse_json(body: bytes) -> dict:
@@ -31,11 +33,11 @@ def parse_json(body: bytes) -> dict:
     return payload
 
 
-def decode_image_bytes(data: bytes, height: int, width: int, max_pixels: int, label: str) -> np.ndarray:
-    """Encoded PNG/JPEG/... bytes -> (1, H, W) float32 through the same decoder as `aeguard score`."""
+def decode_image_bytes(data: bytes, prep: Preprocessing, max_pixels: int, label: str) -> np.ndarray:
+    """Encoded PNG/JPEG/... bytes -> (C, H, W) float32 through the same decoder as `aeguard score`."""
     if not data:
         raise RequestError(f"{label}: empty image")
-    return decode_image(io.BytesIO(data), height, width, max_pixels, label)
+    return decode_image(io.BytesIO(data), prep, max_pixels, label)
 
 
 def decode_base64(text: str, label: str) -> bytes:
@@ -60,20 +62,24 @@ def _numbers_only(value: list) -> bool:
     return True
 
 
-def array_image(value: list, height: int, width: int, label: str) -> np.ndarray:
-    """A nested list of pixel values in [0, 1], shaped (H, W) or (1, H, W)."""
+def array_image(value: list, prep: Preprocessing, label: str) -> np.ndarray:
+    """A nested list of pixel values in [0, 1], shaped (C, H, W) or (H, W, C), or (H, W) for a grayscale model."""
     if not _numbers_only(value):
         raise RequestError(f"{label}: nested array holds something other than numbers (strings, booleans, null)")
     try:
         array = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError):
         raise RequestError(f"{label}: nested array is ragged or holds non-numbers") from None
-    if array.shape == (height, width):
+    channels, height, width = prep.shape
+    if array.shape == (height, width) and channels == 1:
         array = array[None]
-    if array.shape != (1, height, width):
-        raise RequestError(
-            f"{label}: array shape {list(array.shape)}, expected [{height}, {width}] or [1, {height}, {width}]"
-        )
+    elif array.shape != prep.shape and array.shape == (height, width, channels):
+        array = np.ascontiguousarray(array.transpose(2, 0, 1))
+    if array.shape != prep.shape:
+        expected = f"[{channels}, {height}, {width}] or [{height}, {width}, {channels}]"
+        if channels == 1:
+            expected = f"[{height}, {width}] or [1, {height}, {width}]"
+        raise RequestError(f"{label}: array shape {list(array.shape)}, expected {expected}")
     return require_unit_range(array, f"{label}: pixel values")
 
 
@@ -84,14 +90,14 @@ def require_unit_range(array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
-def decode_item(item, height: int, width: int, max_pixels: int, label: str) -> np.ndarray:
+def decode_item(item, prep: Preprocessing, max_pixels: int, label: str) -> np.ndarray:
     """One image of a request: raw bytes (uploads), a base64 string, or a nested array in [0, 1]."""
     if isinstance(item, bytes):
-        return decode_image_bytes(item, height, width, max_pixels, label)
+        return decode_image_bytes(item, prep, max_pixels, label)
     if isinstance(item, str):
-        return decode_image_bytes(decode_base64(item, label), height, width, max_pixels, label)
+        return decode_image_bytes(decode_base64(item, label), prep, max_pixels, label)
     if isinstance(item, list):
-        return array_image(item, height, width, label)
+        return array_image(item, prep, label)
     raise RequestError(f"{label}: expected a base64 string or a nested array, got {type(item).__name__}")
 
 
@@ -101,10 +107,11 @@ class ScoreRequest(msgspec.Struct):
 
     images: list | None = None
     image: Any = None
+    maps: bool = False  # add each image's anomaly map to its result
 
 
-def score_request_items(body: bytes, max_images: int) -> list:
-    """The images of a /v1/score body, checked for type and count."""
+def score_request_items(body: bytes, max_images: int) -> tuple[list, bool]:
+    """The images of a /v1/score body, checked for type and count, and whether it asks for anomaly maps."""
     try:
         request = msgspec.json.decode(body, type=ScoreRequest)
     except msgspec.ValidationError as exc:
@@ -121,16 +128,26 @@ def score_request_items(body: bytes, max_images: int) -> list:
         raise RequestError('"images" is empty')
     if len(items) > max_images:
         raise PayloadTooLargeError(f"{len(items)} images in one request; the limit is {max_images}")
-    return items
+    return items, request.maps
 
 
-def decode_items(items: list, labels: list[str], height: int, width: int, max_pixels: int) -> list[np.ndarray | str]:
+def map_payload(error_map: np.ndarray) -> dict:
+    """An anomaly map (C, H, W) as JSON: its mean over channels, float32 little-endian, base64."""
+    plane = np.ascontiguousarray(error_map.mean(axis=0), "<f4")
+    return {
+        "shape": list(plane.shape),
+        "datatype": "FP32",
+        "data": base64.b64encode(plane.tobytes()).decode("ascii"),
+    }
+
+
+def decode_items(items: list, labels: list[str], prep: Preprocessing, max_pixels: int) -> list[np.ndarray | str]:
     """Decode each item on its own: one bad image never costs the others their scores. A request of one
     image over a limit is refused as a whole (413), as a body over the limit is."""
 
     def decode(item, label: str) -> np.ndarray:
         try:
-            return decode_item(item, height, width, max_pixels, label)
+            return decode_item(item, prep, max_pixels, label)
         except (RequestError, ImageError) as exc:
             if len(items) == 1 and isinstance(exc, (PayloadTooLargeError, ImageTooLargeError)):
                 raise PayloadTooLargeError(str(exc)) from None
@@ -230,6 +247,7 @@ class OipPlan:
     binary_size: int | None  # bytes of tensor data after the JSON header (binary extension), else None
     outputs: tuple[tuple[str, bool], ...]  # (name, sent as binary) in reply order
     echo: dict  # what the reply repeats of the request: its "id", if it had one
+    channels_last: bool = False  # the request's tensor is [N, H, W, C]: transposed to NCHW after reading
 
 
 def oip_plan(request: InferRequest, input_name: str, shape: tuple[int, int, int], max_images: int) -> OipPlan:
@@ -244,10 +262,16 @@ def oip_plan(request: InferRequest, input_name: str, shape: tuple[int, int, int]
         raise RequestError(f"datatype {datatype!r} is not supported; send FP32 (values in [0, 1]) or UINT8 (0-255)")
     dims = tensor.shape
     channels, height, width = shape
+    channels_last = False
     if len(dims) == 3 and channels == 1:
         dims = [dims[0], 1, dims[1], dims[2]]
+    elif len(dims) == 4 and tuple(dims[1:]) != shape and tuple(dims[1:]) == (height, width, channels):
+        dims, channels_last = [dims[0], channels, height, width], True
     if len(dims) != 4 or tuple(dims[1:]) != shape:
-        raise RequestError(f"shape {tensor.shape} does not fit this model; expected [N, {channels}, {height}, {width}]")
+        raise RequestError(
+            f"shape {tensor.shape} does not fit this model; expected [N, {channels}, {height}, {width}] "
+            f"or [N, {height}, {width}, {channels}]"
+        )
     if dims[0] < 1:
         raise RequestError("the batch holds no image")
     if dims[0] > max_images:
@@ -257,9 +281,9 @@ def oip_plan(request: InferRequest, input_name: str, shape: tuple[int, int, int]
     if size is not None and size != needed:
         raise RequestError(f"binary_data_size {size} does not fit shape {dims} of {datatype}, which needs {needed}")
     requested = {o.name: o for o in request.outputs or ()}
-    unknown = set(requested) - set(OIP_OUTPUTS)
+    unknown = set(requested) - {*OIP_OUTPUTS, OIP_MAP_OUTPUT}
     if unknown:
-        raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score and is_anomaly")
+        raise RequestError(f"unknown outputs {sorted(unknown)}; this model has score, is_anomaly and anomaly_map")
     binary_default = request.parameters.binary_data_output if request.parameters is not None else False
 
     def as_binary(name: str) -> bool:
@@ -268,7 +292,8 @@ def oip_plan(request: InferRequest, input_name: str, shape: tuple[int, int, int]
         return binary_default if chosen is None else chosen
 
     outputs = tuple((name, as_binary(name)) for name in (requested or OIP_OUTPUTS))
-    return OipPlan(tuple(dims), datatype, size, outputs, {"id": request.id} if request.id is not None else {})
+    echo = {"id": request.id} if request.id is not None else {}
+    return OipPlan(tuple(dims), datatype, size, outputs, echo, channels_last)
 
 
 def oip_pixels(plan: OipPlan, request: InferRequest | None, binary: bytes | memoryview | None) -> np.ndarray:
@@ -295,6 +320,9 @@ def oip_pixels(plan: OipPlan, request: InferRequest | None, binary: bytes | memo
         )
     if datatype == "FP32":
         array = require_unit_range(array.astype(np.float32, copy=False), "FP32 data")
+    if plan.channels_last:
+        n, c, h, w = dims
+        return np.ascontiguousarray(array.reshape(n, h, w, c).transpose(0, 3, 1, 2))
     return array.reshape(dims)
 
 

@@ -20,7 +20,7 @@ from aeguard.data.images import split_decoded
 from aeguard.errors import AeguardError, ModelNotFoundError, ModelOutputError, RequestError
 from aeguard.scoring.results import ItemResult
 from aeguard.serve import payloads
-from aeguard.serve.batching import BatchingScorer
+from aeguard.serve.batching import BatchingScorer, model_input
 from aeguard.serve.metrics import Metrics
 from aeguard.serve.model_store import LoadedModel, ModelStore
 from aeguard.serve.settings import ServeSettings
@@ -108,29 +108,44 @@ class ScoringService:
             raise ModelNotFoundError(f"model {model.name!r} has no version {version!r}; it serves {model.version!r}")
         return model
 
-    async def judge_items(self, items: list, labels: list[str]) -> tuple[LoadedModel, list[ItemResult]]:
-        """Encoded images or pixel arrays -> a result per item; one that cannot be read costs only its own."""
+    async def judge_items(
+        self, items: list, labels: list[str], maps: bool = False
+    ) -> tuple[LoadedModel, list[ItemResult], list[np.ndarray | None]]:
+        """Encoded images or pixel arrays -> a result per item (one that cannot be read costs only its own) and,
+        when `maps`, each readable item's anomaly map (C, H, W); else a None per item."""
         model = self.store.current
-        height, width = model.scorer.height, model.scorer.width
+        prep, max_pixels = model.scorer.preprocessing, self.settings.max_pixels
         # Decoding is CPU work of unbounded cost (a 4000x4000 PNG takes most of a second): never on the loop.
-        decoded = await asyncio.to_thread(payloads.decode_items, items, labels, height, width, self.settings.max_pixels)
+        decoded = await asyncio.to_thread(payloads.decode_items, items, labels, prep, max_pixels)
         good, errors = split_decoded(decoded)
         if not good:
             raise RequestError(
                 errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; first: {errors[0]}"
             )
+        if maps:  # the map comes with its own score from one graph run, outside the batcher (few ask for it)
+            results, per_item = await asyncio.to_thread(model.scorer.score_decoded, decoded, True)
+            return model, results, per_item
         scores, model = await self.scorer.score(np.stack(good))
-        return model, model.scorer.results(errors, scores)
+        return model, model.scorer.results(errors, scores), [None] * len(decoded)
 
-    async def judge_tensor(self, images: np.ndarray) -> tuple[LoadedModel, list[float], list[bool]]:
-        """A batch of model inputs -> scores and verdicts. A non-finite score refuses the whole batch: a tensor
-        reply has no place for one image's error, and a NaN must never read as normal."""
-        scores, model = await self.scorer.score(images)
+    async def judge_tensor(
+        self, images: np.ndarray, maps_of: LoadedModel | None = None
+    ) -> tuple[LoadedModel, list[float], list[bool], np.ndarray | None]:
+        """A batch of model inputs -> scores, verdicts and, with `maps_of` (the model the request was checked
+        against), (N, H, W) anomaly maps. A non-finite score refuses the whole batch: a tensor reply has no
+        place for one image's error, and a NaN must never read as normal."""
+        maps = None
+        if maps_of is not None:  # map and score from one graph run, outside the batcher (few ask for maps)
+            model = maps_of
+            batch = await asyncio.to_thread(model.scorer.score, model_input([images]), True)
+            scores, maps = batch.scores.tolist(), batch.error_maps.mean(axis=1)
+        else:
+            scores, model = await self.scorer.score(images)
         verdicts = model.scorer.results([None] * len(scores), scores)
         failed = next((i for i, v in enumerate(verdicts) if v.error is not None), None)
         if failed is not None:
             raise ModelOutputError(f"image {failed}: {verdicts[failed].error}")
-        return model, scores, [v.is_anomaly for v in verdicts]
+        return model, scores, [v.is_anomaly for v in verdicts], maps
 
 
 def tune_garbage_collector() -> None:

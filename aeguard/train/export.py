@@ -12,8 +12,16 @@ import torch
 
 from aeguard.bundle import WEIGHTS_NAME, read_manifest
 from aeguard.errors import BundleError, ParityError
-from aeguard.scoring.scorer import CODE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, SCORE_OUTPUT, open_session
-from aeguard.train.models import build_model
+from aeguard.scoring.scorer import (
+    CODE_OUTPUT,
+    ERROR_MAP_OUTPUT,
+    RECONSTRUCTION_OUTPUT,
+    SCORE_OUTPUT,
+    float_batch,
+    open_session,
+)
+from aeguard.train.draem import DraemScoringGraph
+from aeguard.train.models import backbone_of, build_model
 from aeguard.train.scoring import ScoringGraph, score_config
 
 INPUT_NAME = "images"
@@ -54,7 +62,7 @@ def export_onnx(graph: ScoringGraph, input_shape: tuple[int, int, int], path: Pa
 def parity_max_abs_diff(graph: ScoringGraph, onnx_path: Path, images: np.ndarray) -> dict:
     """Largest absolute difference between torch and onnxruntime on the score and the error map."""
     graph = cpu_scoring_graph(graph)
-    images = np.ascontiguousarray(images, dtype=np.float32)
+    images = float_batch(images)
     torch_score, torch_map, _, _ = graph(torch.from_numpy(images))
     session = open_session(onnx_path)
     ort_score, ort_map = session.run([SCORE_OUTPUT, ERROR_MAP_OUTPUT], {INPUT_NAME: images})
@@ -63,8 +71,12 @@ def parity_max_abs_diff(graph: ScoringGraph, onnx_path: Path, images: np.ndarray
         "error_map_max_abs_diff": float(np.abs(torch_map.numpy() - ort_map).max()),
         "n_images": int(len(images)),
         "tolerance": PARITY_TOLERANCE,
-        "error_map_tolerance": ERROR_MAP_TOLERANCE.get(graph.error_map.function, PARITY_TOLERANCE),
+        "error_map_tolerance": ERROR_MAP_TOLERANCE.get(score_function(graph), PARITY_TOLERANCE),
     }
+
+
+def score_function(graph) -> str:
+    return graph.error_map.function if isinstance(graph, ScoringGraph) else "segmentation"
 
 
 def check_parity(parity: dict) -> None:
@@ -85,6 +97,8 @@ def scoring_graph(model_config: dict, score: dict | None, members: list | None =
     if members is None:
         members = [build_model(model_config) for _ in range(int(model_config.get("ensemble", 1)))]
     score = score or {}
+    if backbone_of(model_config) == "draem":
+        return DraemScoringGraph(members, score)
     config = score_config(
         score.get("function", "mse"), score.get("sigma"), score.get("beta", 1.0), score.get("knn", 0), score.get("top")
     )

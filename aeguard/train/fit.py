@@ -21,10 +21,9 @@ import torch
 from aeguard import __version__
 from aeguard.bundle import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, BundleContents
 from aeguard.config import DetectorConfig, TrainConfig, detector_score_config, model_config
-from aeguard.data.images import preprocessing_spec
 from aeguard.data.sources import TrainingData
 from aeguard.errors import TrainingCollapsedError
-from aeguard.scoring.scorer import open_session, score_array
+from aeguard.scoring.scorer import float_batch, open_session, score_array
 from aeguard.scoring.threshold import calibration_summary
 from aeguard.train.distributed import (
     DistributedContext,
@@ -47,6 +46,7 @@ from aeguard.train.loop import (
     BatchCallback,
     EpochCallback,
     TrainResult,
+    explained_variation,
     reconstruction_spread,
     seed_everything,
     train,
@@ -66,6 +66,7 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
         "init_seed": result.init_seed,  # differs from config.seed only after a collapsed first attempt
+        "collapse_check": result.collapse_check,
         "history": [dataclasses.asdict(r) for r in result.history],
     }
 
@@ -73,6 +74,9 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
 # Reconstructions that vary less than this share of the inputs' own variation: one output for every input.
 # A dead network measures 0.0 %; a model trained one epoch on 100 images (as in the tests) about 3 %.
 COLLAPSE_SPREAD = 0.005
+# A model that reconstructs no better than the data's mean image (explained variation below this) has
+# collapsed too, even when its outputs differ a little from image to image.
+COLLAPSE_EXPLAINED = 0.02
 COLLAPSE_RETRIES = 2  # fresh initialisations tried after a collapsed one
 RETRY_SEED_STRIDE = 1_000_003  # retry k initialises with seed + k * stride: deterministic, far from other members
 
@@ -95,7 +99,7 @@ def train_member(
     manifest records the initialisation seed used. Healthy runs are untouched.
     """
     seed = train_config.seed
-    validation = torch.from_numpy(np.ascontiguousarray(data.validation, np.float32))
+    validation = torch.from_numpy(float_batch(data.validation))
     for attempt in range(COLLAPSE_RETRIES + 1):
         init_seed = seed + attempt * RETRY_SEED_STRIDE
         seed_everything(init_seed)  # before the model exists: initial weights are part of the run
@@ -103,23 +107,30 @@ def train_member(
         result = train(
             model, data.train, data.validation, train_config, on_batch, on_epoch, context, config["training"]
         )
-        spread = reconstruction_spread(model, validation.to(next(model.parameters()).device))
+        held_out = validation.to(next(model.parameters()).device)
+        spread, explained = reconstruction_spread(model, held_out), explained_variation(model, held_out)
         result.init_seed = init_seed
-        if spread >= COLLAPSE_SPREAD:
+        result.collapse_check = {"spread": spread, "explained_variation": explained}
+        if spread >= COLLAPSE_SPREAD and explained >= COLLAPSE_EXPLAINED:
             log(
                 f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
-                f"reconstruction spread {spread:.2f}"
+                f"reconstruction spread {spread:.2f}, explained variation {explained:.2f}"
             )
             return model, result
+        why = (
+            f"every held-out image gets nearly the same reconstruction (spread {spread:.1%} of the images')"
+            if spread < COLLAPSE_SPREAD
+            else f"it reconstructs no better than the mean image (explained variation {explained:.3f})"
+        )
         log(
-            f"training collapsed (initialisation seed {init_seed}): every held-out image gets nearly the same "
-            f"reconstruction (spread {spread:.1%} of the images'); "
+            f"training collapsed (initialisation seed {init_seed}): {why}; "
             + ("training again from a fresh initialisation" if attempt < COLLAPSE_RETRIES else "giving up")
         )
     raise TrainingCollapsedError(
         f"training collapsed {COLLAPSE_RETRIES + 1} times (seed {seed} and {COLLAPSE_RETRIES} fresh initialisations): "
-        "the model reconstructs every held-out image as nearly the same image, so its score would not separate "
-        "anomalies; no bundle was written. Try another --seed, a larger --latent, or --noise erase:0.25"
+        "the model reconstructs every held-out image as nearly the same image (or no better than their mean image), "
+        "so its score would not separate anomalies; no bundle was written. Try more --epochs, another --seed, "
+        "a larger --latent, or --noise erase:0.25"
     )
 
 
@@ -188,7 +199,8 @@ def export_contents(
     graph = scoring_graph(trained.model, trained.score, trained.members).cpu().eval()
     score = dict(trained.score)
     if graph.knn:  # the codes of the training split only: validation and test images stay unseen
-        score["references"] = graph.set_reference_codes(torch.from_numpy(data.train), seed=config.train.seed)
+        train = torch.from_numpy(float_batch(data.train))
+        score["references"] = graph.set_reference_codes(train, seed=config.train.seed)
     with tempfile.TemporaryDirectory(prefix="aeguard-export-") as folder:
         onnx_path = Path(folder) / MODEL_NAME
         export_onnx(graph, data.input_shape, onnx_path)
@@ -208,7 +220,7 @@ def export_contents(
         "name": None,  # the folder's name, set when the bundle is written
         "aeguard_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input": preprocessing_spec(*data.input_shape[1:]),
+        "input": data.preprocessing.spec(),
         "model": trained.model,
         "score": {**score, "higher_is_anomalous": True, "is_anomaly": "score > threshold"},
         "onnx": {"opset": OPSET, "input": INPUT_NAME, "outputs": list(OUTPUTS)},

@@ -30,6 +30,8 @@ class FitOptions:
     data: Path | None = None  # a folder of the user's own normal images, instead of the data set
     data_dir: Path | None = None
     image_size: str | None = None
+    color: str | None = None  # grayscale or rgb for --data folders [the images' own]
+    crop: str = "none"  # none or center, for --data folders
     force: bool = False
     allow_download: bool = True
 
@@ -37,9 +39,11 @@ class FitOptions:
 def load_training_data(options: FitOptions) -> TrainingData:
     config = options.config
     if options.data is not None:
-        data = folder_training_data(options.data, options.image_size, config.val_fraction, config.train.seed)
-    elif options.image_size is not None:
-        raise UsageError("--image-size applies to --data folders; IDX data sets keep their native size")
+        data = folder_training_data(
+            options.data, options.image_size, config.val_fraction, config.train.seed, options.color, options.crop
+        )
+    elif options.image_size is not None or options.color is not None or options.crop != "none":
+        raise UsageError("--image-size, --color and --crop apply to --data folders; IDX data sets are 28 px grey")
     else:
         data = dataset_training_data(
             options.dataset,
@@ -65,7 +69,7 @@ def run_fit(
     """
     check_out(Path(options.out), options.force)  # before any training time is spent
     data = load_training_data(options)
-    detector = Detector.from_config(options.config, image_size=options.image_size)
+    detector = Detector.from_config(options.config, options.image_size, color=options.color, crop=options.crop)
     if not detector.fit_training_data(data, on_batch, on_epoch, log):
         return None
     manifest = detector.save(options.out, force=options.force, report=True, evaluation=data.evaluation)

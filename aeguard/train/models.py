@@ -111,10 +111,12 @@ class DenseAutoencoder(Autoencoder):
 
 
 class ConvAutoencoder(Autoencoder):
-    """Strided convolutions down to a dense code and transposed convolutions back up.
+    """Strided convolutions down to a code and transposed convolutions back up.
 
-    Inputs of any size are zero-padded to a multiple of 2**depth and the output is cropped back,
-    with the pad amounts fixed at construction so the ONNX graph stays static but for the batch axis.
+    The code is dense (`latent` units) or, with spatial_code, `latent` channels on the last feature map's
+    grid (a 1x1 convolution), flattened so the variants treat both alike. Inputs of any size are zero-padded
+    to a multiple of 2**depth and the output is cropped back, with the pad amounts fixed at construction so
+    the ONNX graph stays static but for the batch axis.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class ConvAutoencoder(Autoencoder):
         k_sparse: int | None = None,
         *,
         activation: str,
+        spatial_code: bool = False,
     ):
         self.shape = (channels, height, width)
         factor = 2 ** len(conv_channels)
@@ -138,8 +141,19 @@ class ConvAutoencoder(Autoencoder):
         for n_in, n_out in zip(widths, widths[1:]):
             down += [nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), activation_layer(activation)]
         flat = math.prod(code_shape)
-        encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, latent * (2 if variational else 1)))
-        up: list[nn.Module] = [nn.Linear(latent, flat), activation_layer(activation), nn.Unflatten(1, code_shape)]
+        code_channels = latent * (2 if variational else 1)
+        if spatial_code:
+            grid = code_shape[1:]
+            encoder = nn.Sequential(*down, nn.Conv2d(conv_channels[-1], code_channels, 1), nn.Flatten())
+            up: list[nn.Module] = [
+                nn.Unflatten(1, (latent, *grid)),
+                nn.Conv2d(latent, conv_channels[-1], 1),
+                activation_layer(activation),
+            ]
+            latent = latent * math.prod(grid)  # the flattened code's length
+        else:
+            encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, code_channels))
+            up = [nn.Linear(latent, flat), activation_layer(activation), nn.Unflatten(1, code_shape)]
         reversed_widths = list(reversed(widths))
         for i, (n_in, n_out) in enumerate(zip(reversed_widths, reversed_widths[1:])):
             up.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1))
@@ -172,5 +186,15 @@ def build_model(config: dict) -> Autoencoder:
     if backbone == "dense":
         return DenseAutoencoder(*shape, hidden=list(config["hidden"]), latent=config["latent"], **extra)
     if backbone == "conv":
-        return ConvAutoencoder(*shape, conv_channels=list(config["conv_channels"]), latent=config["latent"], **extra)
+        return ConvAutoencoder(
+            *shape,
+            conv_channels=list(config["conv_channels"]),
+            latent=config["latent"],
+            spatial_code=bool(config.get("spatial_code", False)),  # no key: a bundle from before 0.3, dense
+            **extra,
+        )
+    if backbone == "draem":
+        from aeguard.train.draem import Draem
+
+        return Draem(*shape, conv_channels=list(config["conv_channels"]), code_channels=config["latent"])
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")

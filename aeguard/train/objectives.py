@@ -12,7 +12,9 @@ from torch.nn import functional as F
 
 from aeguard.config import NOISE_KINDS, parse_noise  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
+from aeguard.train.error_maps import ErrorMap
 from aeguard.train.models import Autoencoder
+from aeguard.train.synthetic import paste_defects
 
 
 def corrupt(images: torch.Tensor, noise: tuple[str, float] | None) -> torch.Tensor:
@@ -81,3 +83,53 @@ class Objective(nn.Module):
         if log_var is not None and self.beta:
             loss = loss + self.beta * kl_per_image(code.float(), log_var.float()).mean() / pixels
         return loss
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017), as DRAEM trains its segmenter: defects cover few pixels, and the
+    many easy normal pixels would otherwise dominate the gradient."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    agreement = torch.exp(-bce)  # the probability given to the right class
+    return ((1.0 - agreement) ** gamma * bce).mean()
+
+
+class DraemObjective(nn.Module):
+    """Restore the clean image from one with synthetic defects pasted in (L2 + SSIM, as DRAEM), and segment
+    the defects from (defective image, restoration) with the focal loss."""
+
+    VALIDATION_SEED = 12345  # the same pasted defects on the validation images every epoch
+
+    def __init__(self, model, seed: int = 0):
+        super().__init__()
+        self.model = model
+        self.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, model.shape[0])
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        defective, masks = paste_defects(images, generator)
+        restored = self.model(defective)
+        logits = self.model.defect_logits(defective, restored)
+        restoration = F.mse_loss(restored, images) + self.ssim(images, restored).mean()
+        return restoration + focal_loss(logits, masks)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.loss(images, self.generator)
+
+    @torch.no_grad()
+    def validation_loss(self, images: torch.Tensor, batch_size: int = 64) -> float:
+        self.model.eval()
+        generator = torch.Generator().manual_seed(self.VALIDATION_SEED)
+        total = 0.0
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            total += float(self.loss(batch, generator)) * len(batch)
+        return total / max(1, len(images))
+
+
+def objective_for(model, training: dict | None, seed: int = 0) -> nn.Module:
+    """The training objective of a model: the draem one for Draem, else reconstruction plus the variant's terms."""
+    from aeguard.train.draem import Draem
+
+    if isinstance(model, Draem):
+        return DraemObjective(model, seed)
+    return Objective(model, training)

@@ -1,0 +1,136 @@
+"""The preprocessing contract: how a decoded image becomes the model's input. Pillow and numpy only.
+
+Every manifest records it (`Preprocessing.spec`) and every front end rebuilds it from there
+(`Preprocessing.from_spec`), so training, `aeguard score`, the daemon and Ray turn the same file into the
+same array. Bundles written before colour support have `channels: 1` and no `crop` key: they read as
+grayscale, resized without cropping, exactly as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from PIL import Image
+
+from aeguard.errors import BundleError, UsageError
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class Color(StrEnum):
+    GRAYSCALE = "grayscale"
+    RGB = "rgb"
+
+
+class Crop(StrEnum):
+    NONE = "none"  # the whole image, resized (its aspect ratio may change)
+    CENTER = "center"  # the largest centred region of the target's aspect ratio, then resized
+
+
+COLOR_TEXT = {
+    1: "grayscale (ITU-R 601-2 luma); 16-bit images scaled by 1/65535",
+    3: "rgb (grey images repeated on 3 channels, alpha dropped, palettes expanded); 16-bit images scaled by 1/65535",
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """channels (1 grayscale, 3 RGB), the model's height and width, and whether to centre-crop first."""
+
+    channels: int
+    height: int
+    width: int
+    crop: Crop = Crop.NONE
+
+    def __post_init__(self):
+        if self.channels not in COLOR_TEXT:
+            raise UsageError(f"images must have 1 (grayscale) or 3 (rgb) channels, got {self.channels}")
+        object.__setattr__(self, "crop", Crop(self.crop))
+
+    @classmethod
+    def of(cls, color: Color | str, height: int, width: int, crop: Crop | str = Crop.NONE) -> Preprocessing:
+        try:
+            color, crop = Color(color), Crop(crop)
+        except ValueError:
+            raise UsageError(
+                f"--color must be grayscale or rgb and --crop none or center, got {color!r}, {crop!r}"
+            ) from None
+        return cls(3 if color is Color.RGB else 1, height, width, crop)
+
+    @property
+    def color(self) -> Color:
+        return Color.RGB if self.channels == 3 else Color.GRAYSCALE
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.height, self.width
+
+    def spec(self) -> dict:
+        """The manifest's input entry."""
+        return {
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "color": COLOR_TEXT[self.channels],
+            "crop": self.crop.value,
+            "resize": "bilinear",
+            "range": [0.0, 1.0],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, where: str = "the manifest") -> Preprocessing:
+        crop = spec.get("crop", Crop.NONE.value)
+        if crop not in {c.value for c in Crop}:
+            raise BundleError(f"{where}: unknown input crop {crop!r}")
+        try:
+            return cls(spec["channels"], spec["height"], spec["width"], Crop(crop))
+        except UsageError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """A decoded Pillow image -> (channels, height, width) float32 in [0, 1]."""
+        if self.crop is Crop.CENTER:
+            image = center_crop(image, self.height / self.width)
+        planes = _unit_planes(image, self.channels)
+        if planes.size != (self.width, self.height):
+            planes = planes.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        array = np.asarray(planes, dtype=np.float32)
+        if planes.mode in ("L", "RGB"):
+            array = array / 255.0
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if self.channels == 3 and array.shape[2] == 1:  # a float grey image, repeated on the three channels
+            array = np.repeat(array, 3, axis=2)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def center_crop(image: Image.Image, aspect: float) -> Image.Image:
+    """The largest centred box of height / width = aspect."""
+    width, height = image.size
+    if height / width > aspect:
+        new_height, new_width = max(1, round(width * aspect)), width
+    else:
+        new_height, new_width = height, max(1, round(height / aspect))
+    left, top = (width - new_width) // 2, (height - new_height) // 2
+    return image.crop((left, top, left + new_width, top + new_height))
+
+
+def _unit_planes(image: Image.Image, channels: int) -> Image.Image:
+    """An image of mode 'L' or 'RGB' (8-bit) or 'F' (one float plane already in [0, 1])."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        array = np.asarray(image, dtype=np.float32) / 65535.0
+        return Image.fromarray(np.clip(array, 0.0, 1.0), mode="F")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0), mode="F")
+    return image.convert("RGB" if channels == 3 else "L")
+
+
+def looks_colour(array: np.ndarray, tolerance: float = 8 / 255, share: float = 0.01) -> bool:
+    """True when more than `share` of an RGB (3, H, W) image's pixels differ between channels by more than
+    `tolerance`: a grey photo saved as RGB (or a JPEG's chroma rounding) stays grey."""
+    spread = array.max(axis=0) - array.min(axis=0)
+    return bool(np.mean(spread > tolerance) > share)

@@ -1,0 +1,141 @@
+"""A DRAEM-style detector (Zavrtanik et al., ICCV 2021), small enough to train on a CPU: it localizes.
+
+Two networks, trained together on normal images only:
+- a reconstructive one, an autoencoder (no skip connections, so it cannot copy a defect through) taught to
+  restore an image into which a synthetic defect was pasted (synthetic.py);
+- a discriminative one, a U-Net that sees the image beside its restoration and segments where they
+  disagree in a way a defect would: it learns what "defect" looks like from the pasted ones, and what the
+  restoration's ordinary mistakes look like from every normal pixel.
+The anomaly map is the discriminative net's defect probability; the image score is its largest value (DRAEM
+takes it after a 21 x 21 mean; why not here: config.SEGMENTATION_POOL), both computed in the exported graph.
+
+Far smaller than the paper's networks so that 400 crops of 128 px train in minutes on two CPU cores: the
+restorer's channels widen from 16 by two per stage (at most 128, one convolution per stage), the segmenter
+works at half resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SEGMENTER_CHANNELS = [16, 32, 64, 128]
+
+
+def conv_block(n_in: int, n_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(n_out), nn.LeakyReLU(0.2)
+    )
+
+
+class Upsample(nn.Module):
+    """x2 nearest-neighbour upsampling then a 3x3 convolution: no checkerboard, one ONNX Resize."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.conv = conv_block(n_in, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Restorer(nn.Module):
+    """Encoder to a spatial code of `code_channels` on a grid 2**len(channels) times smaller, and back."""
+
+    def __init__(self, image_channels: int, channels: list[int], code_channels: int):
+        super().__init__()
+        stem = channels[0] // 2
+        down: list[nn.Module] = [conv_block(image_channels, stem)]
+        widths = [stem, *channels]
+        down += [conv_block(a, b, stride=2) for a, b in zip(widths, widths[1:])]
+        self.encoder = nn.Sequential(*down, nn.Conv2d(channels[-1], code_channels, 1))
+        up: list[nn.Module] = [nn.Conv2d(code_channels, channels[-1], 1), nn.LeakyReLU(0.2)]
+        back = list(reversed(widths))
+        up += [Upsample(a, b) for a, b in zip(back, back[1:])]
+        self.decoder = nn.Sequential(*up, nn.Conv2d(stem, image_channels, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class Segmenter(nn.Module):
+    """A U-Net from (image, restoration) to one defect logit per pixel.
+
+    It works at half resolution (its first convolution has stride 2) and its logits are upsampled bilinearly:
+    the full-resolution layers were 70 % of a training step's time on the CPU, and a defect map needs no finer
+    grid than the 2-pixel one for defects a few pixels wide."""
+
+    def __init__(self, image_channels: int, channels: list[int]):
+        super().__init__()
+        self.down = nn.ModuleList()
+        n_in = 2 * image_channels
+        for width in channels:
+            self.down.append(nn.Sequential(conv_block(n_in, width, stride=2), conv_block(width, width)))
+            n_in = width
+        self.up = nn.ModuleList()
+        for deep, skip in zip(reversed(channels), list(reversed(channels))[1:]):
+            self.up.append(nn.ModuleList([Upsample(deep, skip), conv_block(2 * skip, skip)]))
+        self.head = nn.Conv2d(channels[0], 1, 1)
+
+    def forward(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        x, skips = torch.cat([image, restored], dim=1), []
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+        for (upsample, merge), skip in zip(self.up, reversed(skips[:-1])):
+            x = merge(torch.cat([upsample(x), skip], dim=1))
+        return F.interpolate(self.head(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class Draem(nn.Module):
+    """Restorer + segmenter. forward() is the restoration (what the training loop's validation and the
+    collapse check look at); defect_logits() is the map."""
+
+    def __init__(self, channels: int, height: int, width: int, conv_channels: list[int], code_channels: int):
+        super().__init__()
+        self.shape = (channels, height, width)
+        factor = 2 ** len(conv_channels)
+        padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
+        self.pad = (0, padded[1] - width, 0, padded[0] - height)
+        self.restorer = Restorer(channels, conv_channels, code_channels)
+        self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[: max(2, min(4, len(conv_channels)))])
+        self.latent = code_channels  # the code output: the spatial code averaged over its grid
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pad) if any(self.pad) else x
+
+    def _cropped(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, : self.shape[1], : self.shape[2]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cropped(self.restorer(self._padded(x)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restorer.encoder(self._padded(x)).mean(dim=(2, 3))
+
+    def defect_logits(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        return self._cropped(self.segmenter(self._padded(image), self._padded(restored)))
+
+
+class DraemScoringGraph(nn.Module):
+    """What goes to ONNX for a draem bundle: score (N,), error_map (N, 1, H, W) = defect probability,
+    reconstruction (N, C, H, W), code (N, code channels)."""
+
+    def __init__(self, members: list[Draem], config: dict):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.pool = int(config.get("pool", 1))
+        self.knn = 0  # no latent-distance term: the map is the score's only source
+
+    def forward(self, images: torch.Tensor):
+        model = self.members[0]
+        restored = model(images)
+        probability = torch.sigmoid(model.defect_logits(images, restored))
+        smoothed = probability
+        if self.pool > 1:
+            smoothed = F.avg_pool2d(probability, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+        score = smoothed.flatten(1).max(dim=1).values
+        return score, probability, restored, model.encode(images)

@@ -1,0 +1,121 @@
+"""Localization: AUPRO against a brute-force reference, pixel AUROC, the draem model's map and its export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aeguard.report.localization import aupro, defect_regions, localization_metrics, pro_curve
+
+
+def reference_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
+    """The definition, written the slow way: every distinct map value as a threshold, every region on its own
+    (scipy labels them 8-connected), the curve interpolated at max_fpr and the area divided by max_fpr."""
+    from scipy import ndimage
+
+    regions = []
+    for image_index, mask in enumerate(masks):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(image_index, labels == k) for k in range(1, count + 1)]
+    normal = ~masks
+    points = [(0.0, 0.0)]
+    for threshold in sorted(set(maps.ravel().tolist()), reverse=True):
+        above = maps >= threshold
+        fpr = above[normal].mean()
+        pro = np.mean([above[i][region].mean() for i, region in regions])
+        points.append((fpr, pro))
+    xs, ys = np.array(points).T
+    keep = xs <= max_fpr
+    x_cut = np.append(xs[keep], max_fpr)
+    y_cut = np.append(ys[keep], np.interp(max_fpr, xs, ys))
+    return float(np.trapezoid(y_cut, x_cut) / max_fpr)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aupro_equals_the_brute_force_reference(seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((4, 12, 12), bool)
+    for image in range(3):  # the fourth image is normal
+        for _ in range(rng.integers(1, 3)):
+            y, x = rng.integers(0, 9, 2)
+            masks[image, y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
+    maps = rng.random(masks.shape) + 0.7 * masks  # informative but imperfect
+    if seed % 2:
+        maps = np.round(maps, 1)  # many ties: thresholds pass tied pixels together
+    assert aupro(maps, masks) == pytest.approx(reference_aupro(maps, masks), abs=1e-9)
+
+
+def test_aupro_is_one_for_a_perfect_map_and_normalised_by_the_limit():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 1:3, 1:3] = masks[1, 5:8, 5:8] = True
+    assert aupro(masks.astype(float), masks) == pytest.approx(1.0)
+    # a map that ranks every normal pixel above every defect reaches PRO 1 only at FPR 1: its area up to 0.3 is 0
+    assert aupro((~masks).astype(float), masks) == pytest.approx(0.0)
+    fpr, pro = pro_curve(np.random.default_rng(0).random(masks.shape), masks)
+    assert fpr[0] == pro[0] == 0.0 and fpr[-1] == pytest.approx(1.0) and pro[-1] == pytest.approx(1.0)
+
+
+def test_regions_are_counted_per_image_and_eight_connected():
+    masks = np.zeros((2, 6, 6), bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = True  # diagonal neighbours: one region
+    masks[0, 4, 4] = True
+    masks[1, 2, 2] = True
+    assert defect_regions(masks).max() == 3
+
+
+def test_localization_metrics_reports_pixel_auroc_and_aupro():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((5, 16, 16), bool)
+    masks[:3, 4:9, 4:9] = True
+    maps = rng.random(masks.shape) * 0.5 + masks * 0.6
+    metrics = localization_metrics(maps, masks)
+    assert metrics["pixel_auroc"] > 0.95 and 0.5 < metrics["aupro"] <= 1.0
+    assert metrics["n_regions"] == 3 and metrics["n_images"] == 5
+
+
+def test_the_collapse_measure_flags_a_mean_image_model_the_spread_check_passed():
+    """The 128 px case of the issue: outputs that jitter 1 % around the mean image passed the spread check
+    (spread 0.01); the explained variation says the model learned nothing but the mean."""
+    from aeguard.train.fit import COLLAPSE_EXPLAINED, COLLAPSE_SPREAD
+    from aeguard.train.loop import explained_variation, reconstruction_spread
+
+    images = torch.rand(64, 3, 32, 32)
+    mean = images.mean(dim=0, keepdim=True)
+
+    class MeanImage(torch.nn.Module):
+        def forward(self, x):
+            return mean + 0.01 * (x - mean)
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    assert reconstruction_spread(MeanImage(), images) >= COLLAPSE_SPREAD  # the old check let it through
+    assert explained_variation(MeanImage(), images) < COLLAPSE_EXPLAINED
+    assert explained_variation(Identity(), images) == pytest.approx(1.0)
+
+
+def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
+    """A few epochs on a generated colour texture: the exported graph's score and map match torch (parity is
+    checked at export), the map is a probability per pixel, and pasted defects score above clean images."""
+    from aeguard import Detector
+    from aeguard.train.synthetic import paste_defects
+
+    rng = np.random.default_rng(0)
+    rows = np.arange(32)[:, None]
+    images = []
+    for _ in range(48):
+        phase = rng.uniform(0, 2 * np.pi)
+        stripes = 0.5 + 0.3 * np.sin(rows / 3.0 + phase) + 0.03 * rng.standard_normal((32, 32))
+        images.append(np.stack([stripes, 0.6 * stripes, np.full((32, 32), 0.3)]))
+    images = np.clip(np.array(images, np.float32), 0, 1).repeat(1, axis=0)
+    detector = Detector(model="draem", epochs=4, batch_size=8, seed=0).fit(images)
+    parity = detector.contents_.manifest["parity"]
+    assert parity["max_abs_diff"] <= 1e-5 and parity["error_map_max_abs_diff"] <= 1e-5
+    clean = torch.from_numpy(images[:16])
+    defective, masks = paste_defects(clean, torch.Generator().manual_seed(1))
+    maps = detector.anomaly_maps(defective.numpy())
+    assert maps.shape == (16, 1, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
+    assert detector.scorer_.map_scale == 1.0
+    assert detector.contents_.manifest["score"]["function"] == "segmentation"

@@ -1,0 +1,168 @@
+"""Users' own images: the colour contract, folder layouts with masks, and a detector that sees colour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aeguard.data.contract import Crop, Preprocessing, looks_colour
+from aeguard.data.images import load_image
+from aeguard.data.sources import folder_eval_set, folder_training_data
+from aeguard.errors import BundleError, UsageError
+from aeguard.scoring.scorer import Scorer
+from tests.bundles import tiny_bundle
+
+RGB = Preprocessing(3, 8, 8)
+
+
+def save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+    return path
+
+
+def test_rgb_images_keep_their_channels_in_order(tmp_path):
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = 10, 128, 250
+    array = load_image(save(tmp_path / "c.png", pixels), RGB)
+    assert array.shape == (3, 8, 8) and array.dtype == np.float32
+    np.testing.assert_allclose(array[:, 0, 0], np.array([10, 128, 250]) / 255, atol=1e-7)
+
+
+def test_grey_alpha_and_sixteen_bit_images_become_three_equal_channels(tmp_path):
+    grey = load_image(save(tmp_path / "g.png", np.full((8, 8), 77, np.uint8)), RGB)
+    np.testing.assert_allclose(grey, 77 / 255, atol=1e-7)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent red: alpha is dropped, not composited
+    np.testing.assert_allclose(load_image(save(tmp_path / "a.png", rgba), RGB)[0], 200 / 255, atol=1e-7)
+    deep = save(tmp_path / "d.png", np.full((8, 8), 65535 // 4, np.uint16))
+    array = load_image(deep, RGB)
+    assert array.shape == (3, 8, 8)
+    np.testing.assert_allclose(array, (65535 // 4) / 65535, atol=1e-6)
+
+
+def test_grayscale_contract_uses_luma_as_before(tmp_path):
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    pixels[..., 0] = 255
+    array = load_image(save(tmp_path / "red.png", pixels), Preprocessing(1, 8, 8))
+    assert array.shape == (1, 8, 8)
+    np.testing.assert_allclose(array, round(0.299 * 255) / 255, atol=1 / 255)
+
+
+def test_center_crop_takes_the_middle_before_resizing(tmp_path):
+    wide = np.zeros((10, 30), np.uint8)
+    wide[:, 10:20] = 255  # the centre square is white, the sides black
+    path = save(tmp_path / "wide.png", wide)
+    cropped = load_image(path, Preprocessing(1, 10, 10, Crop.CENTER))
+    squashed = load_image(path, Preprocessing(1, 10, 10))
+    assert cropped.min() == pytest.approx(1.0)
+    assert squashed.min() == pytest.approx(0.0)
+
+
+def test_bundles_without_colour_or_crop_keys_read_as_before(tmp_path):
+    bundle = tiny_bundle(tmp_path / "old")  # the manifest of a 0.2 bundle: channels 1, no crop
+    scorer = Scorer(bundle)
+    assert scorer.preprocessing == Preprocessing(1, 28, 28, Crop.NONE)
+    with pytest.raises(BundleError, match="unknown input crop"):
+        Preprocessing.from_spec({"channels": 1, "height": 4, "width": 4, "crop": "sideways"})
+    with pytest.raises(UsageError, match="--color"):
+        Preprocessing.of("sepia", 4, 4)
+
+
+def test_colour_is_told_from_grey_saved_as_rgb():
+    grey = np.repeat(np.random.default_rng(0).random((1, 16, 16), np.float32), 3, axis=0)
+    assert not looks_colour(grey)
+    tinted = grey.copy()
+    tinted[0] = np.clip(tinted[0] + 0.2, 0, 1)
+    assert looks_colour(tinted)
+
+
+def write_mvtec(root, rng, size=16, n_train=12, masks=True):
+    """A tiny MVTec AD folder: grey noise, defects as bright squares with their masks; one defect lacks a mask."""
+
+    def surface():
+        return (rng.random((size, size)) * 80 + 60).astype(np.uint8)
+
+    for i in range(n_train):
+        save(root / "train" / "good" / f"{i:03d}.png", surface())
+    for i in range(3):
+        save(root / "test" / "good" / f"{i:03d}.png", surface())
+    for kind in ("crack", "spot"):
+        for i in range(3):
+            image, mask = surface(), np.zeros((size, size), np.uint8)
+            image[4:8, 4:8], mask[4:8, 4:8] = 255, 255
+            save(root / "test" / kind / f"{i:03d}.png", image)
+            if masks and not (kind == "spot" and i == 2):
+                save(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+    return root
+
+
+def test_mvtec_layout_is_read_with_its_masks(tmp_path):
+    root = write_mvtec(tmp_path / "bottle", np.random.default_rng(0))
+    data = folder_training_data(root, None, 0.25, seed=0)
+    assert len(data.train) + len(data.validation) == 12
+    assert data.source["layout"] == "mvtec" and data.preprocessing.channels == 1
+    assert data.train.dtype == np.uint8  # 8-bit images are held as bytes
+    evaluation = data.evaluation
+    assert evaluation.groups == ["good"] * 3 + ["crack"] * 3 + ["spot"] * 3
+    assert evaluation.is_anomaly.tolist() == [0] * 3 + [1] * 6
+    assert evaluation.masks.shape == (9, 16, 16)
+    assert evaluation.masks[3, 4:8, 4:8].all() and evaluation.masks[3].sum() == 16
+    assert not evaluation.masks[:3].any()
+    assert evaluation.has_mask.tolist() == [True] * 8 + [False]  # spot/002 has no mask: left out of pixel metrics
+
+
+def test_the_normal_anomaly_layout_still_works_and_takes_masks(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        save(tmp_path / "d" / f"train{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+        save(tmp_path / "d" / "normal" / f"n{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+        save(tmp_path / "d" / "anomaly" / f"a{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    save(tmp_path / "d" / "ground_truth" / "anomaly" / "a0_mask.png", np.full((8, 8), 255, np.uint8))
+    data = folder_training_data(tmp_path / "d", None, 0.25, seed=0)
+    assert len(data.train) + len(data.validation) == 4  # normal/, anomaly/ and ground_truth/ are not trained on
+    evaluation, problems = folder_eval_set(tmp_path / "d", data.preprocessing)
+    assert not problems and evaluation.is_anomaly.sum() == 4
+    assert evaluation.has_mask.tolist() == [True] * 4 + [True, False, False, False]
+
+
+def hue_folder(root, rng, size=16, n=60, n_test=30):
+    """Normal images: reddish surfaces of random brightness. Anomalies: the same brightness (luma) per pixel in
+    a greenish hue, so that only colour tells them apart."""
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+    def surface(turn: float):
+        base = rng.uniform(0.35, 0.65) + 0.05 * rng.standard_normal((size, size))
+        yiq = np.stack([base, np.full_like(base, 0.12), np.full_like(base, 0.05)], axis=-1)
+        c, s = np.cos(turn), np.sin(turn)
+        i, q = yiq[..., 1].copy(), yiq[..., 2].copy()
+        yiq[..., 1], yiq[..., 2] = c * i - s * q, s * i + c * q
+        rgb = np.clip(yiq @ np.linalg.inv(to_yiq).T, 0, 1)
+        return np.rint(rgb * 255).astype(np.uint8)
+
+    for i in range(n):
+        save(root / "train" / "good" / f"{i:03d}.png", surface(0.0))
+    for i in range(n_test):
+        save(root / "test" / "good" / f"{i:03d}.png", surface(0.0))
+        save(root / "test" / "hue" / f"{i:03d}.png", surface(np.pi))
+    return root
+
+
+def test_hue_only_anomalies_are_separated_in_rgb_and_invisible_in_grayscale(tmp_path):
+    """The issue's case: anomalies that differ in hue at equal brightness. RGB (the default for colour images)
+    separates them; the grayscale contract cannot."""
+    from aeguard import Detector
+    from aeguard.report.metrics import evaluate_scores
+
+    root = hue_folder(tmp_path / "hue", np.random.default_rng(0))
+    aurocs, channels = {}, {}
+    for color in (None, "grayscale"):
+        detector = Detector(model="conv", epochs=20, batch_size=16, seed=0, color=color).fit(root)
+        evaluation, _ = folder_eval_set(root, detector.scorer_.preprocessing)
+        scores = detector.scorer_.score_many(evaluation.images)
+        aurocs[color] = evaluate_scores(scores, evaluation.is_anomaly, detector.threshold_)["auroc"]
+        channels[color] = detector.scorer_.channels
+    assert channels == {None: 3, "grayscale": 1}
+    assert aurocs[None] >= 0.95, aurocs
+    assert aurocs["grayscale"] <= 0.75, aurocs
