@@ -9,7 +9,7 @@
 The names are imported on first use, so `import aeguard` itself stays light (no numpy, onnxruntime or torch).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["Bundle", "Detector", "DetectorConfig", "__version__"]
 

@@ -5,8 +5,9 @@ photo, test crops from the rest (disjoint pixels). Test defects, each with its e
 - scratch: a thin curved stroke, lighter or darker than the surface;
 - hole: a dark ellipse with a noisy floor (light on a dark surface);
 - foreign: a patch of another photograph pasted in, in an irregular ellipse;
-- stain: hue turned at equal brightness (colour textures: a colour-only defect that grayscale cannot see),
-  or a soft brightness blotch (grey textures).
+- stain: hue turned and tinted at equal brightness (colour textures: a colour-only defect that grayscale
+  cannot see; the tint keeps it visible on white and grey parts, where a turn alone changes nothing), or a
+  darker blotch (grey textures).
 The shapes, sources and code are separate from aeguard's training defects (aeguard/train/synthetic.py).
 
     python -m benchmarks.texture_defects brick /tmp/brick   # writes train/good, test/<type>, ground_truth/<type>
@@ -83,13 +84,15 @@ def luma(image: np.ndarray) -> np.ndarray:
     return image @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def turn_hue(image: np.ndarray, angle: float) -> np.ndarray:
-    """Rotate the chroma plane (YIQ) by `angle` radians, keeping the brightness Y of every pixel."""
+def turn_hue(image: np.ndarray, angle: float, tint: float = 0.0) -> np.ndarray:
+    """Rotate the chroma plane (YIQ) by `angle` radians and push it `tint` further along that direction,
+    keeping the brightness Y of every pixel (up to clipping). The tint makes the stain visible on greys and
+    whites too, where a turn alone changes nothing (they have no chroma to turn)."""
     to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
     yiq = image @ to_yiq.T
     c, s = np.cos(angle), np.sin(angle)
     i, q = yiq[..., 1].copy(), yiq[..., 2].copy()
-    yiq[..., 1], yiq[..., 2] = c * i - s * q, s * i + c * q
+    yiq[..., 1], yiq[..., 2] = c * i - s * q + tint * c, s * i + c * q + tint * s
     return np.clip(yiq @ np.linalg.inv(to_yiq).T, 0.0, 1.0)
 
 
@@ -118,7 +121,8 @@ def add_defect(crop: np.ndarray, kind: str, colour: bool, foreign: list[np.ndarr
     elif kind == "stain":
         mask = irregular_ellipse(size, rng, 0.1, 0.25)
         if colour:
-            out = np.where(mask[:, :, None], turn_hue(crop, rng.uniform(0.6, 1.2) * rng.choice([-1, 1])), crop)
+            angle = rng.uniform(0.6, 1.2) * rng.choice([-1, 1])
+            out = np.where(mask[:, :, None], turn_hue(crop, angle, tint=0.08), crop)
         else:
             out = np.where(mask[:, :, None], np.clip(crop * rng.uniform(0.55, 0.75), 0, 1), crop)
     else:

@@ -119,3 +119,44 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
     assert maps.shape == (16, 1, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
     assert detector.scorer_.map_scale == 1.0
     assert detector.contents_.manifest["score"]["function"] == "segmentation"
+
+
+def _mean_image_fit(monkeypatch, stopped_early: bool):
+    """train_member on a model that outputs the training mean image with 1 % jitter (the 128 px case)."""
+    import aeguard.train.fit as fit_module
+    from aeguard.config import TrainConfig
+    from aeguard.data.sources import array_training_data
+    from aeguard.train.distributed import DistributedContext
+    from aeguard.train.loop import TrainResult
+
+    data = array_training_data(np.random.default_rng(0).random((40, 3, 16, 16), dtype=np.float32), 0.25, 0)
+    mean = torch.from_numpy(data.train.mean(axis=0, keepdims=True))
+
+    class MeanImage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.01))
+
+        def forward(self, x):
+            return mean + self.scale * (x - mean)
+
+    monkeypatch.setattr(fit_module, "build_model", lambda config: MeanImage())
+    monkeypatch.setattr(fit_module, "train", lambda *args, **kwargs: TrainResult(stopped_early=stopped_early))
+    lines: list[str] = []
+    outcome = fit_module.train_member(
+        {"training": {}}, data, TrainConfig(epochs=1), None, None, DistributedContext(), lines.append
+    )
+    return outcome, lines
+
+
+def test_a_converged_model_that_learned_only_the_mean_image_is_caught(monkeypatch):
+    from aeguard.errors import TrainingCollapsedError
+
+    with pytest.raises(TrainingCollapsedError, match="no better than their mean image"):
+        _mean_image_fit(monkeypatch, stopped_early=True)
+
+
+def test_an_undertrained_model_is_kept_with_a_warning_to_train_longer(monkeypatch):
+    (model, result), lines = _mean_image_fit(monkeypatch, stopped_early=False)
+    assert result.collapse_check["warning"] == "undertrained"
+    assert any("train longer" in line for line in lines)

@@ -166,3 +166,20 @@ def test_hue_only_anomalies_are_separated_in_rgb_and_invisible_in_grayscale(tmp_
     assert channels == {None: 3, "grayscale": 1}
     assert aurocs[None] >= 0.95, aurocs
     assert aurocs["grayscale"] <= 0.75, aurocs
+
+
+def test_the_texture_benchmark_writes_an_mvtec_folder_with_a_colour_only_stain(tmp_path):
+    """The benchmark's folders are what the MVTec reader expects, and its stain keeps each pixel's brightness."""
+    pytest.importorskip("skimage")
+    from benchmarks.texture_defects import DEFECT_KINDS, luma, turn_hue, write_texture_folder
+
+    write_texture_folder("ihc", tmp_path / "ihc", size=32, n_train=4, n_good=3, per_defect=2)
+    data = folder_training_data(tmp_path / "ihc", None, 0.25, seed=0)
+    assert data.preprocessing.channels == 3 and len(data.train) + len(data.validation) == 4
+    evaluation = data.evaluation
+    assert evaluation.groups == ["good"] * 3 + [kind for kind in sorted(DEFECT_KINDS) for _ in range(2)]
+    assert evaluation.has_mask.all() and all(evaluation.masks[i].any() for i in range(3, 11))
+    surface = np.random.default_rng(0).uniform(0.2, 0.8, (16, 16, 3)).astype(np.float32)
+    stained = turn_hue(surface, 1.0)
+    assert np.abs(stained - surface).max() > 0.05
+    np.testing.assert_allclose(luma(stained), luma(surface), atol=0.02)

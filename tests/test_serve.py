@@ -53,7 +53,7 @@ def test_health_and_metadata(daemon, mnist_bundle):
     assert daemon.client.get("/v2/health/ready").json()["ready"] is True
     meta = daemon.client.get("/v2/models/mnist0").json()
     assert meta["inputs"][0] == {"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}
-    assert [o["name"] for o in meta["outputs"]] == ["score", "is_anomaly"]
+    assert [o["name"] for o in meta["outputs"]] == ["score", "is_anomaly", "anomaly_map"]
     manifest = json.loads((mnist_bundle / "manifest.json").read_text())
     assert meta["versions"] == [manifest["files"]["model.onnx"]["sha256"][:12]]
     assert daemon.client.get("/v2/models/mnist0/ready").json()["ready"] is True

@@ -84,7 +84,7 @@ class Preprocessing:
     @classmethod
     def from_spec(cls, spec: dict, where: str = "the manifest") -> Preprocessing:
         crop = spec.get("crop", Crop.NONE.value)
-        if crop not in {c.value for c in Crop}:
+        if not isinstance(crop, str) or crop not in {c.value for c in Crop}:
             raise BundleError(f"{where}: unknown input crop {crop!r}")
         try:
             return cls(spec["channels"], spec["height"], spec["width"], Crop(crop))

@@ -110,7 +110,7 @@ def evaluate_bundle(
     report["plots"] += _class_plots(scorer, eval_set, scores, report_dir)
     if eval_set.groups is not None:
         report["per_defect"] = per_defect_metrics(scores, eval_set)
-    if eval_set.masks is not None:
+    if eval_set.masks is not None and eval_set.masks[eval_set.has_mask].any():  # an all-empty mask set has no regions
         report.update(_localization(scorer, eval_set, report_dir, report.get("per_defect")))
         report["plots"].append(reports.LOCALIZATION_PLOT)
     if (report_dir / reports.PRIOR_SAMPLES_PLOT).is_file():

@@ -29,8 +29,8 @@ CODE_OUTPUT = "code"  # the (first) model's latent code, for the latent-space pl
 @dataclass
 class ScoreBatch:
     scores: np.ndarray  # (N,) float32, higher = more anomalous
-    error_maps: np.ndarray | None = None  # (N, 1, H, W) per-pixel squared error
-    reconstructions: np.ndarray | None = None  # (N, 1, H, W)
+    error_maps: np.ndarray | None = None  # (N, C, H, W) anomaly map (draem: (N, 1, H, W), defect probability)
+    reconstructions: np.ndarray | None = None  # (N, C, H, W)
 
 
 def session_options(intra_op_threads: int = 0, spin: bool = True) -> ort.SessionOptions:

@@ -216,6 +216,7 @@ class Handlers:
                 "outputs": [
                     {"name": "score", "datatype": "FP32", "shape": [-1]},
                     {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+                    {"name": payloads.OIP_MAP_OUTPUT, "datatype": "FP32", "shape": [-1, h, w]},  # when named
                 ],
                 "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
             }

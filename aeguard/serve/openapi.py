@@ -46,11 +46,15 @@ def openapi_document() -> dict:
                             "items": {
                                 "oneOf": [
                                     {"type": "string", "description": "base64 PNG / JPEG / ... (data URLs accepted)"},
-                                    {"type": "array", "description": "pixels in [0, 1], shape [H, W] or [1, H, W]"},
+                                    {
+                                        "type": "array",
+                                        "description": "pixels in [0, 1], shape [C, H, W] or [H, W, C] ([H, W]: grey)",
+                                    },
                                 ]
                             },
                         },
                         "image": {"description": "a single image, as one item of images"},
+                        "maps": {"type": "boolean", "description": "add each image's anomaly map to its result"},
                     },
                 },
                 "ScoreResponse": {
@@ -70,6 +74,15 @@ def openapi_document() -> dict:
                                     "is_anomaly": {"type": "boolean"},
                                     "error": {"type": "string", "description": "why this item was not scored"},
                                     "filename": {"type": "string"},
+                                    "anomaly_map": {
+                                        "type": "object",
+                                        "description": "when asked for: shape [H, W], FP32 little-endian, base64",
+                                        "properties": {
+                                            "shape": {"type": "array", "items": {"type": "integer"}},
+                                            "datatype": {"type": "string"},
+                                            "data": {"type": "string"},
+                                        },
+                                    },
                                 },
                             },
                         },
@@ -104,7 +117,7 @@ def openapi_document() -> dict:
                                 "type": "object",
                                 "required": ["name"],
                                 "properties": {
-                                    "name": {"type": "string", "enum": ["score", "is_anomaly"]},
+                                    "name": {"type": "string", "enum": ["score", "is_anomaly", "anomaly_map"]},
                                     "parameters": {
                                         "type": "object",
                                         "properties": {"binary_data": {"type": "boolean"}},
@@ -131,6 +144,15 @@ def openapi_document() -> dict:
                 "post": {
                     "summary": "Score raw image bytes, or several files as multipart/form-data",
                     "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "maps",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean"},
+                            "description": "add each image's anomaly map to its result",
+                        }
+                    ],
                     "requestBody": {
                         "content": {"image/*": {}, "application/octet-stream": {}, "multipart/form-data": {}}
                     },
@@ -171,7 +193,8 @@ def openapi_document() -> dict:
             },
             "/v2/models/{name}/infer": {
                 "post": {
-                    "summary": "Inference (Open Inference Protocol v2): outputs score (FP32) and is_anomaly (BOOL)",
+                    "summary": "Inference (Open Inference Protocol v2): outputs score (FP32) and is_anomaly (BOOL); "
+                    "anomaly_map (FP32 [N, H, W]) when named in outputs",
                     "parameters": _NAME,
                     "security": [{"bearer": []}],
                     "requestBody": {

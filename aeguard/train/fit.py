@@ -75,7 +75,9 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
 # A dead network measures 0.0 %; a model trained one epoch on 100 images (as in the tests) about 3 %.
 COLLAPSE_SPREAD = 0.005
 # A model that reconstructs no better than the data's mean image (explained variation below this) has
-# collapsed too, even when its outputs differ a little from image to image.
+# collapsed too, even when its outputs differ a little from image to image, if its training had converged
+# (stopped early: more epochs would not have helped). One still improving at its last epoch is only
+# undertrained, as in a quick trial of a few epochs: it is kept, with a warning to train longer.
 COLLAPSE_EXPLAINED = 0.02
 COLLAPSE_RETRIES = 2  # fresh initialisations tried after a collapsed one
 RETRY_SEED_STRIDE = 1_000_003  # retry k initialises with seed + k * stride: deterministic, far from other members
@@ -111,11 +113,18 @@ def train_member(
         spread, explained = reconstruction_spread(model, held_out), explained_variation(model, held_out)
         result.init_seed = init_seed
         result.collapse_check = {"spread": spread, "explained_variation": explained}
-        if spread >= COLLAPSE_SPREAD and explained >= COLLAPSE_EXPLAINED:
+        mean_image_only = explained < COLLAPSE_EXPLAINED
+        if spread >= COLLAPSE_SPREAD and (not mean_image_only or not result.stopped_early):
             log(
                 f"best validation loss {result.best_val_loss:.6f} at epoch {result.best_epoch}; "
                 f"reconstruction spread {spread:.2f}, explained variation {explained:.2f}"
             )
+            if mean_image_only:
+                result.collapse_check["warning"] = "undertrained"
+                log(
+                    f"warning: after {len(result.history)} epochs the model reconstructs no better than the mean "
+                    f"image (explained variation {explained:.3f}) and was still improving: train longer (--epochs)"
+                )
             return model, result
         why = (
             f"every held-out image gets nearly the same reconstruction (spread {spread:.1%} of the images')"
