@@ -34,6 +34,12 @@ RECIPES = {
     "conv-erase-blur": ["--model", "conv", "--noise", "erase:0.25", "--score", "blur"],
 }
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
+# Rows of earlier code, kept so the table shows what each change did; each row records its commit.
+RECIPE_NOTES = {
+    "default": "`aeguard fit --data DIR`: the draem model (synthetic defects: blobs and CutPaste scars)",
+    "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
+    "draem-v1": "the draem model before scars were added to its synthetic defects (blobs only), commit 89ef4d7",
+}
 NAME = "textures"
 
 
@@ -68,7 +74,18 @@ def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
         "epochs_run": manifest["training"]["epochs_run"],
         "device": manifest["training"]["device"],
         "steal": steal.fraction,
+        "commit": current_commit(),
     }
+
+
+def current_commit() -> str | None:
+    """The code a row measured (with a + when the tree had uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "aeguard"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -104,6 +121,8 @@ def markdown(results: dict) -> str:
             f"{fmt(row['image_auroc'])} | {fmt(row['pixel_auroc'])} | {fmt(row['aupro'])} | "
             f"{row['fit_seconds'] / 60:.1f} min | {row['epochs_run']} |"
         )
+    lines += ["", "Recipes:", ""]
+    lines += [f"- {name}: {RECIPE_NOTES.get(name, '')}" for name in results["summary"]]
     lines += ["", "Mean over textures:", "", "| recipe | image AUROC | pixel AUROC | AUPRO | fit time |"]
     lines.append("| --- | --- | --- | --- | --- |")
     for recipe, row in results["summary"].items():
