@@ -20,7 +20,7 @@ def test_scoring_requirements_match_base_install_and_exclude_torch():
     assert requirement_names(lines) == requirement_names(project["dependencies"])
     assert not requirement_names(lines) & {"torch", "onnx", "scikit-learn", "scipy", "matplotlib"}
     assert {"torch", "onnx"} <= requirement_names(project["optional-dependencies"]["train"])
-    assert requirement_names(project["optional-dependencies"]["report"]) == {"scikit-learn", "matplotlib"}
+    assert requirement_names(project["optional-dependencies"]["report"]) == {"scikit-learn", "scipy", "matplotlib"}
     for extra in ("parquet", "ray", "test", "report"):
         assert "torch" not in requirement_names(project["optional-dependencies"][extra])
 

@@ -87,7 +87,9 @@ def test_the_decode_worker_turns_any_failure_into_an_error_string(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(decoding, "load_images", explode)
-    assert decoding.decode_chunk(["x.png"], 28, 28, 100) == ["x.png: cannot read (RuntimeError: boom)"]
+    assert decoding.decode_chunk(["x.png"], Preprocessing(1, 28, 28), 100) == [
+        "x.png: cannot read (RuntimeError: boom)"
+    ]
 
 
 def test_paths_the_os_refuses_get_rows_and_the_run_goes_on(bundle, tmp_path):
