@@ -36,9 +36,8 @@ RECIPES = {
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
 RECIPE_NOTES = {
-    "default": "`aeguard fit --data DIR`: the draem model (synthetic defects: blobs and CutPaste scars)",
+    "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
-    "draem-v1": "the draem model before scars were added to its synthetic defects (blobs only), commit 89ef4d7",
 }
 NAME = "textures"
 
@@ -106,7 +105,8 @@ def markdown(results: dict) -> str:
         "",
         "`python -m benchmarks.textures` (MVTec layout written by benchmarks/texture_defects.py; 400 training crops",
         "of 128 px, 60 normal + 80 defective test crops from a disjoint region of the photo; defects: scratch, hole,",
-        "foreign material, stain — a hue turn at equal brightness on the colour textures).",
+        "foreign material, stain — a hue turn and tint at equal brightness on the colour textures). Every row",
+        "records the commit it measured (in the JSON).",
         "",
         "| texture | colour | recipe | image AUROC | pixel AUROC | AUPRO | fit time | epochs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

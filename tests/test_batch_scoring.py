@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from aeguard.cli.main import app
 from aeguard.data.catalog import load_split
+from aeguard.data.contract import Preprocessing
 from aeguard.data.splits import to_model_input
 from aeguard.scoring.scorer import Scorer
 
@@ -255,8 +256,10 @@ def test_decode_pool_survives_a_worker_that_dies(pngs):
     pool = DecodePool(1)
     try:
         dying = pool.pool.submit(os._exit, 1)  # stands in for a segfault inside a decoder
-        decoded = pool.result(names, dying, 28, 28, 1_000_000)
+        decoded = pool.result(names, dying, Preprocessing(1, 28, 28), 1_000_000)
         assert len(decoded) == 3 and all(isinstance(a, np.ndarray) and a.shape == (1, 28, 28) for a in decoded)
-        assert len(pool.submit(names, 28, 28, 1_000_000).result()) == 3  # the restarted pool keeps working
+        assert (
+            len(pool.submit(names, Preprocessing(1, 28, 28), 1_000_000).result()) == 3
+        )  # the restarted pool keeps working
     finally:
         pool.close()

@@ -135,21 +135,24 @@ def per_defect_metrics(scores: np.ndarray, eval_set: EvalSet) -> dict:
 
 def anomaly_maps(scorer: Scorer, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, H, W) anomaly maps: the graph's error map, averaged over channels, in batches."""
-    parts = [
-        scorer.score(images[start : start + batch_size], error_maps=True).error_maps.mean(axis=1)
-        for start in range(0, len(images), batch_size)
-    ]
+    parts = []
+    for start in range(0, len(images), batch_size):
+        error_maps = scorer.score(images[start : start + batch_size], error_maps=True).error_maps
+        assert error_maps is not None  # asked for
+        parts.append(error_maps.mean(axis=1))
     return np.concatenate(parts) if parts else np.zeros((0, scorer.height, scorer.width), np.float32)
 
 
 def _localization(scorer: Scorer, eval_set: EvalSet, report_dir: Path, per_defect: dict | None) -> dict:
     """Pixel AUROC and AUPRO over the images whose mask is known, per defect type too; the overlay plot."""
-    known = np.flatnonzero(eval_set.has_mask)
+    assert eval_set.masks is not None and eval_set.has_mask is not None  # the caller checked
+    has_mask = eval_set.has_mask
+    known = np.flatnonzero(has_mask)
     maps, masks = anomaly_maps(scorer, eval_set.images[known]), eval_set.masks[known]
     if not np.isfinite(maps).all():
         raise ModelOutputError("the model's anomaly map holds non-finite values")
     local = localization_metrics(maps, masks)
-    local["n_without_mask"] = int(((eval_set.is_anomaly == 1) & ~eval_set.has_mask).sum())
+    local["n_without_mask"] = int(((eval_set.is_anomaly == 1) & ~has_mask).sum())
     if per_defect:
         groups = np.asarray(eval_set.groups)[known]
         normal = eval_set.is_anomaly[known] == 0
@@ -158,7 +161,7 @@ def _localization(scorer: Scorer, eval_set: EvalSet, report_dir: Path, per_defec
             if (groups == name).any() and masks[groups == name].any():
                 row["pixel_auroc"] = float(roc_auc_score(masks[chosen].ravel(), maps[chosen].ravel()))
     anomalous = [i for i, index in enumerate(known) if eval_set.is_anomaly[index] == 1]
-    picks = np.random.default_rng(0).permutation(anomalous)[:GRID_EXAMPLES_PER_GROUP] if anomalous else []
+    picks = np.random.default_rng(0).permutation(np.asarray(anomalous, np.int64))[:GRID_EXAMPLES_PER_GROUP]
     names = eval_set.groups or ["anomaly"] * len(eval_set.images)
     reports.plot_localization(
         float_batch(eval_set.images[known[picks]]),

@@ -135,10 +135,11 @@ class Scorer:
         self.manifest = manifest
         self.channels, self.height, self.width = _input_spec(self.manifest, where)
         self.preprocessing = Preprocessing.from_spec(self.manifest["input"], where)
-        score = self.manifest.get("score") if isinstance(self.manifest.get("score"), dict) else {}
+        score = self.manifest.get("score")
+        function = score.get("function") if isinstance(score, dict) else None
         # The map value at which heat maps saturate: a defect probability's 1, or a squared error of 0.25
         # (a pixel off by half the range or more)
-        self.map_scale = 1.0 if score.get("function") == "segmentation" else 0.25
+        self.map_scale = 1.0 if function == "segmentation" else 0.25
         self.threshold = _threshold(self.manifest, where)
         try:
             self.session = ort.InferenceSession(

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -140,7 +141,7 @@ class Handlers:
         model, results, error_maps = await self.service.judge_items(items, labels, maps)
         rows = []
         for index, (result, error_map) in enumerate(zip(results, error_maps)):
-            row = (
+            row: dict[str, Any] = (
                 {"error": result.error}
                 if result.error is not None
                 else {"score": result.score, "is_anomaly": result.is_anomaly}
@@ -264,10 +265,11 @@ def oip_reply(
     model, plan: payloads.OipPlan, scores: list[float], verdicts: list[bool], maps: np.ndarray | None = None
 ) -> Reply:
     """An infer reply with the outputs the request asked for, each as JSON data or binary tensor data."""
-    columns = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", verdicts, "?")}
+    columns: dict[str, tuple[str, Any, str]] = {"score": ("FP32", scores, "<f4"), "is_anomaly": ("BOOL", verdicts, "?")}
     if maps is not None:
         columns[payloads.OIP_MAP_OUTPUT] = ("FP32", maps, "<f4")
-    outputs, blobs = [], []
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
     for name, as_binary in plan.outputs:
         datatype, values, binary_type = columns[name]
         shape = list(np.shape(values)) if name == payloads.OIP_MAP_OUTPUT else [len(scores)]
@@ -280,7 +282,7 @@ def oip_reply(
         else:
             data = np.asarray(values).ravel().tolist() if name == payloads.OIP_MAP_OUTPUT else values
             outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
-    body = {
+    body: dict[str, Any] = {
         "model_name": model.name,
         "model_version": model.version,
         "parameters": {"threshold": model.threshold},

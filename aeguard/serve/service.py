@@ -138,6 +138,7 @@ class ScoringService:
         if maps_of is not None:  # map and score from one graph run, outside the batcher (few ask for maps)
             model = maps_of
             batch = await asyncio.to_thread(model.scorer.score, model_input([images]), True)
+            assert batch.error_maps is not None  # asked for
             scores, maps = batch.scores.tolist(), batch.error_maps.mean(axis=1)
         else:
             scores, model = await self.scorer.score(images)
@@ -145,7 +146,7 @@ class ScoringService:
         failed = next((i for i, v in enumerate(verdicts) if v.error is not None), None)
         if failed is not None:
             raise ModelOutputError(f"image {failed}: {verdicts[failed].error}")
-        return model, scores, [v.is_anomaly for v in verdicts], maps
+        return model, scores, [bool(v.is_anomaly) for v in verdicts], maps
 
 
 def tune_garbage_collector() -> None:

@@ -17,6 +17,7 @@ works at half resolution.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -75,9 +76,10 @@ class Segmenter(nn.Module):
         for width in channels:
             self.down.append(nn.Sequential(conv_block(n_in, width, stride=2), conv_block(width, width)))
             n_in = width
-        self.up = nn.ModuleList()
-        for deep, skip in zip(reversed(channels), list(reversed(channels))[1:]):
-            self.up.append(nn.ModuleList([Upsample(deep, skip), conv_block(2 * skip, skip)]))
+        self.upsample, self.merge = nn.ModuleList(), nn.ModuleList()
+        for deep, skip in zip(reversed(channels), list(reversed(channels))[1:]):  # built in pairs: the order of
+            self.upsample.append(Upsample(deep, skip))  # initialisation is the one the benchmark measured
+            self.merge.append(conv_block(2 * skip, skip))
         self.head = nn.Conv2d(channels[0], 1, 1)
 
     def forward(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
@@ -85,7 +87,7 @@ class Segmenter(nn.Module):
         for stage in self.down:
             x = stage(x)
             skips.append(x)
-        for (upsample, merge), skip in zip(self.up, reversed(skips[:-1])):
+        for upsample, merge, skip in zip(self.upsample, self.merge, reversed(skips[:-1])):
             x = merge(torch.cat([upsample(x), skip], dim=1))
         return F.interpolate(self.head(x), scale_factor=2.0, mode="bilinear", align_corners=False)
 
@@ -130,8 +132,12 @@ class DraemScoringGraph(nn.Module):
         self.pool = int(config.get("pool", 1))
         self.knn = 0  # no latent-distance term: the map is the score's only source
 
+    @property
+    def model(self) -> Draem:
+        return cast(Draem, self.members[0])
+
     def forward(self, images: torch.Tensor):
-        model = self.members[0]
+        model = self.model
         restored = model(images)
         probability = torch.sigmoid(model.defect_logits(images, restored))
         smoothed = probability

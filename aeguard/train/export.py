@@ -24,6 +24,8 @@ from aeguard.train.draem import DraemScoringGraph
 from aeguard.train.models import backbone_of, build_model
 from aeguard.train.scoring import ScoringGraph, score_config
 
+AnyScoringGraph = ScoringGraph | DraemScoringGraph  # what goes to ONNX: an autoencoder's, or draem's
+
 INPUT_NAME = "images"
 OUTPUTS = (SCORE_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_OUTPUT, CODE_OUTPUT)
 OPSET = 17
@@ -34,12 +36,12 @@ PARITY_TOLERANCE = 1e-5  # on the score, for every score function
 ERROR_MAP_TOLERANCE = {"ssim": 1e-3}
 
 
-def cpu_scoring_graph(graph: ScoringGraph) -> ScoringGraph:
+def cpu_scoring_graph(graph: AnyScoringGraph) -> AnyScoringGraph:
     """A float32 CPU copy in eval mode, whatever device and precision the model trained with."""
     return copy.deepcopy(graph).float().cpu().eval()
 
 
-def export_onnx(graph: ScoringGraph, input_shape: tuple[int, int, int], path: Path) -> None:
+def export_onnx(graph: AnyScoringGraph, input_shape: tuple[int, int, int], path: Path) -> None:
     """Write model + score to ONNX with a dynamic batch axis, then run onnx.checker on it."""
     graph = cpu_scoring_graph(graph)
     example = torch.rand(2, *input_shape)
@@ -59,7 +61,7 @@ def export_onnx(graph: ScoringGraph, input_shape: tuple[int, int, int], path: Pa
 
 
 @torch.no_grad()
-def parity_max_abs_diff(graph: ScoringGraph, onnx_path: Path, images: np.ndarray) -> dict:
+def parity_max_abs_diff(graph: AnyScoringGraph, onnx_path: Path, images: np.ndarray) -> dict:
     """Largest absolute difference between torch and onnxruntime on the score and the error map."""
     graph = cpu_scoring_graph(graph)
     images = float_batch(images)
@@ -92,7 +94,7 @@ def check_parity(parity: dict) -> None:
             )
 
 
-def scoring_graph(model_config: dict, score: dict | None, members: list | None = None) -> ScoringGraph:
+def scoring_graph(model_config: dict, score: dict | None, members: list | None = None) -> AnyScoringGraph:
     """The graph a manifest describes: `ensemble` members of the model, scored by `score` (mse if absent)."""
     if members is None:
         members = [build_model(model_config) for _ in range(int(model_config.get("ensemble", 1)))]
@@ -107,7 +109,7 @@ def scoring_graph(model_config: dict, score: dict | None, members: list | None =
     return ScoringGraph(members, config, model_config["channels"])
 
 
-def load_bundle_graph(bundle_dir: Path) -> ScoringGraph:
+def load_bundle_graph(bundle_dir: Path) -> AnyScoringGraph:
     """Rebuild a bundle's torch graph from its manifest and weights (weights_only: no arbitrary unpickling)."""
     manifest = read_manifest(bundle_dir)
     graph = scoring_graph(manifest["model"], manifest.get("score"))

@@ -21,6 +21,7 @@ import torch
 from aeguard import __version__
 from aeguard.bundle import MODEL_NAME, VALIDATION_SCORES_NAME, WEIGHTS_NAME, BundleContents
 from aeguard.config import DetectorConfig, TrainConfig, detector_score_config, model_config
+from aeguard.data.contract import Preprocessing
 from aeguard.data.sources import TrainingData
 from aeguard.errors import TrainingCollapsedError
 from aeguard.scoring.scorer import float_batch, open_session, score_array
@@ -52,8 +53,14 @@ from aeguard.train.loop import (
     train,
 )
 from aeguard.train.models import Autoencoder, build_model
+from aeguard.train.scoring import ScoringGraph
 
 PARITY_IMAGES = 512
+
+
+def preprocessing_of(data: TrainingData) -> Preprocessing:
+    assert data.preprocessing is not None  # TrainingData sets it from the arrays' shape when not given
+    return data.preprocessing
 
 
 def _training_record(config: TrainConfig, result: TrainResult) -> dict:
@@ -207,7 +214,7 @@ def export_contents(
     on the held-out normal images through that graph, and return the bundle's files and manifest."""
     graph = scoring_graph(trained.model, trained.score, trained.members).cpu().eval()
     score = dict(trained.score)
-    if graph.knn:  # the codes of the training split only: validation and test images stay unseen
+    if isinstance(graph, ScoringGraph) and graph.knn:  # codes of the training split only: validation, test unseen
         train = torch.from_numpy(float_batch(data.train))
         score["references"] = graph.set_reference_codes(train, seed=config.train.seed)
     with tempfile.TemporaryDirectory(prefix="aeguard-export-") as folder:
@@ -229,7 +236,7 @@ def export_contents(
         "name": None,  # the folder's name, set when the bundle is written
         "aeguard_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input": data.preprocessing.spec(),
+        "input": preprocessing_of(data).spec(),
         "model": trained.model,
         "score": {**score, "higher_is_anomalous": True, "is_anomaly": "score > threshold"},
         "onnx": {"opset": OPSET, "input": INPUT_NAME, "outputs": list(OUTPUTS)},

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from aeguard.config import DEFAULT_ACTIVATION, MODEL_KINDS, default_config  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
+from aeguard.train.draem import Draem
 
 # Hidden-layer activations by name (the default and why: aeguard/config.py).
 ACTIVATIONS = {"relu": nn.ReLU, "leaky-relu": lambda: nn.LeakyReLU(0.2)}
@@ -174,7 +175,7 @@ def backbone_of(config: dict) -> str:
     return config.get("backbone") or MODEL_KINDS.get(config.get("kind", ""), "")
 
 
-def build_model(config: dict) -> Autoencoder:
+def build_model(config: dict) -> Autoencoder | Draem:
     """Instantiate the model a config dict describes (as written by default_config and the manifest)."""
     backbone = backbone_of(config)
     shape = (config["channels"], config["height"], config["width"])
@@ -194,7 +195,5 @@ def build_model(config: dict) -> Autoencoder:
             **extra,
         )
     if backbone == "draem":
-        from aeguard.train.draem import Draem
-
         return Draem(*shape, conv_channels=list(config["conv_channels"]), code_channels=config["latent"])
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")

@@ -3,14 +3,13 @@
 Nothing is downloaded (DRAEM takes its defect sources from a texture data set): the sources are
 procedural textures (colour noise at a random scale, stripes), the image's own content moved and
 recoloured, and another image of the batch. The shapes are thresholded multi-scale noise (Perlin-like
-blobs of 1-30 % of the image) and, for a third of them, thin straight bars (CutPaste's scars). Half the
-images stay clean, so the segmenter also learns that a normal image has no defect. All on the training
-device, seeded by the caller's generator.
+blobs of 1-30 % of the image). Half the images stay clean, so the segmenter also learns that a normal
+image has no defect. All on the training device, seeded by the caller's generator.
 
 The test defects of the texture benchmark (benchmarks/texture_defects.py) are made by separate code with
 other shapes (wobbly ellipses, curved strokes, pasted photographs, stains): the benchmark measures
-generalisation from these, not recall of them. (The scars were added after the first benchmark run showed
-curved scratches missed; benchmarks/results/textures.md keeps the rows of both versions.)
+generalisation from these, not recall of them. Thin scratches are what these blobs teach least
+(benchmarks/results/textures.md); CutPaste's thin "scar" masks would be the next thing to try.
 """
 
 from __future__ import annotations
@@ -37,24 +36,6 @@ def blob_mask(height: int, width: int, generator: torch.Generator, device) -> to
     share = 0.01 + 0.29 * float(torch.rand(1, generator=generator)) ** 2  # small defects more often
     bar = torch.quantile(field.flatten(), 1.0 - share)
     return (field > bar).float()
-
-
-def scar_mask(height: int, width: int, generator: torch.Generator, device) -> torch.Tensor:
-    """(1, 1, H, W) in {0, 1}: a thin straight bar at a random angle, 1.5-4 px wide and 15-60 % of the image
-    long: the "scar" of CutPaste (Li et al., CVPR 2021). Blobs alone taught the segmenter nothing about
-    defects a few pixels wide, and it missed thin scratches."""
-    u = torch.rand(6, generator=generator).tolist()
-    side = min(height, width)
-    length, half_width, angle = (0.15 + 0.45 * u[0]) * side, 0.75 + u[1], u[2] * math.pi
-    centre_y, centre_x = (0.15 + 0.7 * u[3]) * height, (0.15 + 0.7 * u[4]) * width
-    rows = torch.arange(height, device=device).view(-1, 1).float() - centre_y
-    cols = torch.arange(width, device=device).view(1, -1).float() - centre_x
-    along = cols * math.cos(angle) + rows * math.sin(angle)
-    across = -cols * math.sin(angle) + rows * math.cos(angle)
-    return ((along.abs() <= length / 2) & (across.abs() <= half_width)).float()[None, None]
-
-
-SCAR_SHARE = 1 / 3  # of the pasted defects: scars; the others blobs
 
 
 def procedural_texture(channels: int, height: int, width: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -104,8 +85,7 @@ def paste_defects(images: torch.Tensor, generator: torch.Generator) -> tuple[tor
     for index in range(n):
         if float(torch.rand(1, generator=generator)) < CLEAN_SHARE:
             continue
-        shape = scar_mask if float(torch.rand(1, generator=generator)) < SCAR_SHARE else blob_mask
-        mask = shape(height, width, generator, device)[0]
+        mask = blob_mask(height, width, generator, device)[0]
         kind = int(torch.randint(0, 3, (1,), generator=generator))
         if kind == 0:
             source = procedural_texture(channels, height, width, generator, device)[0]
