@@ -263,8 +263,11 @@ def raw_exchange(daemon, data: bytes, pause: float = 0.0, chunks: int = 1) -> by
         except OSError:
             pass  # the daemon closed the connection while we were still sending
         answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass  # the daemon closed with our unread bytes in its buffer: its answer came before the reset
         return answer
 
 
