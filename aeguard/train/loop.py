@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from aeguard.config import TrainConfig  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
 from aeguard.train.distributed import DistributedContext, all_reduce_sum
-from aeguard.train.objectives import DraemObjective, objective_for
+from aeguard.train.objectives import objective_for, reconstruction_loss  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -59,17 +58,6 @@ def resolve_device(name: str) -> torch.device:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
-
-
-@torch.no_grad()
-def reconstruction_loss(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> float:
-    """Mean per-pixel squared error over `images`, in eval mode."""
-    model.eval()
-    total = torch.zeros((), device=images.device, dtype=torch.float64)
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        total += F.mse_loss(model(batch), batch, reduction="sum").double()
-    return float(total) / images.numel()
 
 
 @torch.no_grad()
@@ -175,11 +163,7 @@ def train(
         train_loss = float(all_reduce_sum(running)) / (per_rank * world)
         seconds = time.perf_counter() - started
         # every rank holds the same weights, so every rank computes the same loss and stops together
-        val_loss = (
-            objective.validation_loss(val_x)
-            if isinstance(objective, DraemObjective)
-            else reconstruction_loss(model, val_x)
-        )
+        val_loss = objective.validation_loss(val_x)  # the plain reconstruction error, or draem's own
         record = EpochRecord(epoch, train_loss, val_loss, per_rank * world / seconds, seconds)
         result.history.append(record)
         if on_epoch is not None:

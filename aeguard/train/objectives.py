@@ -41,6 +41,17 @@ def corrupt(images: torch.Tensor, noise: tuple[str, float] | None) -> torch.Tens
     return images * (~inside).to(images.dtype)
 
 
+@torch.no_grad()
+def reconstruction_loss(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> float:
+    """Mean per-pixel squared error over `images`, in eval mode."""
+    model.eval()
+    total = torch.zeros((), device=images.device, dtype=torch.float64)
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        total += F.mse_loss(model(batch), batch, reduction="sum").double()
+    return float(total) / images.numel()
+
+
 def kl_per_image(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(log_var)) || N(0, I)) for each row."""
     return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=1)
@@ -83,6 +94,10 @@ class Objective(nn.Module):
         if log_var is not None and self.beta:
             loss = loss + self.beta * kl_per_image(code.float(), log_var.float()).mean() / pixels
         return loss
+
+    def validation_loss(self, images: torch.Tensor) -> float:
+        """What early stopping watches: the plain reconstruction error of clean images, whatever the variant."""
+        return reconstruction_loss(self.model, images)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
