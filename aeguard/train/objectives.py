@@ -141,7 +141,7 @@ class DraemObjective(nn.Module):
         return total / max(1, len(images))
 
 
-def objective_for(model, training: dict | None, seed: int = 0) -> nn.Module:
+def objective_for(model, training: dict | None, seed: int = 0) -> Objective | DraemObjective:
     """The training objective of a model: the draem one for Draem, else reconstruction plus the variant's terms."""
     from aeguard.train.draem import Draem
 
