@@ -131,7 +131,7 @@ def train(
     val_x = as_float(torch.from_numpy(np.ascontiguousarray(val_images)).to(device))
     world, rank = distributed.world_size, distributed.rank
     objective = objective_for(model, training_terms, config.seed)
-    network = objective
+    network: nn.Module = objective  # what the steps run: the objective, or DDP around it
     if distributed.enabled:
         network = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     # These models are small enough that a CUDA step is bound by kernel launches, not arithmetic: the
