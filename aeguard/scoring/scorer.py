@@ -79,7 +79,8 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _input_spec(manifest: dict, where: str) -> tuple[int, int, int]:
+def _preprocessing(manifest: dict, where: str) -> Preprocessing:
+    """The manifest's input spec, its types and bounds checked, as the contract the front ends decode by."""
     spec = manifest.get("input")
     if not isinstance(spec, dict):
         raise BundleError(f"{where} has no input spec (an object with channels, height and width)")
@@ -92,7 +93,7 @@ def _input_spec(manifest: dict, where: str) -> tuple[int, int, int]:
             f"{where}: input {channels}x{height}x{width} is outside 1-{MAX_CHANNELS} channels "
             f"and 1-{MAX_INPUT_SIDE} pixels a side"
         )
-    return channels, height, width
+    return Preprocessing.from_spec(spec, where)
 
 
 def _threshold(manifest: dict, where: str) -> float:
@@ -133,8 +134,7 @@ class Scorer:
 
     def _load(self, manifest: dict, model_bytes: bytes, where: str, intra_op_threads: int, spin: bool) -> None:
         self.manifest = manifest
-        self.channels, self.height, self.width = _input_spec(self.manifest, where)
-        self.preprocessing = Preprocessing.from_spec(self.manifest["input"], where)
+        self.preprocessing = _preprocessing(self.manifest, where)
         score = self.manifest.get("score")
         function = score.get("function") if isinstance(score, dict) else None
         # The map value at which heat maps saturate: a defect probability's 1, or a squared error of 0.25
@@ -172,7 +172,19 @@ class Scorer:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return self.channels, self.height, self.width
+        return self.preprocessing.shape
+
+    @property
+    def channels(self) -> int:
+        return self.preprocessing.channels
+
+    @property
+    def height(self) -> int:
+        return self.preprocessing.height
+
+    @property
+    def width(self) -> int:
+        return self.preprocessing.width
 
     def check_batch(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
