@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,12 @@ from PIL import Image
 
 from aeguard.data.images import load_image
 from aeguard.scoring.scorer import Scorer
-from aeguard.train.loop import TrainConfig, train
-from aeguard.train.models import build_model, default_config
+from aeguard.train.models import default_config
 from aeguard.train.objectives import objective_for
 from benchmarks.results_io import StealMeter, write_results
 from benchmarks.score_folder import decode_rate, engine_rate, onnxruntime_rate
 from benchmarks.texture_defects import photo
+from benchmarks.train_throughput import measure
 
 # size -> (channels, model, training images, scoring images)
 SIZES = {28: (1, "conv", 2048, 4000), 128: (3, "draem", 128, 600), 256: (3, "draem", 48, 200)}
@@ -54,10 +53,10 @@ def crops(size: int, channels: int, count: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int) -> None:
+def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: torch.device) -> None:
     """Forward, backward and step of the same objective on float32 tensors, nothing else."""
     objective = objective_for(model, default_training())
-    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).to(device)
     optimizer = torch.optim.Adam(objective.parameters(), lr=1e-3)
     model.train()
     for _ in range(epochs):
@@ -74,33 +73,13 @@ def default_training() -> dict:
 
 
 def measure_training(size: int, repeats: int, epochs: int = 1) -> dict:
+    """aeguard's loop on uint8 crops against the bare loop above, through train_throughput's interleaved runs."""
     channels, kind, count, _ = SIZES[size]
     images = crops(size, channels, count)
     held_out = max(2, count // 10)
-    train_x, val_x = images[held_out:], images[:held_out]
     config = default_config(kind, channels, size, size)
-    rates: dict[str, list[float]] = {"bare": [], "aeguard": []}
-    for repeat in range(repeats):
-        for name in ("bare", "aeguard"):  # interleaved: drift in machine speed hits both alike
-            torch.manual_seed(repeat)
-            model = build_model(config)
-            started = time.perf_counter()
-            if name == "bare":
-                bare_loop(model, train_x, epochs, BATCH[kind])
-            else:
-                settings = TrainConfig(
-                    epochs=epochs, batch_size=BATCH[kind], patience=epochs + 1, device="cpu", seed=repeat
-                )
-                train(model, train_x, val_x, settings, training_terms=config["training"])
-            rates[name].append(epochs * len(train_x) / (time.perf_counter() - started))
-    bare, ours = max(rates["bare"]), max(rates["aeguard"])
-    return {
-        "model": kind,
-        "bare_images_per_s": bare,
-        "aeguard_images_per_s": ours,
-        "ratio": ours / bare,
-        "rates": rates,
-    }
+    cpu = torch.device("cpu")
+    return measure(config, images[held_out:], images[:held_out], epochs, BATCH[kind], repeats, cpu, bare=bare_loop)
 
 
 def scoring_bundle(size: int, work: Path) -> Path:

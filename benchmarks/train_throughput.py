@@ -51,16 +51,19 @@ def bare_loop(
         torch.cuda.synchronize()
 
 
-def measure(kind: str, train_x, val_x, epochs: int, batch_size: int, repeats: int, device: torch.device) -> dict:
-    config = default_config(kind, 1, 28, 28)
-    rates = {"bare": [], "aeguard": []}
+def measure(
+    config: dict, train_x, val_x, epochs: int, batch_size: int, repeats: int, device: torch.device, bare=bare_loop
+) -> dict:
+    """Images/s of aeguard's loop and of `bare(model, images, epochs, batch_size, device)` on the model `config`
+    describes, interleaved, best run of each (benchmarks/photo_speed.py passes its own bare loop)."""
+    rates: dict[str, list[float]] = {"bare": [], "aeguard": []}
     for repeat in range(repeats):
         for name in ("bare", "aeguard"):  # interleaved so drift in machine load hits both alike
             torch.manual_seed(repeat)
             model = build_model(config).to(device)
             started = time.perf_counter()
             if name == "bare":
-                bare_loop(model, train_x, epochs, batch_size, device)
+                bare(model, train_x, epochs, batch_size, device)
             else:
                 # patience above the epoch count: both loops run exactly `epochs` epochs
                 train(
@@ -70,15 +73,16 @@ def measure(kind: str, train_x, val_x, epochs: int, batch_size: int, repeats: in
                     TrainConfig(
                         epochs=epochs, batch_size=batch_size, patience=epochs + 1, device=str(device), seed=repeat
                     ),
+                    training_terms=config["training"],
                 )
             rates[name].append(epochs * len(train_x) / (time.perf_counter() - started))
     # best run of each: on a shared machine, slower runs measure the neighbours, not the code
-    bare, ours = max(rates["bare"]), max(rates["aeguard"])
+    fastest_bare, ours = max(rates["bare"]), max(rates["aeguard"])
     return {
-        "model": kind,
-        "bare_images_per_s": bare,
+        "model": config["kind"],
+        "bare_images_per_s": fastest_bare,
         "aeguard_images_per_s": ours,
-        "ratio": ours / bare,
+        "ratio": ours / fastest_bare,
         "all_rates": rates,
     }
 
@@ -98,7 +102,8 @@ def main() -> None:
     results = []
     for kind in args.models.split(","):
         with StealMeter() as steal:
-            result = measure(kind, train_x, val_x, args.epochs, args.batch_size, args.repeats, device)
+            config = default_config(kind, 1, 28, 28)
+            result = measure(config, train_x, val_x, args.epochs, args.batch_size, args.repeats, device)
         result["cpu_steal"] = steal.fraction
         results.append(result)
         print(
