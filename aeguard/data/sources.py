@@ -186,9 +186,9 @@ def read_mask(path: Path, prep: Preprocessing) -> np.ndarray | str:
 
 
 def _labelled_set(
-    groups: list[tuple[str, list[Path]]], prep: Preprocessing, mask_of, description: str
+    groups: list[tuple[str, list[Path]]], prep: Preprocessing, folder: Path, description: str
 ) -> tuple[EvalSet | None, list[str]]:
-    """Images of several groups ("good" = normal) as one EvalSet; mask_of(group, path) -> mask path or None."""
+    """Images of several groups ("good" = normal) as one EvalSet, with the masks found under folder/ground_truth."""
     images, names, masks, known, problems = [], [], [], [], []
     for group, paths in groups:
         decoded = load_images(paths, prep)
@@ -197,7 +197,7 @@ def _labelled_set(
                 problems.append(item)
                 continue
             mask, have = np.zeros(prep.shape[1:], bool), group == GOOD
-            where = mask_of(group, path) if group != GOOD else None
+            where = mask_path(folder, group, path) if group != GOOD else None
             if where is not None and where.is_file():
                 read = read_mask(where, prep)
                 if isinstance(read, str):
@@ -234,7 +234,7 @@ def mvtec_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, l
     kinds = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
     kinds = [GOOD] * (GOOD in kinds) + [k for k in kinds if k != GOOD]
     groups = [(kind, list(iter_image_paths([test / kind]))) for kind in kinds]
-    return _labelled_set(groups, prep, lambda kind, path: mask_path(folder, kind, path), f"{folder} (MVTec layout)")
+    return _labelled_set(groups, prep, folder, f"{folder} (MVTec layout)")
 
 
 def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
@@ -246,7 +246,7 @@ def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, 
     if not (normal_dir.is_dir() and anomaly_dir.is_dir()):
         return None, []
     groups = [(GOOD, list(iter_image_paths([normal_dir]))), (ANOMALY_SUBDIR, list(iter_image_paths([anomaly_dir])))]
-    return _labelled_set(groups, prep, lambda kind, path: mask_path(folder, kind, path), str(folder))
+    return _labelled_set(groups, prep, folder, str(folder))
 
 
 def training_paths(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ event-loop time than its whole payload handling (see benchmarks/serve_load.py).
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import parse_qs
 
 import orjson
 from starlette.requests import Request
@@ -41,8 +42,6 @@ class HttpRequest:
 
     def query_flag(self, name: str) -> bool:
         """True when the query string sets `name` to 1, true or yes (?maps=true)."""
-        from urllib.parse import parse_qs
-
         values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name, [])
         return bool(values) and values[-1].lower() in ("1", "true", "yes")
 
