@@ -267,13 +267,14 @@ class DetectorConfig:
         return dataclasses.replace(self, **changes)
 
 
+PHOTO_EPOCHS = 50
+
+
 def photo_recipe() -> DetectorConfig:
     """What `aeguard fit --data DIR` trains when no model is named: the recipe that won the texture benchmark
     (benchmarks/textures.py). The MNIST defaults (DetectorConfig()) stay those of the one-class benchmark."""
     return DetectorConfig(model=Model.DRAEM, train=TrainConfig(epochs=PHOTO_EPOCHS, batch_size=16, patience=10))
 
-
-PHOTO_EPOCHS = 50
 
 # Decompression-bomb guard of aeguard score: images with more pixels are refused from their header.
 DEFAULT_MAX_PIXELS = 50_000_000

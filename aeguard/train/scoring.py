@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from aeguard.config import DEFINITIONS, SCORE_FUNCTIONS, score_config  # noqa: F401 - re-exported
-from aeguard.train.error_maps import ErrorMap, gaussian_kernel  # noqa: F401 - re-exported
+from aeguard.train.error_maps import ErrorMap  # noqa: F401 - re-exported
 from aeguard.train.models import Autoencoder
 from aeguard.train.objectives import kl_per_image
 
