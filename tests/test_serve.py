@@ -54,6 +54,8 @@ def test_health_and_metadata(daemon, mnist_bundle):
     meta = daemon.client.get("/v2/models/mnist0").json()
     assert meta["inputs"][0] == {"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}
     assert [o["name"] for o in meta["outputs"]] == ["score", "is_anomaly", "anomaly_map"]
+    assert meta["parameters"]["execution_provider"] == "cpu"  # --provider auto, on a CPU-only onnxruntime
+    assert daemon.metric("aeguard_model_info", provider="cpu") == 1
     manifest = json.loads((mnist_bundle / "manifest.json").read_text())
     assert meta["versions"] == [manifest["files"]["model.onnx"]["sha256"][:12]]
     assert daemon.client.get("/v2/models/mnist0/ready").json()["ready"] is True

@@ -27,10 +27,10 @@ WINDOW = 100_000  # paths per Ray Dataset
 class _RayScorer:
     """One onnxruntime session per actor, built once and reused for every block it is given."""
 
-    def __init__(self, bundle: str, max_pixels: int, save_maps: str | None):
+    def __init__(self, bundle: str, max_pixels: int, save_maps: str | None, provider: str = "auto"):
         from aeguard.scoring.scorer import Scorer
 
-        self.scorer = Scorer(Path(bundle), spin=False)  # decoding shares these cores
+        self.scorer = Scorer(Path(bundle), spin=False, provider=provider)  # decoding shares these cores
         self.max_pixels = max_pixels
         self.save_maps = Path(save_maps) if save_maps else None
 
@@ -60,6 +60,7 @@ def score_paths_on_ray(
     options: ScoreOptions,
     done: Counter | None,
     address: str | None = None,
+    provider: str = "auto",
     on_error: Callable[[str], None] | None = None,
     num_cpus: int | None = None,
 ) -> ScoreSummary:
@@ -96,6 +97,7 @@ def score_paths_on_ray(
                     str(Path(bundle).resolve()),
                     options.max_pixels,
                     str(options.save_maps.resolve()) if options.save_maps else None,
+                    provider,
                 ),
                 batch_size=options.batch_size,
                 batch_format="numpy",

@@ -79,6 +79,9 @@ def score(
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per onnxruntime call."),
     workers: int = typer.Option(DEFAULTS.workers, help="Decoding processes (0: one per core)."),
     threads: int = typer.Option(0, min=0, help="onnxruntime intra-op threads (0: all cores)."),
+    provider: str = typer.Option(
+        "auto", help="onnxruntime execution provider: auto (CUDA when onnxruntime offers it), cpu, cuda or tensorrt."
+    ),
     fail_on_anomaly: bool = typer.Option(
         False, "--fail-on-anomaly", help=f"Exit {EXIT_ANOMALY} when any image is anomalous (for CI gates)."
     ),
@@ -106,7 +109,7 @@ def score(
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray, got {engine!r}")
     # no spin-waiting between calls: the decode workers need those cores
-    scorer = Scorer(bundle, intra_op_threads=threads, spin=False)
+    scorer = Scorer(bundle, intra_op_threads=threads, spin=False, provider=provider)
     fmt = infer_format(output, format)
     previous = resume_point(output, fmt) if resume else None
     options = ScoreOptions(batch_size=batch_size, workers=workers, max_pixels=max_pixels, save_maps=save_maps)
@@ -126,6 +129,7 @@ def score(
                 options,
                 done,
                 address,
+                provider=provider,
                 on_error=lambda m: print(f"aeguard: skipped {m}", file=sys.stderr),
             )
         else:
@@ -149,7 +153,7 @@ def score(
         f"scored {summary.scored} images in {summary.seconds:.1f}s ({summary.images_per_second:,.0f} img/s): "
         f"{summary.anomalies} anomalies, {summary.errors} unreadable"
         + (f", {summary.skipped} already done" if resume else "")
-        + f"; threshold {scorer.threshold:.6g}"
+        + f"; threshold {scorer.threshold:.6g} on {scorer.provider}"
         + (f"; rows in {output}" if output else ""),
         file=sys.stderr,
     )

@@ -53,6 +53,11 @@ def serve(
         envvar="AEGUARD_INFERENCE_WORKERS",
         help="onnxruntime calls in flight at once (0: one per core).",
     ),
+    provider: str = typer.Option(
+        DEFAULTS["provider"],
+        envvar="AEGUARD_PROVIDER",
+        help="onnxruntime execution provider: auto (CUDA when onnxruntime offers it), cpu, cuda or tensorrt.",
+    ),
     inline_max_ms: float = typer.Option(
         DEFAULTS["inline_max_ms"],
         envvar="AEGUARD_INLINE_MAX_MS",
@@ -119,6 +124,7 @@ def serve(
         max_wait_ms=max_wait_ms,
         intra_op_threads=threads,
         inference_workers=inference_workers,
+        provider=provider,
         inline_max_ms=inline_max_ms,
         max_body_bytes=max_body_bytes,
         max_images_per_request=max_images,
@@ -132,5 +138,5 @@ def serve(
         graceful_timeout_s=graceful_timeout,
         log_level=log_level,
     )
-    load_model(bundle, model_name, threads)  # fail fast, with a clear message, on a bad bundle
+    load_model(bundle, model_name, threads, provider)  # fail fast, with a clear message, on a bad bundle
     run(settings)

@@ -18,6 +18,13 @@ from aeguard.data.contract import Preprocessing
 from aeguard.data.images import split_decoded
 from aeguard.data.splits import as_model_input
 from aeguard.errors import BundleError, ModelOutputError, UsageError
+from aeguard.scoring.providers import (
+    CPU,
+    check_provider_parity,
+    check_session_provider,
+    execution_providers,
+    probe_images,
+)
 from aeguard.scoring.results import ItemResult, is_anomalous, item_results
 
 SCORE_OUTPUT = "score"
@@ -45,9 +52,14 @@ def session_options(intra_op_threads: int = 0, spin: bool = True) -> ort.Session
 
 
 def open_session(model_path: Path, intra_op_threads: int = 0, spin: bool = True) -> ort.InferenceSession:
-    return ort.InferenceSession(
-        str(model_path), sess_options=session_options(intra_op_threads, spin), providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(str(model_path), sess_options=session_options(intra_op_threads, spin), providers=[CPU])
+
+
+def _open(model_bytes: bytes, options: ort.SessionOptions, providers: list[str], where: str) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad graphs
+        raise BundleError(f"onnxruntime cannot load the {MODEL_NAME} of {where}: {exc}") from None
 
 
 def score_array(
@@ -118,21 +130,32 @@ class Scorer:
     shape against the spec, and a probe that the graph gives a finite score for a blank image.
     """
 
-    def __init__(self, bundle_dir: Path, intra_op_threads: int = 0, verify: bool = True, spin: bool = True):
+    def __init__(
+        self,
+        bundle_dir: Path,
+        intra_op_threads: int = 0,
+        verify: bool = True,
+        spin: bool = True,
+        provider: str = "auto",
+    ):
         self.bundle_dir = Path(bundle_dir)
         manifest = read_manifest(self.bundle_dir, verify=verify)
         model_bytes = read_plain_file(bundle_file(self.bundle_dir, MODEL_NAME))
-        self._load(manifest, model_bytes, str(self.bundle_dir / MANIFEST_NAME), intra_op_threads, spin)
+        self._load(manifest, model_bytes, str(self.bundle_dir / MANIFEST_NAME), intra_op_threads, spin, provider)
 
     @classmethod
-    def from_contents(cls, contents, intra_op_threads: int = 0) -> Scorer:
+    def from_contents(cls, contents, intra_op_threads: int = 0, provider: str = "auto") -> Scorer:
         """A scorer of a bundle still in memory (a fitted Detector's, before or without saving it)."""
         scorer = cls.__new__(cls)
         scorer.bundle_dir = None
-        scorer._load(contents.manifest, contents.files[MODEL_NAME], "the fitted detector", intra_op_threads, True)
+        scorer._load(
+            contents.manifest, contents.files[MODEL_NAME], "the fitted detector", intra_op_threads, True, provider
+        )
         return scorer
 
-    def _load(self, manifest: dict, model_bytes: bytes, where: str, intra_op_threads: int, spin: bool) -> None:
+    def _load(
+        self, manifest: dict, model_bytes: bytes, where: str, intra_op_threads: int, spin: bool, provider: str
+    ) -> None:
         self.manifest = manifest
         self.preprocessing = _preprocessing(self.manifest, where)
         score = self.manifest.get("score")
@@ -141,12 +164,10 @@ class Scorer:
         # (a pixel off by half the range or more)
         self.map_scale = 1.0 if function == "segmentation" else 0.25
         self.threshold = _threshold(self.manifest, where)
-        try:
-            self.session = ort.InferenceSession(
-                model_bytes, sess_options=session_options(intra_op_threads, spin), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad graphs
-            raise BundleError(f"onnxruntime cannot load the {MODEL_NAME} of {where}: {exc}") from None
+        requested = execution_providers(provider)
+        options = session_options(intra_op_threads, spin)
+        self.session = _open(model_bytes, options, requested, where)
+        self.provider = check_session_provider(self.session, requested, provider)  # cpu, cuda or tensorrt
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         outputs = {o.name for o in self.session.get_outputs()}
@@ -161,6 +182,17 @@ class Scorer:
                 f"[N, {self.channels}, {self.height}, {self.width}]"
             )
         self._probe(where)
+        # the largest |score difference| from the CPU session on the probe images; None on the CPU itself
+        self.provider_parity: float | None = None
+        if self.provider != "cpu":
+            reference = _open(model_bytes, session_options(intra_op_threads, spin), [CPU], where)
+            images = probe_images(self.input_shape)
+            self.provider_parity = check_provider_parity(
+                self.score(images).scores,
+                reference.run([SCORE_OUTPUT], {self.input_name: images})[0],
+                self.threshold,
+                self.provider,
+            )
 
     def _probe(self, where: str) -> None:
         try:

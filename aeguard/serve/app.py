@@ -219,7 +219,11 @@ class Handlers:
                     {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
                     {"name": payloads.OIP_MAP_OUTPUT, "datatype": "FP32", "shape": [-1, h, w]},  # when named
                 ],
-                "parameters": {"threshold": model.threshold, "accepted_input_datatypes": ["FP32", "UINT8"]},
+                "parameters": {
+                    "threshold": model.threshold,
+                    "accepted_input_datatypes": ["FP32", "UINT8"],
+                    "execution_provider": model.scorer.provider,
+                },
             }
         )
 

@@ -106,7 +106,7 @@ class Metrics:
         self.model_info = Gauge(
             "aeguard_model_info",
             "The served model (value 1; labels say which).",
-            ["model", "version", "bundle_sha256", "aeguard_version"],
+            ["model", "version", "bundle_sha256", "aeguard_version", "provider"],
             multiprocess_mode="mostrecent",
             registry=r,
         )
@@ -125,9 +125,16 @@ class Metrics:
             self.reloads.labels(result=result)  # both series exist from the start, at 0
 
     def set_model(
-        self, name: str, version: str, bundle_sha256: str, aeguard_version: str, threshold: float, calibrated_fpr: float
+        self,
+        name: str,
+        version: str,
+        bundle_sha256: str,
+        aeguard_version: str,
+        provider: str,
+        threshold: float,
+        calibrated_fpr: float,
     ) -> None:
-        labels = (name, version, bundle_sha256, aeguard_version)
+        labels = (name, version, bundle_sha256, aeguard_version, provider)
         if self._info_labels is not None and self._info_labels != labels:
             self.model_info.labels(*self._info_labels).set(0)
         self.model_info.labels(*labels).set(1)

@@ -32,8 +32,9 @@ class LoadedModel:
         return self.scorer.threshold
 
 
-def load_model(bundle: Path, name: str | None, intra_op_threads: int) -> LoadedModel:
-    scorer = Scorer(bundle, intra_op_threads=intra_op_threads, spin=False)  # checks the bundle, probe included
+def load_model(bundle: Path, name: str | None, intra_op_threads: int, provider: str = "auto") -> LoadedModel:
+    # checks the bundle, probes included (a blank image; on a GPU, parity with the CPU)
+    scorer = Scorer(bundle, intra_op_threads=intra_op_threads, spin=False, provider=provider)
     return LoadedModel(
         scorer=scorer,
         name=name or scorer.manifest.get("name") or Path(bundle).resolve().name,
@@ -64,10 +65,11 @@ def manifest_signature(bundle: Path) -> tuple | None:
 
 
 class ModelStore:
-    def __init__(self, bundle: Path, name: str | None, intra_op_threads: int, metrics: Metrics):
+    def __init__(self, bundle: Path, name: str | None, intra_op_threads: int, metrics: Metrics, provider: str = "auto"):
         self.bundle = Path(bundle)
         self.name = name
         self.intra_op_threads = intra_op_threads
+        self.provider = provider
         self.metrics = metrics
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
@@ -96,7 +98,7 @@ class ModelStore:
         with self._reload_lock:
             signature = manifest_signature(self.bundle)
             try:
-                candidate = load_model(self.bundle, self.name, self.intra_op_threads)
+                candidate = load_model(self.bundle, self.name, self.intra_op_threads, self.provider)
                 validation_fpr = float(candidate.scorer.manifest["calibration"]["validation_fpr"])
             except Exception as exc:  # noqa: BLE001 - see the docstring
                 error = (
@@ -125,6 +127,7 @@ class ModelStore:
                 candidate.version,
                 candidate.bundle_sha256,
                 __version__,
+                candidate.scorer.provider,
                 candidate.threshold,
                 validation_fpr,
             )
@@ -135,6 +138,7 @@ class ModelStore:
                         "reason": reason,
                         "model": candidate.name,
                         "version": candidate.version,
+                        "provider": candidate.scorer.provider,
                         "previous": previous,
                     }
                 },

@@ -35,7 +35,9 @@ class ScoringService:
     def __init__(self, settings: ServeSettings, registry: CollectorRegistry | None):
         self.settings = settings
         self.metrics = Metrics(registry)
-        self.store = ModelStore(settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics)
+        self.store = ModelStore(
+            settings.bundle, settings.model_name, settings.intra_op_threads, self.metrics, settings.provider
+        )
         self.scorer = BatchingScorer(
             self.store,
             self.metrics,

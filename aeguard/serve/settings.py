@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aeguard.errors import UsageError
+from aeguard.scoring.providers import PROVIDER_NAMES
 
 # Worker processes get their settings through this variable (uvicorn starts them from an import string).
 SETTINGS_ENV = "AEGUARD_SERVE_SETTINGS_JSON"
@@ -26,6 +27,7 @@ class ServeSettings:
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for company; 0 disables batching
     intra_op_threads: int = 1  # onnxruntime threads per call; 0 = its default (all cores)
     inference_workers: int = 0  # onnxruntime calls in flight at once; 0 = one per core
+    provider: str = "auto"  # onnxruntime execution provider: auto, cpu, cuda or tensorrt
     inline_max_ms: float = 1.0  # batches the model scores faster than this run on the event loop; 0 = never
     max_body_bytes: int = 16 * 1024 * 1024
     max_images_per_request: int = 256
@@ -55,6 +57,10 @@ class ServeSettings:
         ):
             if getattr(self, name) < 0:
                 raise UsageError(f"serve setting {name} must not be negative, got {getattr(self, name)}")
+        if self.provider not in PROVIDER_NAMES:
+            raise UsageError(
+                f"serve setting provider must be one of {', '.join(PROVIDER_NAMES)}, got {self.provider!r}"
+            )
         if self.request_timeout_s <= 0:
             raise UsageError("serve setting request_timeout_s must be positive")
         for name in ("api_token", "admin_token"):
