@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class ScoreSummary:
     errors: int = 0
     skipped: int = 0  # already in the output (--resume)
     seconds: float = 0.0
+    by_node: Counter = field(default_factory=Counter)  # inputs each Ray node scored (Ray engine only)
 
     @property
     def total(self) -> int:

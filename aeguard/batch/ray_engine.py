@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -28,7 +29,11 @@ class _RayScorer:
     """One onnxruntime session per actor, built once and reused for every block it is given."""
 
     def __init__(self, bundle: str, max_pixels: int, save_maps: str | None, provider: str = "auto"):
+        import ray
+
         from aeguard.scoring.scorer import Scorer
+
+        self.node = ray.get_runtime_context().get_node_id()  # the summary counts the work of each node
 
         self.scorer = Scorer(Path(bundle), spin=False, provider=provider)  # decoding shares these cores
         self.max_pixels = max_pixels
@@ -37,11 +42,11 @@ class _RayScorer:
     def __call__(self, batch: dict) -> dict:
         from aeguard.batch.decoding import decode_chunk
 
-        paths = [str(p) for p in batch["path"]]
+        paths = [str(p) for p in batch["file"]]  # absolute: a worker's working folder is not the driver's
         decoded = decode_chunk(paths, self.scorer.preprocessing, self.max_pixels)
         results, error_maps = self.scorer.score_decoded(decoded, error_maps=self.save_maps is not None)
         if self.save_maps is not None:
-            for path, result, error_map in zip(paths, results, error_maps):
+            for path, result, error_map in zip(map(str, batch["path"]), results, error_maps):  # named as given
                 if result.is_anomaly and error_map is not None:
                     write_heatmap(self.save_maps, path, error_map, self.scorer.map_scale)
         # Ray blocks are columns: NaN / None stand for "no score" and "no verdict"
@@ -50,6 +55,7 @@ class _RayScorer:
             "score": np.array([np.nan if r.score is None else r.score for r in results], np.float64),
             "is_anomaly": np.array([r.is_anomaly for r in results], dtype=object),
             "error": np.array([r.error or "" for r in results], dtype=object),
+            "node": np.array([self.node] * len(results), dtype=object),
         }
 
 
@@ -76,7 +82,9 @@ def score_paths_on_ray(
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
-            address=address,
+            # no address: a new instance of this machine's own, never whatever /tmp/ray last recorded (a
+            # cluster stopped by a crash leaves its address there, and joining it waits forever)
+            address=address or "local",
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             log_to_driver=False,
@@ -91,7 +99,9 @@ def score_paths_on_ray(
     remaining = unscored(paths, Counter(done or ()), summary)
     try:
         while window := list(itertools.islice(remaining, WINDOW)):
-            dataset = ray.data.from_items([{"path": p} for p in window]).map_batches(
+            # rows keep each path as given; workers open it made absolute against the driver's folder
+            items = [{"path": p, "file": os.path.abspath(p)} for p in window]
+            dataset = ray.data.from_items(items).map_batches(
                 _RayScorer,
                 fn_constructor_args=(
                     str(Path(bundle).resolve()),
@@ -105,11 +115,12 @@ def score_paths_on_ray(
                 num_cpus=1,
             )
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
-                for path, score, flagged, error in zip(
-                    batch["path"], batch["score"], batch["is_anomaly"], batch["error"]
+                for path, score, flagged, error, node in zip(
+                    batch["path"], batch["score"], batch["is_anomaly"], batch["error"], batch["node"]
                 ):
                     result = ItemResult(error=str(error)) if error else ItemResult(float(score), bool(flagged))
                     record_row(writer, summary, str(path), threshold, result, on_error)
+                    summary.by_node[str(node)] += 1
                 writer.flush()
     finally:
         if started_here:

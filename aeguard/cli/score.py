@@ -87,7 +87,9 @@ def score(
     ),
     engine: str = typer.Option("local", help="local, or ray to score on a Ray cluster."),
     address: str | None = typer.Option(
-        None, help="Ray cluster address for --engine ray [default: start or join a local one]."
+        None,
+        help="Ray cluster for --engine ray: HOST:PORT of its head, or auto for the one `ray start` runs on this "
+        "machine [default: a new Ray instance on this machine].",
     ),
 ) -> None:
     """Write one row per input: path, score, threshold, is_anomaly, error.
@@ -153,6 +155,7 @@ def score(
         f"scored {summary.scored} images in {summary.seconds:.1f}s ({summary.images_per_second:,.0f} img/s): "
         f"{summary.anomalies} anomalies, {summary.errors} unreadable"
         + (f", {summary.skipped} already done" if resume else "")
+        + (f"; on {len(summary.by_node)} Ray node{'s' * (len(summary.by_node) != 1)}" if summary.by_node else "")
         + f"; threshold {scorer.threshold:.6g} on {scorer.provider}"
         + (f"; rows in {output}" if output else ""),
         file=sys.stderr,
