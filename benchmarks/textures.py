@@ -38,6 +38,7 @@ DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 RECIPE_NOTES = {
     "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
+    "draem-blobs": "the default before CutPaste scar masks joined the synthetic defects (blob masks only)",
 }
 NAME = "textures"
 
