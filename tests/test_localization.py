@@ -121,33 +121,6 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
     assert detector.contents_.manifest["score"]["function"] == "segmentation"
 
 
-def test_scar_masks_are_thin_rectangles_inside_the_image():
-    from aeguard.train.synthetic import scar_mask
-
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        mask = scar_mask(96, 128, generator, "cpu")[0, 0]
-        assert set(mask.unique().tolist()) <= {0.0, 1.0}
-        area = int(mask.sum())
-        # at most 4 % of the shorter side by 40 % of it (plus the pixels a rotated edge catches), never empty
-        assert 0 < area <= (0.04 * 96 + 2) * (0.40 * 96 + 2)
-        rows, cols = mask.nonzero(as_tuple=True)
-        extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
-        assert area <= extent * (0.04 * 96 + 2) * 1.5  # long and thin, not a blob
-
-
-def test_a_third_of_pasted_defects_are_scars(monkeypatch):
-    import aeguard.train.synthetic as synthetic
-
-    shapes = []
-    for name in ("scar_mask", "blob_mask"):
-        original = getattr(synthetic, name)
-        monkeypatch.setattr(synthetic, name, lambda *a, _f=original, _n=name: shapes.append(_n) or _f(*a))
-    defective, masks = synthetic.paste_defects(torch.rand(600, 3, 32, 32), torch.Generator().manual_seed(0))
-    assert len(shapes) == int((masks.flatten(1).amax(1) > 0).sum())  # every pasted defect has a mask
-    assert 0.25 < shapes.count("scar_mask") / len(shapes) < 0.42
-
-
 def _mean_image_fit(monkeypatch, stopped_early: bool):
     """train_member on a model that outputs the training mean image with 1 % jitter (the 128 px case)."""
     import aeguard.train.fit as fit_module

@@ -95,22 +95,23 @@ class Cluster:
             record.unlink()
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    cluster = Cluster(tmp_path)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module: the node-kill test, which ends its worker node, comes last."""
+    cluster = Cluster(tmp_path_factory.mktemp("ray-logs"))
     try:
         yield cluster
     finally:
         cluster.close()
 
 
-@pytest.fixture
-def pngs(data_dir, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def pngs(data_dir, tmp_path_factory) -> Path:
     """Three thousand real digits as PNG files, for a run long enough (tens of seconds) to kill a node in."""
     from aeguard.data.catalog import load_split
 
     test = load_split("mnist", "test", data_dir)
-    folder = tmp_path / "pngs"
+    folder = tmp_path_factory.mktemp("inputs") / "pngs"
     folder.mkdir()
     for i in range(3000):
         Image.fromarray(test.images[i]).save(folder / f"{i:04d}.png")
@@ -149,7 +150,8 @@ def local_rows(bundle: Path, pngs: Path, tmp_path: Path) -> list[dict]:
 def test_two_node_cluster_gives_the_local_rows_and_uses_both_nodes(cluster, mnist_bundle, pngs, tmp_path):
     out = tmp_path / "ray.csv"
     # relative input paths: each worker must open them against the driver's folder, not its own
-    run = score(mnist_bundle, "pngs", out, cluster.env, "--engine", "ray", "--address", cluster.address, cwd=tmp_path)
+    args = ("--engine", "ray", "--address", cluster.address)
+    run = score(mnist_bundle, "pngs", out, cluster.env, *args, cwd=pngs.parent)
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
     assert "scored 3000 images" in stderr and "on 2 Ray nodes" in stderr
@@ -160,7 +162,7 @@ def test_a_worker_node_killed_mid_run(cluster, mnist_bundle, pngs, tmp_path):
     """The run either finishes with every row right, or fails with a message and --resume completes it."""
     out = tmp_path / "ray.csv"
     args = ("--engine", "ray", "--address", cluster.address, "--batch-size", "32")
-    run = score(mnist_bundle, "pngs", out, cluster.env, *args, cwd=tmp_path)
+    run = score(mnist_bundle, "pngs", out, cluster.env, *args, cwd=pngs.parent)
     deadline = time.monotonic() + 120
     while data_rows(out) < 300:  # both nodes are at work by now
         assert run.poll() is None, run.communicate()[1]
@@ -173,7 +175,7 @@ def test_a_worker_node_killed_mid_run(cluster, mnist_bundle, pngs, tmp_path):
     print(f"\nworker node killed after {killed_at} rows; the run exited {run.returncode}")
     if run.returncode != 0:
         assert "aeguard: error" in stderr, stderr
-        resumed = score(mnist_bundle, "pngs", out, cluster.env, *args, "--resume", cwd=tmp_path)
+        resumed = score(mnist_bundle, "pngs", out, cluster.env, *args, "--resume", cwd=pngs.parent)
         _, stderr = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, stderr
     else:

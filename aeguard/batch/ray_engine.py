@@ -34,7 +34,6 @@ class _RayScorer:
         from aeguard.scoring.scorer import Scorer
 
         self.node = ray.get_runtime_context().get_node_id()  # the summary counts the work of each node
-
         self.scorer = Scorer(Path(bundle), spin=False, provider=provider)  # decoding shares these cores
         self.max_pixels = max_pixels
         self.save_maps = Path(save_maps) if save_maps else None

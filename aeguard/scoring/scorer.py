@@ -127,7 +127,8 @@ class Scorer:
 
     Loading checks everything a scoring run relies on, so a bad bundle is refused here with a BundleError
     rather than failing later: the manifest's input spec, threshold and calibration, the graph's input
-    shape against the spec, and a probe that the graph gives a finite score for a blank image.
+    shape against the spec, and a probe that the graph gives a finite score for a blank image. On a GPU
+    provider (`provider`: auto, cpu, cuda or tensorrt) a second probe compares its scores with the CPU's.
     """
 
     def __init__(
