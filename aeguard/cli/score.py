@@ -156,7 +156,9 @@ def score(
         f"{summary.anomalies} anomalies, {summary.errors} unreadable"
         + (f", {summary.skipped} already done" if resume else "")
         + (f"; on {len(summary.by_node)} Ray node{'s' * (len(summary.by_node) != 1)}" if summary.by_node else "")
-        + f"; threshold {scorer.threshold:.6g} on {scorer.provider}"
+        + f"; threshold {scorer.threshold:.6g}"
+        # Ray workers pick their provider on their own node; only the local engine's session is this one
+        + (f" on {scorer.provider}" if engine == "local" else f"; workers' --provider {provider}")
         + (f"; rows in {output}" if output else ""),
         file=sys.stderr,
     )
