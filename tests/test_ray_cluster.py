@@ -7,7 +7,6 @@ authentication is on, as Ray starts clusters by default.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import secrets
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.daemon import free_port
+from tests.test_reliability_batch import rows
 
 pytest.importorskip("ray")
 
@@ -121,11 +121,6 @@ def pngs(data_dir, tmp_path_factory) -> Path:
 def score(bundle: Path, inputs: str, out: Path, env: dict, *args: str, cwd: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "aeguard.cli.main", "score", str(bundle), inputs, "-o", str(out), *args]
     return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def data_rows(path: Path) -> int:

@@ -69,7 +69,8 @@ def _both_builds_installed() -> bool:
 
 def short_name(provider: str) -> str:
     """CUDAExecutionProvider -> cuda: the name summaries, metadata and metrics show."""
-    return {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}.get(provider, provider.removesuffix("ExecutionProvider"))
+    names = {chain[0]: name for name, chain in _CHAINS.items()}
+    return names.get(provider, provider.removesuffix("ExecutionProvider"))
 
 
 def check_session_provider(session: ort.InferenceSession, requested: list[str], choice: str) -> str:

@@ -186,7 +186,7 @@ class Scorer:
         # the largest |score difference| from the CPU session on the probe images; None on the CPU itself
         self.provider_parity: float | None = None
         if self.provider != "cpu":
-            reference = _open(model_bytes, session_options(intra_op_threads, spin), [CPU], where)
+            reference = _open(model_bytes, options, [CPU], where)
             images = probe_images(self.input_shape)
             self.provider_parity = check_provider_parity(
                 self.score(images).scores,
