@@ -203,6 +203,8 @@ class DetectorConfig:
     score_top: float | None = None  # the score averages the largest share of the error map [1: all of it]
     knn: int = 0  # > 0: the score times the mean latent distance to the knn nearest training codes
     ensemble: int = 1  # independently seeded members whose error maps are averaged
+    rotation: bool = False  # add a rotation-prediction classifier's score (train/rotation.py), z-scored
+    rotation_epochs: int = 3  # the classifier's epochs; the one with the best held-out normal score is kept
     train: TrainConfig = field(default_factory=TrainConfig)
     val_fraction: float = 0.1  # held out from the normal training images for early stopping and calibration
     target_fpr: float = 0.01  # the threshold flags at most this share of the held-out normal images
@@ -240,6 +242,9 @@ class DetectorConfig:
             _number("score_top", self.score_top, 0.0, 1.0, low_open=True, what="be a share of the pixels, 0 < Q <= 1")
         _positive_int("knn", self.knn, allow_zero=True)
         _positive_int("ensemble", self.ensemble)
+        if not isinstance(self.rotation, bool):
+            raise ConfigError("rotation", f"rotation must be True or False, got {self.rotation!r}")
+        _positive_int("rotation_epochs", self.rotation_epochs)
         _number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         _number("target_fpr", self.target_fpr, 0.0, 1.0, high_open=True)
         variational = self.model.value in VARIATIONAL
@@ -258,6 +263,8 @@ class DetectorConfig:
                     raise ConfigError(name, f"{name} does not apply to the draem model")
             if self.knn or self.ensemble != 1:
                 raise ConfigError("knn" if self.knn else "ensemble", "draem takes neither knn nor an ensemble")
+            if self.rotation:
+                raise ConfigError("rotation", "rotation does not apply to the draem model: its score is the defect map's")
         latent = self.latent or (32 if MODEL_KINDS[self.model.value] == "dense" else 16)
         k = self.k if self.k is not None else (8 if self.model is Model.K_SPARSE else None)
         if k is not None and k > latent:
@@ -364,11 +371,22 @@ def model_config(config: DetectorConfig, input_shape: tuple[int, int, int]) -> d
         if value is not None:
             terms[key] = float(value)
     model["ensemble"] = config.ensemble
+    if config.rotation and input_shape[1] != input_shape[2]:
+        raise ConfigError(
+            "rotation",
+            f"rotation needs square images (a quarter turn must keep the shape); these are {input_shape[1]} x "
+            f"{input_shape[2]}: give a square --image-size or --crop center",
+        )
     return model
 
 
 def score_config(
-    function: str, sigma: float | None = None, beta: float = 1.0, knn: int = 0, top: float | None = None
+    function: str,
+    sigma: float | None = None,
+    beta: float = 1.0,
+    knn: int = 0,
+    top: float | None = None,
+    rotation_epochs: int | None = None,
 ) -> dict:
     """The manifest's score entry: the function, its parameters and a readable definition."""
     if function not in SCORE_FUNCTIONS:
@@ -388,6 +406,14 @@ def score_config(
         config["definition"] += (
             f", times the mean distance from the latent code to its {knn} nearest latent codes of the training images"
         )
+    if rotation_epochs:
+        # the means and standard deviations are filled in at export, measured on the held-out normal images
+        config["rotation"] = {"epochs": int(rotation_epochs)}
+        config["definition"] = (
+            f"z-score of ({config['definition']}) plus the z-score of the rotation classifier's summed negative "
+            "log-likelihood of the right rotation over the four quarter turns; both standardised by their mean "
+            "and standard deviation on the held-out normal images"
+        )
     if function in ("blur", "ssim"):
         config["sigma"] = float(sigma if sigma is not None else (1.0 if function == "blur" else 1.5))
         if config["sigma"] <= 0:
@@ -403,4 +429,5 @@ def detector_score_config(config: DetectorConfig, model: dict) -> dict:
     """The manifest's score entry for `config` and the model entry built from it."""
     beta = model["training"]["beta"] if model["variational"] else 1.0
     function = config.score or (ScoreFunction.SEGMENTATION if config.model is Model.DRAEM else ScoreFunction.MSE)
-    return score_config(function.value, config.score_sigma, beta, config.knn, config.score_top)
+    rotation_epochs = config.rotation_epochs if config.rotation else None
+    return score_config(function.value, config.score_sigma, beta, config.knn, config.score_top, rotation_epochs)

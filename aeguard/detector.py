@@ -56,6 +56,8 @@ class Detector:
         score_top: float | None = None,
         knn: int = 0,
         ensemble: int = 1,
+        rotation: bool = False,
+        rotation_epochs: int = 3,
         epochs: int = 20,
         batch_size: int = 128,
         lr: float = 1e-3,
@@ -80,6 +82,7 @@ class Detector:
             knn,
             ensemble,
         )
+        self.rotation, self.rotation_epochs = rotation, rotation_epochs
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
         self.max_images, self.image_size, self.verbose = max_images, image_size, verbose
@@ -112,6 +115,8 @@ class Detector:
             score_top=config.score_top,
             knn=config.knn,
             ensemble=config.ensemble,
+            rotation=config.rotation,
+            rotation_epochs=config.rotation_epochs,
             epochs=train.epochs,
             batch_size=train.batch_size,
             lr=train.learning_rate,
@@ -164,6 +169,8 @@ class Detector:
             score_top=self.score_top,
             knn=self.knn,
             ensemble=self.ensemble,
+            rotation=self.rotation,
+            rotation_epochs=self.rotation_epochs,
             train=train,
             val_fraction=self.val_fraction,
             target_fpr=self.target_fpr,

@@ -75,6 +75,23 @@ PRESETS: dict[str, dict] = {
         "knn": 5,
         "ensemble": 3,
     },
+    # issue 21: the z-scored sum with a rotation-prediction classifier's score (--rotation, 3 epochs)
+    "conv-erase-blur-knn-rot": {
+        "model": "conv",
+        "activation": "relu",
+        "noise": "erase:0.25",
+        "score": "blur",
+        "knn": 5,
+        "rotation": True,
+    },
+    "conv-erase-blur-top-x3-rot": {
+        "model": "conv",
+        "noise": "erase:0.25",
+        "score": "blur",
+        "score_top": 0.1,
+        "ensemble": 3,
+        "rotation": True,
+    },
 }
 DEFAULT_EPOCHS = 20
 FPR_GRID = np.linspace(0.0, 1.0, 101)
@@ -89,7 +106,9 @@ PUBLISHED = [  # mean AUROC %, from-scratch methods (the issue's table)
 
 
 def command_line(preset: dict, epochs: int) -> str:
-    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in preset.items())
+    flags = " ".join(
+        f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}") for key, value in preset.items()
+    )
     return f"aeguard fit {flags} --epochs {epochs}"
 
 

@@ -138,6 +138,13 @@ def fit(
     ensemble: int = typer.Option(
         DEFAULTS.ensemble, help="Train this many independently seeded models and average their error maps."
     ),
+    rotation: bool = typer.Option(
+        DEFAULTS.rotation,
+        "--rotation",
+        help="Also train a classifier of the four quarter turns; the score adds its z-scored error to the "
+        "z-scored reconstruction score (square images).",
+    ),
+    rotation_epochs: int = typer.Option(DEFAULTS.rotation_epochs, help="Epochs of the --rotation classifier."),
     max_images: int | None = typer.Option(
         DEFAULTS.max_images, help="Train on at most this many normal images (quick trials)."
     ),
@@ -206,6 +213,8 @@ def fit(
             score_top=score_top,
             knn=knn,
             ensemble=ensemble,
+            rotation=rotation,
+            rotation_epochs=rotation_epochs,
             train=TrainConfig(
                 epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience, device=device, seed=seed
             ),

@@ -102,10 +102,16 @@ def plot_roc(scores: np.ndarray, is_anomaly: np.ndarray, metrics: dict, path: Pa
 
 
 def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) -> None:
-    """Score histograms per group (normal / anomalous) on shared log-spaced bins, with the threshold."""
+    """Score histograms per group (normal / anomalous) on shared bins, with the threshold: log-spaced for
+    error scores, linear when some score is not positive (the z-scored sum of --rotation)."""
     everything = np.concatenate([g for g in groups.values() if len(g)])
-    low, high = max(float(everything.min()), 1e-8), float(everything.max()) * 1.01
-    bins = np.geomspace(low, max(high, low * 1.01), 60)
+    logarithmic = float(everything.min()) > 0.0
+    if logarithmic:
+        low, high = float(everything.min()), float(everything.max()) * 1.01
+        bins = np.geomspace(low, max(high, low * 1.01), 60)
+    else:
+        low, high = float(everything.min()), float(everything.max())
+        bins = np.linspace(low, max(high, low + 1e-6), 60)
     fig, ax = _subplots(figsize=(7, 4))
     for name, scores in groups.items():
         # Fractions, not densities: on log-spaced bins a density would inflate the narrow low bins.
@@ -117,8 +123,10 @@ def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) 
             label=f"{name} ({len(scores)})",
         )
     ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.4g}")
-    ax.set(xscale="log", xlabel="anomaly score", ylabel="fraction of group", title="Score distribution")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set(xlabel="anomaly score", ylabel="fraction of group", title="Score distribution")
+    if logarithmic:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -53,6 +53,7 @@ from aeguard.train.loop import (
     train,
 )
 from aeguard.train.models import Autoencoder, build_model
+from aeguard.train.rotation import RotationHead, train_rotation_head
 from aeguard.train.scoring import ScoringGraph
 
 PARITY_IMAGES = 512
@@ -159,6 +160,8 @@ class Trained:
     members: list[Autoencoder]
     results: list[TrainResult]
     context: DistributedContext
+    rotation: RotationHead | None = None  # with --rotation: the rotation classifier
+    rotation_record: dict | None = None  # and what its training recorded
 
 
 def train_members(
@@ -204,7 +207,13 @@ def train_members(
         shutdown()
     if not context.is_main:
         return None
-    return Trained(model, score, members, results, context)
+    trained = Trained(model, score, members, results, context)
+    if config.rotation:  # small: rank 0 trains it alone, after the autoencoders
+        log(f"training the rotation classifier ({config.rotation_epochs} epochs) on {len(data.train)} normal images")
+        trained.rotation, trained.rotation_record = train_rotation_head(
+            data.train, data.validation, config.rotation_epochs, train_config.seed, train_config.device, log
+        )
+    return trained
 
 
 def export_contents(
@@ -212,11 +221,18 @@ def export_contents(
 ) -> BundleContents:
     """Export the scoring graph to ONNX (refused when torch and onnxruntime disagree), calibrate the threshold
     on the held-out normal images through that graph, and return the bundle's files and manifest."""
-    graph = scoring_graph(trained.model, trained.score, trained.members).cpu().eval()
+    graph = scoring_graph(trained.model, trained.score, trained.members, trained.rotation).cpu().eval()
     score = dict(trained.score)
     if isinstance(graph, ScoringGraph) and graph.knn:  # codes of the training split only: validation, test unseen
         train = torch.from_numpy(float_batch(data.train))
         score["references"] = graph.set_reference_codes(train, seed=config.train.seed)
+    if isinstance(graph, ScoringGraph) and graph.rotation is not None:  # after the references: they change the score
+        statistics = graph.set_standardisation(torch.from_numpy(float_batch(data.validation)))
+        score["rotation"] = {**score["rotation"], "mean_std_on_held_out": statistics}
+        log(
+            "score standardisation on the held-out normal images: reconstruction mean {:.4g} std {:.4g}, "
+            "rotation mean {:.4g} std {:.4g}".format(*statistics["reconstruction"], *statistics["rotation"])
+        )
     with tempfile.TemporaryDirectory(prefix="aeguard-export-") as folder:
         onnx_path = Path(folder) / MODEL_NAME
         export_onnx(graph, data.input_shape, onnx_path)
@@ -253,6 +269,7 @@ def export_contents(
                 _training_record(dataclasses.replace(train_config, seed=train_config.seed + i), r)
                 for i, r in enumerate(trained.results[1:], start=1)
             ],
+            "rotation": trained.rotation_record,
         },
     }
     files = {MODEL_NAME: model_bytes, WEIGHTS_NAME: weights.getvalue(), VALIDATION_SCORES_NAME: scores.getvalue()}

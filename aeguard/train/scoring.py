@@ -16,6 +16,10 @@ With knn = K the score is also multiplied by the mean distance from the image's 
 nearest codes of training images (stored in the graph): an image the decoder reconstructs well but
 whose code lies away from every normal code is still flagged. A product needs no scale matching
 between the two terms, and for an ensemble the distance is averaged over the members.
+
+With a rotation head (train/rotation.py) the score is the sum of two z-scores: the reconstruction score
+above and the rotation-prediction score, each standardised by its mean and standard deviation on the
+held-out normal images (stored in the graph). The error map stays the reconstruction's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aeguard.config import DEFINITIONS, SCORE_FUNCTIONS, score_config  # noqa: F
 from aeguard.train.error_maps import ErrorMap  # noqa: F401 - re-exported
 from aeguard.train.models import Autoencoder
 from aeguard.train.objectives import kl_per_image
+from aeguard.train.rotation import RotationHead
 
 MAX_REFERENCE_CODES = 10_000  # bounds the graph's size and the per-image cost of the distance search
 
@@ -71,7 +76,7 @@ class ScoringGraph(nn.Module):
     first member (for the latent-space plot).
     """
 
-    def __init__(self, members: list[Autoencoder], config: dict, channels: int):
+    def __init__(self, members: list[Autoencoder], config: dict, channels: int, rotation: RotationHead | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.error_map = ErrorMap(config, channels)
@@ -84,6 +89,10 @@ class ScoringGraph(nn.Module):
             # (members, references, latent); filled by set_reference_codes, saved with the weights
             shape = (len(members), int(config.get("references") or 1), members[0].latent)
             self.register_buffer("reference_codes", torch.zeros(shape))
+        self.rotation = rotation
+        if rotation is not None:
+            # rows: reconstruction, rotation; columns: mean, std on the held-out normal images (set_standardisation)
+            self.register_buffer("standardisation", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
 
     @torch.no_grad()
     def set_reference_codes(self, images: torch.Tensor, seed: int = 0, batch_size: int = 1024) -> int:
@@ -98,7 +107,27 @@ class ScoringGraph(nn.Module):
         self.reference_codes = torch.stack(codes).float()
         return len(images)
 
+    @torch.no_grad()
+    def set_standardisation(self, images: torch.Tensor, batch_size: int = 1024) -> dict:
+        """Measure both scores' mean and std on `images` (the held-out normal ones) and store them."""
+        assert self.rotation is not None
+        self.eval()
+        reconstruction = torch.cat([self.reconstruction_score(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)])
+        rotation = self.rotation.scores(images)
+        rows = [[float(s.double().mean()), float(s.double().std(correction=0))] for s in (reconstruction, rotation)]
+        for row in rows:
+            row[1] = max(row[1], 1e-12)  # a constant score would divide by zero; it then only adds a constant
+        self.standardisation = torch.tensor(rows)
+        return {"reconstruction": rows[0], "rotation": rows[1]}
+
     def forward(self, images: torch.Tensor):
+        score, error_map, reconstruction, first_code = self.reconstruction_score(images)
+        if self.rotation is not None:
+            (rec_mean, rec_std), (rot_mean, rot_std) = self.standardisation
+            score = (score - rec_mean) / rec_std + (self.rotation(images) - rot_mean) / rot_std
+        return score, error_map, reconstruction, first_code
+
+    def reconstruction_score(self, images: torch.Tensor):
         maps, reconstructions, extras, distances, first_code = [], [], [], [], None
         for index, member in enumerate(self.members):
             code, log_var = member.code_statistics(images)
