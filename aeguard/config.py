@@ -264,7 +264,9 @@ class DetectorConfig:
             if self.knn or self.ensemble != 1:
                 raise ConfigError("knn" if self.knn else "ensemble", "draem takes neither knn nor an ensemble")
             if self.rotation:
-                raise ConfigError("rotation", "rotation does not apply to the draem model: its score is the defect map's")
+                raise ConfigError(
+                    "rotation", "rotation does not apply to the draem model: its score is its defect map's"
+                )
         latent = self.latent or (32 if MODEL_KINDS[self.model.value] == "dense" else 16)
         k = self.k if self.k is not None else (8 if self.model is Model.K_SPARSE else None)
         if k is not None and k > latent:

@@ -46,9 +46,7 @@ def rotation_labels(count: int, device: torch.device | None = None) -> torch.Ten
 
 
 def _block(inputs: int, outputs: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU(), nn.MaxPool2d(2)
-    )
+    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU(), nn.MaxPool2d(2))
 
 
 class RotationHead(nn.Module):

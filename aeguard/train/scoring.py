@@ -112,7 +112,8 @@ class ScoringGraph(nn.Module):
         """Measure both scores' mean and std on `images` (the held-out normal ones) and store them."""
         assert self.rotation is not None
         self.eval()
-        reconstruction = torch.cat([self.reconstruction_score(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)])
+        batches = range(0, len(images), batch_size)
+        reconstruction = torch.cat([self.reconstruction_score(images[i : i + batch_size])[0] for i in batches])
         rotation = self.rotation.scores(images)
         rows = [[float(s.double().mean()), float(s.double().std(correction=0))] for s in (reconstruction, rotation)]
         for row in rows:
