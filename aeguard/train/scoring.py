@@ -30,12 +30,14 @@ import torch
 from torch import nn
 
 from aeguard.config import DEFINITIONS, SCORE_FUNCTIONS, score_config  # noqa: F401 - re-exported
+from aeguard.errors import TrainingCollapsedError
 from aeguard.train.error_maps import ErrorMap  # noqa: F401 - re-exported
 from aeguard.train.models import Autoencoder
 from aeguard.train.objectives import kl_per_image
 from aeguard.train.rotation import RotationHead
 
 MAX_REFERENCE_CODES = 10_000  # bounds the graph's size and the per-image cost of the distance search
+STANDARDISABLE = 1e-6  # a held-out std at most this share of the mean is rounding noise, not spread
 
 
 def nearest_distance(codes: torch.Tensor, references: torch.Tensor, k: int) -> torch.Tensor:
@@ -116,8 +118,15 @@ class ScoringGraph(nn.Module):
         reconstruction = torch.cat([self.reconstruction_score(images[i : i + batch_size])[0] for i in batches])
         rotation = self.rotation.scores(images)
         rows = [[float(s.double().mean()), float(s.double().std(correction=0))] for s in (reconstruction, rotation)]
-        for row in rows:
-            row[1] = max(row[1], 1e-12)  # a constant score would divide by zero; it then only adds a constant
+        for name, (mean, std) in zip(("reconstruction", "rotation"), rows):
+            # a score that is (nearly) the same for every held-out image has no scale to standardise by: dividing
+            # by its rounding noise would make that noise the anomaly score
+            if not std > STANDARDISABLE * abs(mean):
+                raise TrainingCollapsedError(
+                    f"the {name} score is the same for every held-out normal image (mean {mean:.6g}, std {std:.3g}), "
+                    "so it cannot be standardised for --rotation; are the held-out images copies of training "
+                    "images? Fit without --rotation, or on more varied images"
+                )
         self.standardisation = torch.tensor(rows)
         return {"reconstruction": rows[0], "rotation": rows[1]}
 
