@@ -28,6 +28,7 @@ from sklearn.metrics import roc_curve
 
 from aeguard import Detector
 from aeguard.data.catalog import get_spec, load_split
+from aeguard.report.metrics import evaluate_scores
 from benchmarks.results_io import RESULTS_DIR, StealMeter, machine
 
 # Each preset is the `aeguard fit` command line it stands for; the README quotes them.
@@ -84,14 +85,6 @@ PRESETS: dict[str, dict] = {
         "knn": 5,
         "rotation": True,
     },
-    "conv-erase-blur-top-x3-rot": {
-        "model": "conv",
-        "noise": "erase:0.25",
-        "score": "blur",
-        "score_top": 0.1,
-        "ensemble": 3,
-        "rotation": True,
-    },
 }
 DEFAULT_EPOCHS = 20
 FPR_GRID = np.linspace(0.0, 1.0, 101)
@@ -127,7 +120,7 @@ def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, dev
     return {
         "normal": normal,
         "seed": seed,
-        "auroc": detector.evaluate(test.images, truth)["auroc"],
+        "auroc": evaluate_scores(scores, truth, detector.threshold_)["auroc"],  # what detector.evaluate returns
         "seconds": round(seconds, 1),
         "epochs_run": len(detector.history_[0]),
         "cpu_steal": steal.fraction,

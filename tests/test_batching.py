@@ -12,7 +12,7 @@ import pytest
 from aeguard.errors import RequestError, RequestTimeoutError
 from aeguard.serve import payloads
 from aeguard.serve.batching import BatchingScorer, model_input
-from aeguard.serve.metrics import Metrics
+from aeguard.serve.metrics import Metrics, score_ratios
 
 
 class FakeScorer:
@@ -237,6 +237,15 @@ def test_observing_many_scores_at_once_equals_observing_them_one_by_one():
     assert expected[("aeguard_anomaly_score_ratio_count", ())] == len(scores)
     anomalies = {s.name: s.value for metric in at_once.anomalies.collect() for s in metric.samples}
     assert anomalies["aeguard_anomalies_total"] == 6  # the scores above the threshold 0.5
+
+
+@pytest.mark.parametrize("threshold", [0.5, -2.0, 0.0])
+def test_score_ratio_is_above_one_exactly_for_the_anomalies_whatever_the_threshold_sign(threshold):
+    scores = np.array([-5.0, -2.0, -1.9, 0.0, 0.4, 0.5, 0.6, 3.0])
+    ratios = score_ratios(scores, threshold)
+    np.testing.assert_array_equal(ratios > 1.0, scores > threshold)
+    if threshold > 0:
+        np.testing.assert_array_equal(ratios, scores / threshold)  # the plain ratio where it means something
 
 
 def test_plan_cache_parses_a_header_once_per_model_and_never_keeps_a_refused_one():

@@ -33,6 +33,18 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
+def score_ratios(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """score / threshold where the threshold is positive; otherwise 1 + (score - threshold) / |threshold|,
+    which is the same thing there and keeps "above 1 = anomalous" (score > threshold) for a threshold at or
+    below zero: a --rotation bundle's z-scored score can be negative, and so, with a high --target-fpr, can its
+    threshold. A threshold of exactly 0 maps every anomalous score to +inf and every other one to 0."""
+    if threshold > 0:
+        return scores / threshold  # not 1 + (s - t) / t: its rounding could move a score across a bucket bound
+    if threshold == 0:
+        return np.where(scores > 0, np.inf, 0.0)
+    return 1.0 + (scores - threshold) / abs(threshold)
+
+
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """histogram.observe(v) for every v, at once: one searchsorted instead of a locked Python call per value
     (256 scores cost 0.7 ms that way, more than the dense model takes to score them).
@@ -187,9 +199,7 @@ class Metrics:
         self.anomalies.inc(int(np.count_nonzero(is_anomalous(scores, threshold))))
         # in float64, as observe() on Python floats did: a float32 quotient can round a score just over the
         # threshold down to exactly 1.0 and into the bucket below, while anomalies counts it
-        scores = np.asarray(scores, np.float64)
-        ratios = scores / threshold if threshold > 0 else np.full(len(scores), np.inf)
-        observe_many(self.score_ratio, ratios)
+        observe_many(self.score_ratio, score_ratios(np.asarray(scores, np.float64), threshold))
 
     def exposition(self) -> tuple[bytes, str]:
         self.flush_requests()
