@@ -34,10 +34,10 @@ def multiprocess_dir() -> str | None:
 
 
 def score_ratios(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """score / threshold where the threshold is positive; otherwise 1 + (score - threshold) / |threshold|,
-    which is the same thing there and keeps "above 1 = anomalous" (score > threshold) for a threshold at or
-    below zero: a --rotation bundle's z-scored score can be negative, and so, with a high --target-fpr, can its
-    threshold. A threshold of exactly 0 maps every anomalous score to +inf and every other one to 0."""
+    """The histogram's value per score: score / threshold for a positive threshold. A --rotation bundle's
+    z-scored score can be negative, and with a high --target-fpr so can its threshold: below zero the value is
+    1 + (score - threshold) / |threshold| (which would equal score / threshold for a positive one), so above 1
+    still means score > threshold; at exactly 0, +inf for an anomalous score and 0 for any other."""
     if threshold > 0:
         return scores / threshold  # not 1 + (s - t) / t: its rounding could move a score across a bucket bound
     if threshold == 0:
