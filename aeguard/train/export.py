@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import onnx
@@ -87,7 +88,8 @@ def parity_max_abs_diff(graph: AnyScoringGraph, onnx_path: Path, images: np.ndar
     }
 
 
-def standardised(graph) -> bool:
+def standardised(graph) -> TypeGuard[ScoringGraph]:
+    """Whether the graph's score is z-scored (a rotation head beside the reconstruction)."""
     return isinstance(graph, ScoringGraph) and graph.rotation is not None
 
 
@@ -123,9 +125,11 @@ def scoring_graph(
     )
     if config.get("knn"):
         config["references"] = int(score.get("references") or 1)  # how many codes the saved weights hold
-    if score.get("rotation") and rotation is None:
+    if not score.get("rotation"):
+        rotation = None
+    elif rotation is None:
         rotation = RotationHead(model_config["channels"])
-    return ScoringGraph(members, config, model_config["channels"], rotation if score.get("rotation") else None)
+    return ScoringGraph(members, config, model_config["channels"], rotation)
 
 
 def load_bundle_graph(bundle_dir: Path) -> AnyScoringGraph:

@@ -42,6 +42,7 @@ from aeguard.train.export import (
     export_onnx,
     parity_max_abs_diff,
     scoring_graph,
+    standardised,
 )
 from aeguard.train.loop import (
     BatchCallback,
@@ -226,7 +227,7 @@ def export_contents(
     if isinstance(graph, ScoringGraph) and graph.knn:  # codes of the training split only: validation, test unseen
         train = torch.from_numpy(float_batch(data.train))
         score["references"] = graph.set_reference_codes(train, seed=config.train.seed)
-    if isinstance(graph, ScoringGraph) and graph.rotation is not None:  # after the references: they change the score
+    if standardised(graph):  # after the references: they change the score
         statistics = graph.set_standardisation(torch.from_numpy(float_batch(data.validation)))
         score["rotation"] = {**score["rotation"], "mean_std_on_held_out": statistics}
         log(
