@@ -45,25 +45,21 @@ def single_process(data_dir, tmp_path_factory):
     return out
 
 
-def test_torchrun_job_loads_and_scores_like_a_single_process_one(data_dir, single_process, tmp_path):
-    out = tmp_path / "ddp"
-    done = run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "aeguard.cli.main",
-            *FIT_ARGS,
-            "--out",
-            str(out),
-        ],
-        tmp_path,
-    )
-    assert done.stderr.count("bundle written") == 1  # rank 0 alone writes and reports
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+@pytest.fixture(scope="module")
+def torchrun_job(data_dir, tmp_path_factory):
+    """One 2-process torchrun fit, shared by both tests (it is the slowest step of this module): its bundle and
+    its stderr."""
+    out = tmp_path_factory.mktemp("torchrun") / "bundle"
+    done = run([*TORCHRUN, "-m", "aeguard.cli.main", *FIT_ARGS, "--out", str(out)], out.parent)
+    return out, done.stderr
+
+
+def test_torchrun_job_loads_and_scores_like_a_single_process_one(data_dir, single_process, torchrun_job):
+    out, stderr = torchrun_job
+    assert stderr.count("bundle written") == 1  # rank 0 alone writes and reports
     manifest = json.loads((out / "manifest.json").read_text())
     reference = json.loads((single_process / "manifest.json").read_text())
     assert manifest["training"]["processes"] == 2 and reference["training"]["processes"] == 1
@@ -77,29 +73,12 @@ def test_torchrun_job_loads_and_scores_like_a_single_process_one(data_dir, singl
     assert aurocs[0] > 0.95 and abs(aurocs[0] - aurocs[1]) < 0.03, aurocs
 
 
-def test_devices_flag_spawns_the_same_job_as_torchrun(data_dir, tmp_path):
+def test_devices_flag_spawns_the_same_job_as_torchrun(torchrun_job, tmp_path):
     """Same seed, same sharding: --devices 2 and torchrun with 2 processes train the same weights."""
-    bundles = {}
-    for launcher in ("devices", "torchrun"):
-        out = tmp_path / launcher
-        if launcher == "devices":
-            command = [sys.executable, "-m", "aeguard.cli.main", *FIT_ARGS, "--devices", "2", "--out", str(out)]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                "2",
-                "-m",
-                "aeguard.cli.main",
-                *FIT_ARGS,
-                "--out",
-                str(out),
-            ]
-        run(command, tmp_path)
-        bundles[launcher] = json.loads((out / "manifest.json").read_text())
-    assert bundles["devices"]["files"]["model.onnx"]["sha256"] == bundles["torchrun"]["files"]["model.onnx"]["sha256"]
-    assert bundles["devices"]["threshold"] == bundles["torchrun"]["threshold"]
-    assert np.isfinite(bundles["devices"]["metrics"]["auroc"])
+    out = tmp_path / "devices"
+    run([sys.executable, "-m", "aeguard.cli.main", *FIT_ARGS, "--devices", "2", "--out", str(out)], tmp_path)
+    spawned = json.loads((out / "manifest.json").read_text())
+    launched = json.loads((torchrun_job[0] / "manifest.json").read_text())
+    assert spawned["files"]["model.onnx"]["sha256"] == launched["files"]["model.onnx"]["sha256"]
+    assert spawned["threshold"] == launched["threshold"]
+    assert np.isfinite(spawned["metrics"]["auroc"])
