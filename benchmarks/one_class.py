@@ -85,6 +85,15 @@ PRESETS: dict[str, dict] = {
         "knn": 5,
         "rotation": True,
     },
+    # ... the same rotation head beside the best MNIST reconstruction model
+    "conv-erase-blur-top-x3-rot": {
+        "model": "conv",
+        "noise": "erase:0.25",
+        "score": "blur",
+        "score_top": 0.1,
+        "ensemble": 3,
+        "rotation": True,
+    },
 }
 DEFAULT_EPOCHS = 20
 FPR_GRID = np.linspace(0.0, 1.0, 101)
