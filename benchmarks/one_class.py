@@ -11,15 +11,24 @@ in the JSON is not repeated, so an interrupted benchmark continues where it stop
     python -m benchmarks.one_class --models conv-erase-blur-top-x3 --datasets mnist --seeds 0   # the best MNIST model
     python -m benchmarks.one_class --models conv,conv-erase-blur-x3 --seeds 0,1,2
     python -m benchmarks.one_class --datasets mnist --classes 2 --models vae --seeds 0 --fresh
+    python -m benchmarks.one_class --table --seeds 3 --jobs 2   # the best-model table, timed (issue 21)
+
+--jobs N fits N classes at once, each process with cpus / N torch threads: these models are too small
+for two threads to keep two cores busy, so two one-thread processes finish a table sooner (measured in
+one_class_table.md). A run's `seconds` is then its wall time beside the others; the table's wall time
+is recorded on its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +38,7 @@ from sklearn.metrics import roc_curve
 from aeguard import Detector
 from aeguard.data.catalog import get_spec, load_split
 from aeguard.report.metrics import evaluate_scores
-from benchmarks.results_io import RESULTS_DIR, StealMeter, machine
+from benchmarks.results_io import RESULTS_DIR, StealMeter, machine, write_results
 
 # Each preset is the `aeguard fit` command line it stands for; the README quotes them.
 # Rows measured before LeakyReLU became the default activation name --activation relu: they were run that way.
@@ -96,6 +105,9 @@ PRESETS: dict[str, dict] = {
     },
 }
 DEFAULT_EPOCHS = 20
+# The best-model table the issues time: the best measured preset of each data set (--table).
+BEST = {"mnist": "conv-erase-blur-top-x3-rot", "fashion-mnist": "conv-erase-blur-knn-rot"}
+TABLE_MINUTES_LIMIT = 60  # issue 21: the 20-class, one-seed table within 60 minutes on 2 CPU cores
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
 PUBLISHED = [  # mean AUROC %, from-scratch methods, as the benchmark issues cite them (the last three: issue 21)
@@ -137,6 +149,7 @@ def run_one(dataset: str, normal: int, preset: dict, seed: int, epochs: int, dev
         "epochs_run": len(detector.history_[0]),
         "cpu_steal": steal.fraction,
         "device": detector.training_["device"],
+        "torch_threads": torch.get_num_threads(),
         "roc_tpr": np.interp(FPR_GRID, fpr, tpr).round(4).tolist(),
     }
 
@@ -260,24 +273,89 @@ def parse_list(text: str, kind=str) -> list:
     return [kind(part) for part in text.split(",") if part]
 
 
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_task(task: tuple) -> tuple:
+    dataset, name, seed, normal, epochs, device = task
+    return dataset, name, run_one(dataset, normal, PRESETS[name], seed, epochs, device)
+
+
+def run_tasks(tasks: list[tuple], jobs: int, threads: int):
+    """Yields (dataset, preset name, run) as each finishes: in this process, or in `jobs` worker processes."""
+    if jobs == 1:
+        for task in tasks:
+            yield _run_task(task)
+        return
+    # spawn, not fork: a forked child would inherit this process's torch thread pool
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
+        for future in as_completed([pool.submit(_run_task, task) for task in tasks]):
+            yield future.result()
+
+
+def record_table(seeds: list[int], jobs: int, threads: int, wall_seconds: float, runs: int) -> None:
+    """Appends this timed best-model table to one_class_table.{json,md}."""
+    path = RESULTS_DIR / "one_class_table.json"
+    timings = json.loads(path.read_text())["timings"] if path.is_file() else []
+    timings.append(
+        {
+            "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "models": BEST,
+            "seeds": seeds,
+            "classes_fitted": runs,
+            "jobs": jobs,
+            "torch_threads_per_job": threads,
+            "wall_minutes": round(wall_seconds / 60, 1),
+        }
+    )
+    lines = [
+        "# The best-model table, timed",
+        "",
+        f"Every class of both data sets (one seed) with the best preset of each: {BEST}. The issue's limit: "
+        f"{TABLE_MINUTES_LIMIT} minutes on 2 CPU cores. Produced by `python -m benchmarks.one_class --table "
+        "--seeds S --jobs J`; the AUROCs are in one_class_<dataset>.md beside the other seeds.",
+        "",
+        "| run at | seeds | classes fitted | jobs x torch threads | wall minutes |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['run_at']} | {t['seeds']} | {t['classes_fitted']} | {t['jobs']} x {t['torch_threads_per_job']} "
+        f"| {t['wall_minutes']} |"
+        for t in timings
+    ]
+    write_results("one_class_table", {"timings": timings}, "\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="mnist,fashion-mnist")
     parser.add_argument("--models", default="conv-erase-blur", help=f"comma-separated presets: {', '.join(PRESETS)}")
+    parser.add_argument("--table", action="store_true", help=f"Each data set's best preset ({BEST}), timed.")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="Classes fitted at once, in separate processes.")
     parser.add_argument("--fresh", action="store_true", help="Forget earlier results instead of continuing them.")
     args = parser.parse_args()
     models, seeds, classes = parse_list(args.models), parse_list(args.seeds, int), parse_list(args.classes, int)
+    datasets = parse_list(args.datasets)
     unknown = [m for m in models if m not in PRESETS]
     if unknown:
         parser.error(f"unknown model preset(s) {unknown}; choose from {', '.join(PRESETS)}")
-    for dataset in parse_list(args.datasets):
-        payload = load(dataset, args.fresh)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.table and (args.fresh or args.classes != parser.get_default("classes")):
+        parser.error("--table fits every class and keeps the earlier results: drop --classes and --fresh")
+    wanted = {dataset: [BEST[dataset]] if args.table else models for dataset in datasets}
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    payloads, tasks = {}, []
+    for dataset, names in wanted.items():
+        payload = payloads[dataset] = load(dataset, args.fresh)
         payload.update(machine=machine(), torch_threads=torch.get_num_threads(), epochs=args.epochs)
-        for name in models:
+        for name in names:
             entry = payload["models"].setdefault(name, {"runs": []})
             entry["command"] = command_line(PRESETS[name], args.epochs)
             if entry.get("epochs", args.epochs) != args.epochs:
@@ -285,22 +363,36 @@ def main() -> None:
                     f"{dataset}/{name} was measured with --epochs {entry['epochs']}; pass the same or --fresh"
                 )
             entry["epochs"] = args.epochs
-            for seed in seeds:
-                for normal in classes:
-                    if any(r["normal"] == normal and r["seed"] == seed for r in entry["runs"]):
-                        continue
-                    run = run_one(dataset, normal, PRESETS[name], seed, args.epochs, args.device)
-                    entry["runs"].append(run)
-                    entry["summary"] = summarise(entry["runs"], list(range(10)))
-                    save(dataset, payload)
-                    print(
-                        f"{dataset} {name} class {normal} seed {seed}: AUROC {100 * run['auroc']:.2f} "
-                        f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})",
-                        flush=True,
-                    )
-            entry["summary"] = summarise(entry["runs"], list(range(10)))
-            save(dataset, payload)
-            summary = entry["summary"]
+            done = {(r["seed"], r["normal"]) for r in entry["runs"]}
+            tasks += [
+                (dataset, name, seed, normal, args.epochs, args.device)
+                for seed in seeds
+                for normal in classes
+                if (seed, normal) not in done
+            ]
+    if args.table and len(tasks) != len(seeds) * sum(len(classes) for _ in datasets):
+        raise SystemExit("--table times a whole table: some of these seeds are already in the JSON; pick new seeds")
+    started = time.perf_counter()
+    for dataset, name, run in run_tasks(tasks, args.jobs, threads):
+        run["jobs"] = args.jobs
+        entry = payloads[dataset]["models"][name]
+        entry["runs"].append(run)
+        entry["summary"] = summarise(entry["runs"], list(range(10)))
+        save(dataset, payloads[dataset])
+        print(
+            f"{dataset} {name} class {run['normal']} seed {run['seed']}: AUROC {100 * run['auroc']:.2f} "
+            f"({run['seconds']:.0f} s, steal {run['cpu_steal'] or 0:.0%})",
+            flush=True,
+        )
+    wall = time.perf_counter() - started
+    if args.table and tasks:
+        record_table(seeds, args.jobs, threads, wall, len(tasks))
+        print(f"best-model table: {len(tasks)} classes in {wall / 60:.1f} minutes", flush=True)
+    for dataset, names in wanted.items():
+        for name in names:
+            entry = payloads[dataset]["models"][name]
+            summary = entry["summary"] = summarise(entry["runs"], list(range(10)))
+            save(dataset, payloads[dataset])
             if summary["mean"] is not None:
                 print(
                     f"{dataset} {name}: mean AUROC {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} "
