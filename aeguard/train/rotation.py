@@ -46,7 +46,10 @@ def rotation_labels(count: int, device: torch.device | None = None) -> torch.Ten
 
 
 def _block(inputs: int, outputs: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU(), nn.MaxPool2d(2))
+    # Pool, then ReLU: the same numbers as ReLU then pool (max commutes with a monotone function, and the
+    # gradient reaches the same inputs), with the ReLU on a quarter of the values: 1.07-1.09x the training
+    # steps per second on 2 CPU cores (benchmarks/results/rotation_step.md), the weights bit for bit the same.
+    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.MaxPool2d(2), nn.ReLU())
 
 
 class RotationHead(nn.Module):
