@@ -50,3 +50,24 @@ def test_presets_are_valid_fit_options():
         command = one_class.command_line(preset, 20)
         assert command.startswith(f"aeguard fit --model {preset['model']}")
         assert {word for word in command.split() if word.startswith("--")} <= fit_flags, command  # the README quotes it
+
+
+def test_runs_fitted_side_by_side_count_in_the_means_but_not_in_the_times():
+    classes = [0, 1]
+    side_by_side = [{**run(0, 1, 0.70, seconds=500.0), "jobs": 2}, {**run(1, 1, 0.90, seconds=500.0), "jobs": 2}]
+    summary = one_class.summarise([run(0, 0, 0.90), run(1, 0, 0.80), *side_by_side], classes)
+    assert summary["seed_means"] == pytest.approx([0.85, 0.80])
+    assert summary["seconds_per_class"] == pytest.approx(10.0)
+    assert summary["minutes_per_seed"] == pytest.approx(20 / 60)
+    only_side_by_side = one_class.summarise(side_by_side, classes)
+    assert only_side_by_side["seconds_per_class"] is None and only_side_by_side["minutes_per_seed"] is None
+
+
+def test_the_best_models_are_presets_and_the_table_refuses_seeds_it_would_not_fit(monkeypatch, tmp_path):
+    assert set(one_class.BEST) == {"mnist", "fashion-mnist"} and set(one_class.BEST.values()) <= set(one_class.PRESETS)
+    monkeypatch.setattr(one_class, "RESULTS_DIR", tmp_path)
+    already = {"models": {one_class.BEST["mnist"]: {"runs": [run(4, 0, 0.9)], "epochs": 20}}}
+    monkeypatch.setattr(one_class, "load", lambda dataset, fresh: already if dataset == "mnist" else {"models": {}})
+    monkeypatch.setattr("sys.argv", ["one_class", "--table", "--seeds", "0"])
+    with pytest.raises(SystemExit, match="pick new seeds"):  # seed 0 of MNIST class 4 is in the JSON already
+        one_class.main()
