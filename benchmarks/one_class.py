@@ -362,8 +362,11 @@ def main() -> None:
         parser.error(f"unknown model preset(s) {unknown}; choose from {', '.join(PRESETS)}")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    if args.table and (args.fresh or args.classes != parser.get_default("classes")):
-        parser.error("--table fits every class and keeps the earlier results: drop --classes and --fresh")
+    every_class = (args.classes, args.datasets) == (parser.get_default("classes"), parser.get_default("datasets"))
+    if args.table and (args.fresh or not every_class):
+        parser.error(
+            "--table fits every class of both data sets and keeps earlier runs: drop --classes, --datasets and --fresh"
+        )
     wanted = {dataset: [BEST[dataset]] if args.table else models for dataset in datasets}
     threads = max(1, torch.get_num_threads() // args.jobs)
     payloads, tasks = {}, []
