@@ -13,19 +13,19 @@ Writes benchmarks/results/job_split.{json,md}.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from benchmarks.one_class import BEST, PRESETS, _limit_threads, run_one
+from benchmarks.one_class import BEST, run_tasks
 from benchmarks.results_io import write_results
 
 
-def _fit(task: tuple) -> dict:
-    dataset, preset, normal, seed, epochs = task
-    return run_one(dataset, normal, PRESETS[preset], seed, epochs, "cpu")
+def fit_all(tasks: list[tuple], jobs: int, threads: int) -> tuple[list[dict], float]:
+    """The runs in class order (run_tasks yields them as they finish) and the wall seconds they took."""
+    started = time.perf_counter()
+    runs = [run for _, _, run in run_tasks(tasks, jobs, threads)]
+    return sorted(runs, key=lambda run: run["normal"]), time.perf_counter() - started
 
 
 def main() -> None:
@@ -39,17 +39,9 @@ def main() -> None:
     preset = args.preset or BEST[args.dataset]
     classes = [int(c) for c in args.classes.split(",")]
     cores = torch.get_num_threads()
-    tasks = [(args.dataset, preset, normal, args.seed, args.epochs) for normal in classes]
-
-    started = time.perf_counter()
-    one_at_a_time = [_fit(task) for task in tasks]  # this process: `cores` torch threads
-    sequential = time.perf_counter() - started
-
-    context = multiprocessing.get_context("spawn")
-    started = time.perf_counter()
-    with ProcessPoolExecutor(cores, mp_context=context, initializer=_limit_threads, initargs=(1,)) as pool:
-        side_by_side = list(pool.map(_fit, tasks))
-    parallel = time.perf_counter() - started
+    tasks = [(args.dataset, preset, args.seed, normal, args.epochs, "cpu") for normal in sorted(classes)]
+    one_at_a_time, sequential = fit_all(tasks, jobs=1, threads=cores)  # in this process, `cores` torch threads
+    side_by_side, parallel = fit_all(tasks, jobs=cores, threads=1)
 
     rows = [
         {
