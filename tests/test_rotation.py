@@ -12,6 +12,7 @@ from aeguard.cli.main import app
 from aeguard.config import ConfigError, DetectorConfig
 from aeguard.errors import TrainingCollapsedError
 from aeguard.report.plots import HISTOGRAM_PLOT
+from aeguard.train import rotation
 from aeguard.train.export import check_parity, export_onnx, load_bundle_graph, parity_max_abs_diff, scoring_graph
 from aeguard.train.models import default_config
 from aeguard.train.rotation import RotationHead, rotation_labels, rotations, train_rotation_head
@@ -76,6 +77,24 @@ def test_a_trained_head_scores_turned_images_above_upright_ones():
     upright = head.scores(held_out)
     turned = head.scores(torch.rot90(held_out, 1, (2, 3)).contiguous())  # the same shapes, lying on their side
     assert upright.mean() < 0.5 * turned.mean(), (upright.mean(), turned.mean())
+
+
+def test_channels_last_training_gives_the_standard_layout_head_up_to_rounding(monkeypatch):
+    """The CPU trains the head channels-last for speed: the head it returns is laid out as usual and scores as
+    standard-layout training's does, but for float rounding (which Adam turns into small weight differences:
+    the conv biases before BatchNorm get only rounding noise as gradient, so they are not compared)."""
+    normal = corners(200, size=12)
+    assert rotation.training_memory_format(torch.device("cpu")) == torch.channels_last
+    fast, fast_record = train_rotation_head(normal[:160], normal[160:], 2, seed=0, device="cpu", log=lambda _: None)
+    monkeypatch.setattr(rotation, "training_memory_format", lambda device: torch.contiguous_format)
+    plain, plain_record = train_rotation_head(normal[:160], normal[160:], 2, seed=0, device="cpu", log=lambda _: None)
+    assert all(tensor.is_contiguous() for tensor in fast.state_dict().values())
+    for ours, theirs in zip(fast_record["history"], plain_record["history"]):
+        assert ours["val_score"] == pytest.approx(theirs["val_score"], rel=1e-2)
+    images = torch.from_numpy(normal[160:])
+    torch.testing.assert_close(fast.scores(images), plain.scores(images), rtol=2e-2, atol=2e-2)
+    upright, turned = fast.scores(images).mean(), fast.scores(torch.rot90(images, 1, (2, 3)).contiguous()).mean()
+    assert abs(float(upright - plain.scores(images).mean())) < 0.01 * float(turned - upright)
 
 
 def graph_with_rotation():
