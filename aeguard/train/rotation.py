@@ -101,7 +101,8 @@ def train_rotation_head(
     where = resolve_device(device)
     memory = training_memory_format(where)
     torch.manual_seed(seed)
-    head = RotationHead(train_images.shape[1]).to(where, memory_format=memory)
+    # Module.to takes memory_format at run time; torch's type stubs do not list it
+    head = RotationHead(train_images.shape[1]).to(where, memory_format=memory)  # type: ignore[call-overload]
     optimiser = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
     train_x = torch.from_numpy(np.ascontiguousarray(train_images)).to(where)
     val_x = torch.from_numpy(np.ascontiguousarray(val_images)).to(where)
@@ -127,4 +128,4 @@ def train_rotation_head(
     best_epoch = min(history, key=lambda row: row["val_score"])["epoch"]
     record = {"epochs": epochs, "best_epoch": best_epoch, "device": str(where), "history": history}
     # the standard layout again, so the weights saved and exported are laid out as every other model's
-    return head.to("cpu", memory_format=torch.contiguous_format).eval(), record
+    return head.to("cpu", memory_format=torch.contiguous_format).eval(), record  # type: ignore[call-overload]
