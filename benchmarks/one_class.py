@@ -41,6 +41,7 @@ from aeguard import Detector
 from aeguard.data.catalog import get_spec, load_split
 from aeguard.report.metrics import evaluate_scores
 from benchmarks.results_io import RESULTS_DIR, StealMeter, machine, write_results
+from benchmarks.textures import current_commit
 
 # Each preset is the `aeguard fit` command line it stands for; the README quotes them.
 # Rows measured before LeakyReLU became the default activation name --activation relu: they were run that way.
@@ -318,6 +319,7 @@ def record_table(seeds: list[int], jobs: int, threads: int, wall_seconds: float,
             "jobs": jobs,
             "torch_threads_per_job": threads,
             "wall_minutes": round(wall_seconds / 60, 1),
+            "commit": current_commit(),
         }
     )
     write_table(timings)
@@ -332,14 +334,15 @@ def write_table(timings: list[dict]) -> None:
         f"{TABLE_MINUTES_LIMIT} minutes on 2 CPU cores. Produced by `python -m benchmarks.one_class --table "
         "--seeds S --jobs J`; the AUROCs are in one_class_<dataset>.md beside the other seeds.",
         "",
-        "| run at | seeds | classes fitted | jobs x torch threads | wall minutes | within the limit |",
-        "|---|---|---|---|---|---|",
+        "| run at | code | seeds | classes fitted | jobs x torch threads | wall minutes | within the limit |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {t['run_at']} | {t['seeds']} | {t['classes_fitted']} | {t['jobs']} x {t['torch_threads_per_job']} "
-        f"| {t['wall_minutes']} | {'yes' if t['wall_minutes'] <= TABLE_MINUTES_LIMIT * len(t['seeds']) else 'no'} |"
-        for t in timings
-    ]
+    for t in timings:
+        within = "yes" if t["wall_minutes"] <= TABLE_MINUTES_LIMIT * len(t["seeds"]) else "no"
+        lines.append(
+            f"| {t['run_at']} | {t.get('commit') or '-'} | {t['seeds']} | {t['classes_fitted']} "
+            f"| {t['jobs']} x {t['torch_threads_per_job']} | {t['wall_minutes']} | {within} |"
+        )
     write_results("one_class_table", {"timings": timings}, "\n".join(lines) + "\n")
 
 
