@@ -15,10 +15,10 @@ in the JSON is not repeated, so an interrupted benchmark continues where it stop
 
 --jobs N fits N classes at once, each process with cpus / N torch threads. The autoencoders are too small
 for two threads to keep two cores busy: two MNIST classes of the best MNIST preset finished 1.11x sooner side
-by side (job_split.md), and MNIST's ten took 39 minutes so against 43.6-45.4 one at a time; the Fashion-MNIST
-preset, mostly the rotation classifier's larger convolutions, gained nothing. A run's `seconds` is then its
-wall time beside the others: such runs count in the AUROCs, not in s/class; the table's wall time is
-recorded on its own (one_class_table.md).
+by side (job_split.md), and in the first timed table MNIST's ten took 39 minutes so against 43.6-45.4 one at a
+time; the Fashion-MNIST preset, mostly the rotation classifier's larger convolutions, gained nothing. A run's
+`seconds` is then its wall time beside the others: such runs count in the AUROCs, not in s/class; the table's
+wall time is recorded on its own (one_class_table.md).
 """
 
 from __future__ import annotations
