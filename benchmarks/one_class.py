@@ -40,8 +40,7 @@ from sklearn.metrics import roc_curve
 from aeguard import Detector
 from aeguard.data.catalog import get_spec, load_split
 from aeguard.report.metrics import evaluate_scores
-from benchmarks.results_io import RESULTS_DIR, StealMeter, machine, write_results
-from benchmarks.textures import current_commit
+from benchmarks.results_io import RESULTS_DIR, StealMeter, current_commit, machine, write_results
 
 # Each preset is the `aeguard fit` command line it stands for; the README quotes them.
 # Rows measured before LeakyReLU became the default activation name --activation relu: they were run that way.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,3 +53,13 @@ def write_results(name: str, payload: dict, markdown: str) -> Path:
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS_DIR / f"{name}.md").write_text(markdown)
     return RESULTS_DIR / f"{name}.md"
+
+
+def current_commit() -> str | None:
+    """The code a row measured (with a + when the tree had uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "aeguard"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("+" if dirty.stdout.strip() else "")

@@ -63,7 +63,7 @@ def main() -> None:
         f"Batches of {BATCH_IMAGES} 28 x 28 images (x4 rotations), Adam; median over {ROUNDS} alternating rounds of "
         f"{STEPS} steps. Produced by `python -m benchmarks.rotation_step`.",
         "",
-        "| torch threads | variant | ms per step (median) | steps/s against the first row's |",
+        "| torch threads | variant | ms per step (median) | steps/s against ReLU then pool's |",
         "|---|---|---|---|",
     ]
     for threads in THREADS:

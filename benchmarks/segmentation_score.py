@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from aeguard import Bundle
 from aeguard.data.sources import mvtec_eval_set
-from aeguard.report.evaluate import anomaly_maps
+from aeguard.report.evaluate import anomaly_maps, per_defect_metrics
 from benchmarks.results_io import write_results
 from benchmarks.texture_defects import write_texture_folder
 
@@ -66,17 +66,10 @@ def measure(texture: str, work: Path) -> dict:
     eval_set, problems = mvtec_eval_set(folder, scorer.preprocessing)
     assert eval_set is not None and not problems, problems
     scores = reductions(anomaly_maps(scorer, eval_set.images))
-    groups = np.asarray(eval_set.groups)
-    normal = eval_set.is_anomaly == 0
     result: dict = {"texture": texture, "image_auroc": {}, "per_defect": {}}
     for name, values in scores.items():
         result["image_auroc"][name] = float(roc_auc_score(eval_set.is_anomaly, values))
-        result["per_defect"][name] = {
-            str(kind): float(
-                roc_auc_score(eval_set.is_anomaly[normal | (groups == kind)], values[normal | (groups == kind)])
-            )
-            for kind in dict.fromkeys(groups[~normal])
-        }
+        result["per_defect"][name] = {kind: m["auroc"] for kind, m in per_defect_metrics(values, eval_set).items()}
     return result
 
 

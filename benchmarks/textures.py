@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results_io import RESULTS_DIR, StealMeter, machine
+from benchmarks.results_io import RESULTS_DIR, StealMeter, current_commit, machine
 from benchmarks.texture_defects import TEXTURES, write_texture_folder
 
 RECIPES = {
@@ -77,16 +77,6 @@ def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
         "steal": steal.fraction,
         "commit": current_commit(),
     }
-
-
-def current_commit() -> str | None:
-    """The code a row measured (with a + when the tree had uncommitted changes)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "aeguard"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 def summarise(rows: list[dict]) -> dict:
