@@ -9,7 +9,10 @@ ways. Image AUROC of each, per texture and per defect type:
 - max: the largest pixel (the graph's score up to now);
 - top-k mean: the mean of the k largest pixels, so a single stray pixel of a normal image counts for little
   while a defect of k pixels or more keeps its full height;
-- mean-3 max: the largest value after a 3 x 3 mean (DRAEM's reduction, at a size that keeps a 2-pixel scratch).
+- mean-3 max: the largest value after a 3 x 3 mean (DRAEM's reduction, at a size that keeps a 2-pixel scratch);
+- flips ...: the same reductions of the mean of four maps, of the image and of its horizontal, vertical and
+  double flip (each map flipped back): test-time augmentation, so a stray response of the segmenter to one
+  orientation of normal structure is averaged down while a defect, there in every flip, keeps its height.
 
     python -m benchmarks.segmentation_score --work /tmp/segdev        # brick and ihc, about 25 min on 2 cores
     python -m benchmarks.segmentation_score --work /tmp/segdev --textures brick,ihc,retina
@@ -50,6 +53,16 @@ def reductions(maps: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def flip_mean_maps(scorer, images: np.ndarray) -> np.ndarray:
+    """(N, H, W): the mean of the maps of the images flipped along no axis, W, H and both, each flipped back."""
+    total = np.zeros((len(images), images.shape[2], images.shape[3]), np.float32)
+    for axes in ((), (3,), (2,), (2, 3)):
+        flipped = np.ascontiguousarray(np.flip(images, axes)) if axes else images
+        maps = anomaly_maps(scorer, flipped)
+        total += np.flip(maps, tuple(a - 1 for a in axes)) if axes else maps
+    return total / 4
+
+
 def fitted_bundle(texture: str, work: Path) -> tuple[Path, Path]:
     folder, bundle = work / texture, work / f"{texture}-bundle"
     if not folder.exists():
@@ -61,12 +74,18 @@ def fitted_bundle(texture: str, work: Path) -> tuple[Path, Path]:
 
 
 def measure(texture: str, work: Path) -> dict:
-    folder, bundle_dir = fitted_bundle(texture, work)
+    return {"texture": texture, **score_bundle(*fitted_bundle(texture, work))}
+
+
+def score_bundle(folder: Path, bundle_dir: Path) -> dict:
+    """Image AUROC of each reduction, overall and per defect type, of a bundle's maps on a folder's test images."""
     scorer = Bundle.load(bundle_dir).scorer()
     eval_set, problems = mvtec_eval_set(folder, scorer.preprocessing)
     assert eval_set is not None and not problems, problems
-    scores = reductions(anomaly_maps(scorer, eval_set.images))
-    result: dict = {"texture": texture, "image_auroc": {}, "per_defect": {}}
+    maps = anomaly_maps(scorer, eval_set.images)
+    scores = reductions(maps)
+    scores |= {f"flips {name}": values for name, values in reductions(flip_mean_maps(scorer, eval_set.images)).items()}
+    result: dict = {"image_auroc": {}, "per_defect": {}}
     for name, values in scores.items():
         result["image_auroc"][name] = float(roc_auc_score(eval_set.is_anomaly, values))
         result["per_defect"][name] = {kind: m["auroc"] for kind, m in per_defect_metrics(values, eval_set).items()}

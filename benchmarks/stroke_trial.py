@@ -1,0 +1,124 @@
+"""Trial: a share of draem's synthetic defects shaped as thin bending strokes, on the development folders.
+
+Blob-shaped synthetic defects teach thin scratches least (benchmarks/results/textures.md). This fits the
+default `aeguard fit --data DIR` on segmentation_score's development folders (texture_defects.py --seed 1,
+not the benchmark's test images) with STROKE_SHARE of the synthetic defect masks replaced by a stroke: a
+random walk of unit steps from the middle of the image whose turning rate drifts, 1.4-4 px wide. aeguard
+itself is unchanged; the mask function is swapped in this process only. The blob-only bundles of
+segmentation_score (same folders, same seed) are the baseline.
+
+    python -m benchmarks.segmentation_score --work /tmp/segdev      # the baseline bundles first
+    python -m benchmarks.stroke_trial --work /tmp/segdev           # about 25 min on 2 cores
+
+Writes benchmarks/results/stroke_trial.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STROKE_SHARE = 0.3
+
+
+def stroke_mask(height: int, width: int, generator, device):
+    """(1, 1, H, W) in {0, 1}, or None when the walk left the image at once (under 4 pixels)."""
+    import torch
+
+    steps = int(torch.randint(40, 140, (1,), generator=generator))
+    y = (0.2 + 0.6 * float(torch.rand(1, generator=generator))) * height
+    x = (0.2 + 0.6 * float(torch.rand(1, generator=generator))) * width
+    angle = float(torch.rand(1, generator=generator)) * 2 * math.pi
+    radius = 0.7 + 1.3 * float(torch.rand(1, generator=generator))
+    turn, points = 0.0, []
+    for _ in range(steps):
+        turn = 0.8 * turn + 0.15 * (float(torch.rand(1, generator=generator)) - 0.5)
+        angle += turn
+        y, x = y + math.sin(angle), x + math.cos(angle)
+        points.append((y, x))
+    path = torch.tensor(points, device=device)
+    rows = torch.arange(height, device=device).view(1, -1, 1).float()
+    cols = torch.arange(width, device=device).view(1, 1, -1).float()
+    distance = ((rows - path[:, 0, None, None]) ** 2 + (cols - path[:, 1, None, None]) ** 2).min(dim=0).values
+    mask = (distance <= radius**2).float()
+    return mask[None, None] if mask.sum() >= 4 else None
+
+
+def fit_with_strokes(argv: list[str]) -> None:
+    """`aeguard fit ...` in this process with the stroke share swapped into the synthetic defects."""
+    import torch
+
+    from aeguard.cli.main import main
+    from aeguard.train import synthetic
+
+    blob_mask = synthetic.blob_mask
+
+    def mask(height, width, generator, device):
+        if float(torch.rand(1, generator=generator)) < STROKE_SHARE:
+            stroke = stroke_mask(height, width, generator, device)
+            if stroke is not None:
+                return stroke
+        return blob_mask(height, width, generator, device)
+
+    synthetic.blob_mask = mask  # paste_defects looks it up at call time
+    sys.argv = ["aeguard", *argv]
+    main()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
+    parser.add_argument("--textures", default="ihc,brick")
+    args = parser.parse_args()
+    from benchmarks import segmentation_score
+    from benchmarks.results_io import write_results
+
+    rows = []
+    for texture in args.textures.split(","):
+        folder, bundle = args.work / texture, args.work / f"{texture}-strokes-bundle"
+        if not (bundle / "manifest.json").is_file():
+            command = ["fit", "--data", str(folder), "--out", str(bundle), "--force"]
+            code = f"from benchmarks.stroke_trial import fit_with_strokes; fit_with_strokes({command!r})"
+            subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+        baseline = segmentation_score.measure(texture, args.work)
+        trial = segmentation_score.score_bundle(folder, bundle)
+        rows.append(
+            {
+                "texture": texture,
+                "blobs": {"image_auroc": baseline["image_auroc"]["max"], "per_defect": baseline["per_defect"]["max"]},
+                "strokes": {"image_auroc": trial["image_auroc"]["max"], "per_defect": trial["per_defect"]["max"]},
+            }
+        )
+        print(rows[-1], flush=True)
+    print(write_results("stroke_trial", {"stroke_share": STROKE_SHARE, "rows": rows}, markdown(rows)))
+
+
+def markdown(rows: list[dict]) -> str:
+    kinds = list(rows[0]["blobs"]["per_defect"])
+    lines = [
+        "# Trial: thin bending strokes among draem's synthetic defects",
+        "",
+        f"Development folders (texture_defects.py --seed 1), default `aeguard fit --data DIR` with {STROKE_SHARE:.0%} "
+        "of the synthetic defect masks drawn as strokes instead of blobs; image AUROC of the graph's score (the "
+        "map's max). Produced by `python -m benchmarks.stroke_trial` (after "
+        "`python -m benchmarks.segmentation_score`).",
+        "",
+        "| texture | synthetic masks | image AUROC | " + " | ".join(kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
+    for row in rows:
+        for name in ("blobs", "strokes"):
+            cells = " | ".join(f"{row[name]['per_defect'][k]:.4f}" for k in kinds)
+            lines.append(f"| {row['texture']} | {name} | {row[name]['image_auroc']:.4f} | {cells} |")
+    for name in ("blobs", "strokes"):
+        mean = sum(row[name]["image_auroc"] for row in rows) / len(rows)
+        lines.append(f"| mean | {name} | {mean:.4f} |" + " |" * len(kinds))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
