@@ -100,7 +100,8 @@ def markdown(rows: list[dict]) -> str:
         "",
         f"Development folders (benchmarks/texture_defects.py --seed {DEVELOPMENT_SEED}, not the texture benchmark's "
         "test images), the default `aeguard fit --data DIR` fitted on each; image AUROC of each way to reduce the "
-        "exported graph's anomaly map to a score. Produced by `python -m benchmarks.segmentation_score`.",
+        "exported graph's anomaly map to a score (flips: of the mean of the maps of the image and its three flips). "
+        "Produced by `python -m benchmarks.segmentation_score`.",
         "",
         "| reduction | " + " | ".join(row["texture"] for row in rows) + " | mean |",
         "|---|" + "---|" * (len(rows) + 1),

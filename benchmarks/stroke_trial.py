@@ -4,8 +4,9 @@ Blob-shaped synthetic defects teach thin scratches least (benchmarks/results/tex
 default `aeguard fit --data DIR` on segmentation_score's development folders (texture_defects.py --seed 1,
 not the benchmark's test images) with STROKE_SHARE of the synthetic defect masks replaced by a stroke: a
 random walk of unit steps from the middle of the image whose turning rate drifts, 1.4-4 px wide. aeguard
-itself is unchanged; the mask function is swapped in this process only. The blob-only bundles of
-segmentation_score (same folders, same seed) are the baseline.
+itself is unchanged; the mask function is swapped in the fitting process only. The missing fits run side
+by side, one torch thread each. The blob-only bundles of segmentation_score (same folders, same seed, fitted
+one at a time on two threads) are the baseline.
 
     python -m benchmarks.segmentation_score --work /tmp/segdev      # the baseline bundles first
     python -m benchmarks.stroke_trial --work /tmp/segdev           # about 25 min on 2 cores
@@ -77,13 +78,20 @@ def main() -> None:
     from benchmarks import segmentation_score
     from benchmarks.results_io import write_results
 
-    rows = []
-    for texture in args.textures.split(","):
+    textures = args.textures.split(",")
+    fits = []
+    for texture in textures:
         folder, bundle = args.work / texture, args.work / f"{texture}-strokes-bundle"
         if not (bundle / "manifest.json").is_file():
             command = ["fit", "--data", str(folder), "--out", str(bundle), "--force"]
             code = f"from benchmarks.stroke_trial import fit_with_strokes; fit_with_strokes({command!r})"
-            subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+            env = os.environ | {"OMP_NUM_THREADS": "1"}
+            fits.append(subprocess.Popen([sys.executable, "-c", code], env=env))
+    if any([fit.wait() != 0 for fit in fits]):  # a list: wait for every fit
+        raise SystemExit("a stroke-trial fit failed (its output is above)")
+    rows = []
+    for texture in textures:
+        folder, bundle = args.work / texture, args.work / f"{texture}-strokes-bundle"
         baseline = segmentation_score.measure(texture, args.work)
         trial = segmentation_score.score_bundle(folder, bundle)
         rows.append(

@@ -13,7 +13,7 @@ generalisation from these, not recall of them. Thin scratches are what these blo
 (the draem-scars rows there): scratch maps got sharper, but the segmenter also answered to line-like
 normal structure (brick's mortar joints), and mean image AUROC fell from 0.977 to 0.975. Bending strokes
 (benchmarks/stroke_trial.py) did worse on the histology slide's scratches (0.825 -> 0.668 on a development
-folder): the segmenter answered to the slide's own thin structures.
+folder): its normal images scored higher and its scratches lower.
 """
 
 from __future__ import annotations
