@@ -70,6 +70,15 @@ def fit_with_strokes(argv: list[str]) -> None:
     main()
 
 
+def strokes_bundle(work: Path, texture: str) -> Path:
+    return work / f"{texture}-strokes-bundle"
+
+
+def max_reading(result: dict) -> dict:
+    """The graph's own score (the map's max) out of a segmentation_score result."""
+    return {"image_auroc": result["image_auroc"]["max"], "per_defect": result["per_defect"]["max"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
@@ -81,9 +90,9 @@ def main() -> None:
     textures = args.textures.split(",")
     fits = []
     for texture in textures:
-        folder, bundle = args.work / texture, args.work / f"{texture}-strokes-bundle"
+        bundle = strokes_bundle(args.work, texture)
         if not (bundle / "manifest.json").is_file():
-            command = ["fit", "--data", str(folder), "--out", str(bundle), "--force"]
+            command = ["fit", "--data", str(args.work / texture), "--out", str(bundle), "--force"]
             code = f"from benchmarks.stroke_trial import fit_with_strokes; fit_with_strokes({command!r})"
             env = os.environ | {"OMP_NUM_THREADS": "1"}
             fits.append(subprocess.Popen([sys.executable, "-c", code], env=env))
@@ -91,26 +100,22 @@ def main() -> None:
         raise SystemExit("a stroke-trial fit failed (its output is above)")
     rows = []
     for texture in textures:
-        folder, bundle = args.work / texture, args.work / f"{texture}-strokes-bundle"
-        baseline = segmentation_score.measure(texture, args.work)
-        trial = segmentation_score.score_bundle(folder, bundle)
-        rows.append(
-            {
-                "texture": texture,
-                "blobs": {"image_auroc": baseline["image_auroc"]["max"], "per_defect": baseline["per_defect"]["max"]},
-                "strokes": {"image_auroc": trial["image_auroc"]["max"], "per_defect": trial["per_defect"]["max"]},
-            }
-        )
+        baseline = segmentation_score.measure(texture, args.work, flips=False)
+        trial = segmentation_score.score_bundle(args.work / texture, strokes_bundle(args.work, texture), flips=False)
+        rows.append({"texture": texture, "blobs": max_reading(baseline), "strokes": max_reading(trial)})
         print(rows[-1], flush=True)
     print(write_results("stroke_trial", {"stroke_share": STROKE_SHARE, "rows": rows}, markdown(rows)))
 
 
 def markdown(rows: list[dict]) -> str:
+    from benchmarks.segmentation_score import DEVELOPMENT_SEED
+
     kinds = list(rows[0]["blobs"]["per_defect"])
     lines = [
         "# Trial: thin bending strokes among draem's synthetic defects",
         "",
-        f"Development folders (texture_defects.py --seed 1), default `aeguard fit --data DIR` with {STROKE_SHARE:.0%} "
+        f"Development folders (texture_defects.py --seed {DEVELOPMENT_SEED}), default `aeguard fit --data DIR` "
+        f"with {STROKE_SHARE:.0%} "
         "of the synthetic defect masks drawn as strokes instead of blobs; image AUROC of the graph's score (the "
         "map's max). Produced by `python -m benchmarks.stroke_trial` (after "
         "`python -m benchmarks.segmentation_score`).",
