@@ -164,12 +164,16 @@ def _number(
         raise ConfigError(name, f"{name} must {what or 'lie in ' + interval}, got {value!r}")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 1e-3
     patience: int = 5  # epochs without a better validation loss before stopping
+    lr_schedule: str = "constant"  # or "cosine": the rate falls along half a cosine to 0 at the last epoch
     device: str = "auto"  # auto (CUDA when torch sees it), cpu, cuda or cuda:N
     seed: int = 0  # the split, initialisation, batch order and corruption
 
@@ -177,6 +181,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience"):
             _positive_int(name, getattr(self, name))
         _number("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True, high_open=True)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                "lr_schedule", f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
         if not isinstance(self.device, str) or (
             self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
         ):

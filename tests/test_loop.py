@@ -72,3 +72,20 @@ def test_reconstruction_spread_tells_a_trained_model_from_a_dead_one(blobs):
     with torch.no_grad():
         model.decoder[0].weight.zero_()
     assert reconstruction_spread(model, images) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cosine_schedule_lowers_the_rate_each_epoch_and_constant_keeps_it(blobs):
+    _, cosine = fit_blobs(blobs, epochs=6, patience=10, learning_rate=1e-2, lr_schedule="cosine")
+    rates = [r.learning_rate for r in cosine.history]
+    assert rates[0] == pytest.approx(1e-2)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(1e-2 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
+    _, constant = fit_blobs(blobs, epochs=3, patience=10, learning_rate=1e-2)
+    assert [r.learning_rate for r in constant.history] == pytest.approx([1e-2] * 3)
+
+
+def test_unknown_lr_schedule_is_refused():
+    from aeguard.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig(lr_schedule="linear")

@@ -102,6 +102,7 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
         (["--model", "k-sparse", "--k", "64"], "exceeds the code size"),
         (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'"),
         (["--model", "conv", "--score-top", "0"], "--score-top must be a share"),
+        (["--model", "conv", "--lr-schedule", "linear"], "--lr-schedule must be one of constant, cosine"),
     ):
         result = runner.invoke(
             app,

@@ -160,6 +160,11 @@ def fit(
         help="Stop after this many epochs without a better validation loss "
         f"[{DEFAULTS.train.patience}; {PHOTO.train.patience} for draem].",
     ),
+    lr_schedule: str | None = typer.Option(
+        None,
+        help="constant, or cosine: the rate falls along half a cosine to 0 at the last epoch "
+        f"[{DEFAULTS.train.lr_schedule}; {PHOTO.train.lr_schedule} for draem].",
+    ),
     device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),
     devices: int = typer.Option(
         1,
@@ -194,6 +199,7 @@ def fit(
     epochs = recipe.train.epochs if epochs is None else epochs
     batch_size = recipe.train.batch_size if batch_size is None else batch_size
     patience = recipe.train.patience if patience is None else patience
+    lr_schedule = recipe.train.lr_schedule if lr_schedule is None else lr_schedule
     if out is None:
         source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
         out = Path("runs") / f"{source}-{model}"
@@ -216,7 +222,13 @@ def fit(
             rotation=rotation,
             rotation_epochs=rotation_epochs,
             train=TrainConfig(
-                epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience, device=device, seed=seed
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=lr,
+                patience=patience,
+                lr_schedule=lr_schedule,
+                device=device,
+                seed=seed,
             ),
             val_fraction=val_fraction,
             target_fpr=target_fpr,

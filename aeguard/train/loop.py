@@ -25,6 +25,7 @@ class EpochRecord:
     val_loss: float
     images_per_second: float
     seconds: float
+    learning_rate: float = 0.0  # the rate this epoch trained at (config.lr_schedule)
 
 
 @dataclass
@@ -138,6 +139,9 @@ def train(
     # fused Adam (one kernel for all parameters) trains 1.4-1.6x faster there, and bf16 autocast was slower
     # (its casts add launches), so training stays fp32 (measured on an H100, see README).
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, fused=device.type == "cuda")
+    schedule = None
+    if config.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same shuffle on every rank
     per_rank = len(train_x) // world  # equal shares, so every rank takes the same number of steps
     step = max(1, config.batch_size // world)
@@ -164,10 +168,13 @@ def train(
         seconds = time.perf_counter() - started
         # every rank holds the same weights, so every rank computes the same loss and stops together
         val_loss = objective.validation_loss(val_x)  # the plain reconstruction error, or draem's own
-        record = EpochRecord(epoch, train_loss, val_loss, per_rank * world / seconds, seconds)
+        rate = optimizer.param_groups[0]["lr"]
+        record = EpochRecord(epoch, train_loss, val_loss, per_rank * world / seconds, seconds, rate)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        if schedule is not None:
+            schedule.step()
         if val_loss < result.best_val_loss:
             result.best_val_loss, result.best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
