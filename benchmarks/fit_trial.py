@@ -1,13 +1,17 @@
-"""Trial: the default `aeguard fit --data DIR` with extra fit options, on the development folders.
+"""Trials: the default `aeguard fit --data DIR` with extra fit options, on the development folders.
 
 A candidate change to the photo recipe is tried here before the texture benchmark sees it: the default fit
-plus TRIAL_OPTIONS on segmentation_score's development folders (texture_defects.py --seed 1, not the
+plus each trial's options on segmentation_score's development folders (texture_defects.py --seed 1, not the
 benchmark's test images), against the plain default fitted on the same folders (segmentation_score's
 bundles, made first). Image AUROC of the graph's score (the map's max), per texture and defect type, and
 the epochs each fit ran. The missing trial fits run side by side, one torch thread each.
 
+A trial that only changes --seed measures how far two fits of one recipe differ: the yardstick for the
+others (one fit is one draw).
+
     python -m benchmarks.segmentation_score --work /tmp/segdev                          # the baseline first
-    python -m benchmarks.fit_trial --work /tmp/segdev --name cosine --options=--lr-schedule=cosine
+    python -m benchmarks.fit_trial --work /tmp/segdev --name cosine --trial "seed1=--seed 1" \
+        --trial "cosine=--lr-schedule cosine" --trial "cosine-seed1=--lr-schedule cosine --seed 1"
 
 Writes benchmarks/results/fit_trial_<name>.{json,md}.
 """
@@ -45,61 +49,75 @@ def reading(folder: Path, bundle: Path) -> dict:
     }
 
 
-def fit_missing(work: Path, textures: list[str], name: str, options: list[str]) -> None:
+def fit_missing(work: Path, textures: list[str], trials: dict[str, list[str]]) -> None:
     fits = []
-    for texture in textures:
-        bundle = trial_bundle(work, texture, name)
-        if not (bundle / "manifest.json").is_file():
-            command = ["fit", "--data", str(work / texture), "--out", str(bundle), "--force", *options]
-            env = os.environ | {"OMP_NUM_THREADS": "1"}
-            fits.append(subprocess.Popen([sys.executable, "-m", "aeguard.cli.main", *command], env=env))
+    for name, options in trials.items():
+        for texture in textures:
+            bundle = trial_bundle(work, texture, name)
+            if not (bundle / "manifest.json").is_file():
+                command = ["fit", "--data", str(work / texture), "--out", str(bundle), "--force", *options]
+                env = os.environ | {"OMP_NUM_THREADS": "1"}
+                fits.append(subprocess.Popen([sys.executable, "-m", "aeguard.cli.main", *command], env=env))
     if any([fit.wait() != 0 for fit in fits]):  # a list: wait for every fit
         raise SystemExit("a trial fit failed (its output is above)")
 
 
-def markdown(name: str, options: list[str], rows: list[dict]) -> str:
+def markdown(name: str, trials: dict[str, list[str]], rows: list[dict]) -> str:
+    fits = ["default", *trials]
     kinds = list(rows[0]["default"]["per_defect"])
+    arguments = " ".join(f'--trial "{trial}={shlex.join(options)}"' for trial, options in trials.items())
     lines = [
-        f"# Trial {name}: `aeguard fit --data DIR {shlex.join(options)}`",
+        f"# Fit trials: {name}",
         "",
         f"Development folders (texture_defects.py --seed {segmentation_score.DEVELOPMENT_SEED}, not the texture "
-        "benchmark's test images); image AUROC of the graph's score (the map's max) for the default fit and for "
-        f"the default plus `{shlex.join(options)}`. Produced by "
-        f"`python -m benchmarks.fit_trial --name {name} --options={shlex.join(options)}` "
-        "(after `python -m benchmarks.segmentation_score`).",
+        "benchmark's test images); image AUROC of the graph's score (the map's max) for the default "
+        "`aeguard fit --data DIR` and for the default plus each trial's options:",
+        "",
+        *(f"- {trial}: `{shlex.join(options)}`" for trial, options in trials.items()),
+        "",
+        f"Produced by `python -m benchmarks.fit_trial --work /tmp/segdev --name {name} {arguments}` "
+        "(after `python -m benchmarks.segmentation_score --work /tmp/segdev`).",
         "",
         "| texture | fit | image AUROC | epochs | " + " | ".join(kinds) + " |",
         "|---|---|---|---|" + "---|" * len(kinds),
     ]
     for row in rows:
-        for fit in ("default", name):
+        for fit in fits:
             cells = " | ".join(f"{row[fit]['per_defect'][k]:.4f}" for k in kinds)
             lines.append(
                 f"| {row['texture']} | {fit} | {row[fit]['image_auroc']:.4f} | {row[fit]['epochs_run']} | {cells} |"
             )
-    for fit in ("default", name):
+    for fit in fits:
         mean = statistics.fmean(row[fit]["image_auroc"] for row in rows)
         lines.append(f"| mean | {fit} | {mean:.4f} | |" + " |" * len(kinds))
     return "\n".join(lines) + "\n"
 
 
+def parse_trial(text: str) -> tuple[str, list[str]]:
+    name, _, options = text.partition("=")
+    if not name or not options or name == "default" or "/" in name:
+        raise argparse.ArgumentTypeError(f"a trial is NAME=OPTIONS (NAME not 'default'), got {text!r}")
+    return name, shlex.split(options)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
-    parser.add_argument("--name", required=True, help="The trial's name: its bundles and results file.")
-    parser.add_argument("--options", required=True, help="The fit options tried, one shell-quoted string.")
+    parser.add_argument("--name", required=True, help="The results file's name.")
+    parser.add_argument("--trial", type=parse_trial, action="append", required=True, help="NAME=OPTIONS")
     parser.add_argument("--textures", default="ihc,brick")
     args = parser.parse_args()
-    textures, options = args.textures.split(","), shlex.split(args.options)
-    fit_missing(args.work, textures, args.name, options)
+    textures, trials = args.textures.split(","), dict(args.trial)
+    fit_missing(args.work, textures, trials)
     rows = []
     for texture in textures:
         folder, baseline = segmentation_score.fitted_bundle(texture, args.work)
-        trial = trial_bundle(args.work, texture, args.name)
-        rows.append({"texture": texture, "default": reading(folder, baseline), args.name: reading(folder, trial)})
+        row = {"texture": texture, "default": reading(folder, baseline)}
+        row |= {name: reading(folder, trial_bundle(args.work, texture, name)) for name in trials}
+        rows.append(row)
         print(rows[-1], flush=True)
-    data = {"name": args.name, "options": options, "rows": rows}
-    print(write_results(f"fit_trial_{args.name}", data, markdown(args.name, options, rows)))
+    data = {"name": args.name, "trials": trials, "rows": rows}
+    print(write_results(f"fit_trial_{args.name}", data, markdown(args.name, trials, rows)))
 
 
 if __name__ == "__main__":
