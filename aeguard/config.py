@@ -290,7 +290,8 @@ PHOTO_EPOCHS = 50
 def photo_recipe() -> DetectorConfig:
     """What `aeguard fit --data DIR` trains when no model is named: the recipe that won the texture benchmark
     (benchmarks/textures.py). The MNIST defaults (DetectorConfig()) stay those of the one-class benchmark."""
-    return DetectorConfig(model=Model.DRAEM, train=TrainConfig(epochs=PHOTO_EPOCHS, batch_size=16, patience=10))
+    train = TrainConfig(epochs=PHOTO_EPOCHS, batch_size=16, patience=10, lr_schedule="cosine")
+    return DetectorConfig(model=Model.DRAEM, train=train)
 
 
 # Decompression-bomb guard of aeguard score: images with more pixels are refused from their header.

@@ -6,7 +6,8 @@ test crops from the rest), then runs the `aeguard fit` command of each recipe on
 writes: image AUROC, pixel AUROC, AUPRO, per defect type, and the fit's wall time on this machine.
 
 Recipes: `default` is `aeguard fit --data DIR` with no other option (the draem model); `conv-erase-blur` is the
-best MNIST recipe on the size-scaled conv autoencoder, for comparison.
+best MNIST recipe on the size-scaled conv autoencoder, for comparison; `draem-constant` is the default with the
+constant learning rate it had before.
 
 Results go to benchmarks/results/textures.json / .md after every run; a run already there is not repeated.
 
@@ -32,11 +33,15 @@ from benchmarks.texture_defects import TEXTURES, write_texture_folder
 RECIPES = {
     "default": [],
     "conv-erase-blur": ["--model", "conv", "--noise", "erase:0.25", "--score", "blur"],
+    "draem-constant": ["--lr-schedule", "constant"],
 }
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
 RECIPE_NOTES = {
-    "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16",
+    "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16, the learning "
+    "rate falling along half a cosine",
+    "draem-constant": "the default before the cosine schedule (`--lr-schedule constant`); its rows here were "
+    "measured on another machine (commits 3b3d084 and 89ef4d7)",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
     "draem-scars": "the default with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
     "rectangles; commit 8fcf212): scratch maps sharper, image AUROC lower, so not kept",
