@@ -178,3 +178,17 @@ def test_the_readme_python_example_runs(data_dir, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "digit0" / MODEL_NAME).is_file()
     assert namespace["metrics"]["auroc"] > 0.9
     assert os.environ.get("AEGUARD_DATA_DIR")  # where its load_split found MNIST
+
+
+def test_the_photo_recipe_reaches_the_detector_whole():
+    """`aeguard fit --data DIR` trains with photo_recipe(); Detector.from_config of it must carry every training
+    value (the cosine schedule among them) and give back the same config."""
+    from aeguard.config import photo_recipe
+
+    recipe = photo_recipe()
+    detector = Detector.from_config(recipe)
+    params = detector.get_params()
+    assert params["model"] == "draem" and params["lr_schedule"] == "cosine"
+    assert (params["epochs"], params["batch_size"], params["patience"]) == (50, 16, 10)
+    assert detector.config() == recipe
+    assert Detector(model="draem").config().train.lr_schedule == "constant"  # the constructor's own defaults
