@@ -43,8 +43,8 @@ RECIPE_NOTES = {
     "rate falling along half a cosine",
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
     "a second draw of the same recipe",
-    "draem-constant": "the default before the cosine schedule (`--lr-schedule constant`); its rows here were "
-    "measured on another machine (commits 3b3d084 and 89ef4d7)",
+    "draem-constant": "the default before the cosine schedule (`--lr-schedule constant`), measured then "
+    "(commits 3b3d084 and 89ef4d7)",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
     "draem-scars": "the default with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
     "rectangles; commit 8fcf212): scratch maps sharper, image AUROC lower, so not kept",
@@ -106,7 +106,8 @@ def markdown(results: dict) -> str:
         "`python -m benchmarks.textures` (MVTec layout written by benchmarks/texture_defects.py; 400 training crops",
         "of 128 px, 60 normal + 80 defective test crops from a disjoint region of the photo; defects: scratch, hole,",
         "foreign material, stain — a hue turn and tint at equal brightness on the colour textures). Every row",
-        "records the commit it measured (in the JSON).",
+        "records the commit it measured (in the JSON); rows of earlier commits were measured in earlier sessions,",
+        "on other 2-core machines, and one fit is one draw: the same seed can end elsewhere on another CPU.",
         "",
         "| texture | colour | recipe | image AUROC | pixel AUROC | AUPRO | fit time | epochs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

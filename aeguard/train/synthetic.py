@@ -11,9 +11,10 @@ other shapes (wobbly ellipses, curved strokes, pasted photographs, stains): the 
 generalisation from these, not recall of them. Thin scratches are what these blobs teach least
 (benchmarks/results/textures.md). CutPaste's thin "scar" masks for a third of the defects were tried
 (the draem-scars rows there): scratch maps got sharper, but the segmenter also answered to line-like
-normal structure (brick's mortar joints), and mean image AUROC fell from 0.977 to 0.975. Bending strokes
-(benchmarks/stroke_trial.py) did worse on the histology slide's scratches (0.825 -> 0.668 on a development
-folder): its normal images scored higher and its scratches lower.
+normal structure (brick's mortar joints), and mean image AUROC fell from 0.977 to 0.975 (both with the
+constant learning rate of then). Bending strokes (benchmarks/stroke_trial.py) did worse on the histology
+slide's scratches (0.825 -> 0.668 on a development folder): its normal images scored higher and its
+scratches lower.
 """
 
 from __future__ import annotations
