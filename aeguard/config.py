@@ -173,7 +173,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     patience: int = 5  # epochs without a better validation loss before stopping
-    lr_schedule: str = "constant"  # or "cosine": the rate falls along half a cosine to 0 at the last epoch
+    lr_schedule: str = "constant"  # or "cosine": the rate falls along half a cosine towards 0 at the last epoch
     device: str = "auto"  # auto (CUDA when torch sees it), cpu, cuda or cuda:N
     seed: int = 0  # the split, initialisation, batch order and corruption
 

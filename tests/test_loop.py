@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from aeguard.errors import UsageError
-from aeguard.train.loop import TrainConfig, reconstruction_loss, reconstruction_spread, resolve_device, train
+from aeguard.train.loop import (
+    TrainConfig,
+    format_epoch,
+    reconstruction_loss,
+    reconstruction_spread,
+    resolve_device,
+    train,
+)
 from aeguard.train.models import build_model, default_config
 
 
@@ -80,6 +87,7 @@ def test_cosine_schedule_lowers_the_rate_each_epoch_and_constant_keeps_it(blobs)
     assert rates[0] == pytest.approx(1e-2)
     assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
     assert rates[-1] == pytest.approx(1e-2 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
+    assert "lr 1.00e-02" in format_epoch(cosine.history[0], 6)  # the progress line shows it
     _, constant = fit_blobs(blobs, epochs=3, patience=10, learning_rate=1e-2)
     assert [r.learning_rate for r in constant.history] == pytest.approx([1e-2] * 3)
 

@@ -162,7 +162,7 @@ def fit(
     ),
     lr_schedule: str | None = typer.Option(
         None,
-        help="constant, or cosine: the rate falls along half a cosine to 0 at the last epoch "
+        help="constant, or cosine: the rate falls along half a cosine towards 0 at the last epoch "
         f"[{DEFAULTS.train.lr_schedule}; {PHOTO.train.lr_schedule} for draem].",
     ),
     device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),

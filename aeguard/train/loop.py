@@ -42,7 +42,7 @@ class TrainResult:
 def format_epoch(record: EpochRecord, epochs: int) -> str:
     return (
         f"epoch {record.epoch:3d}/{epochs}  train loss {record.train_loss:.6f}  "
-        f"val loss {record.val_loss:.6f}  {record.images_per_second:,.0f} img/s"
+        f"val loss {record.val_loss:.6f}  lr {record.learning_rate:.2e}  {record.images_per_second:,.0f} img/s"
     )
 
 
