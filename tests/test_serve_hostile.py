@@ -306,3 +306,25 @@ def test_keep_alive_requests_each_get_a_fresh_deadline(daemon):
                 answer += sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 200")
             time.sleep(0.3)  # within the deadline each time, 0.9 s in all
+
+
+def test_the_body_of_a_request_refused_early_is_not_read_as_the_next_head(tmp_path):
+    """A body over the limit is refused (413) from its declared length, before it arrives. The client sends
+    that body anyway and then its next request on the same connection: the body's bytes must be read as the
+    refused request's body, not counted as the next request's head (they once made it a 431: a good request
+    lost behind a bad one)."""
+    with Daemon(tiny_bundle(tmp_path / "tiny"), "--max-body-bytes", "1000") as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            length = 4 * MAX_HEAD_BYTES
+            head = b"POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            sock.sendall(head + b"content-length: %d\r\n\r\n" % length)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" not in answer.lower()
+            sock.sendall(b"x" * length + b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            while not answer.endswith(b'{"live":true}'):
+                chunk = sock.recv(65536)
+                assert chunk, f"the daemon closed the connection: {answer[-200:]!r}"
+                answer += chunk
+            assert b"HTTP/1.1 200" in answer and b"HTTP/1.1 431" not in answer

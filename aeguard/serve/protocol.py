@@ -6,7 +6,8 @@ header line grew the daemon by a gigabyte and held the event loop for minutes, a
 sends nothing, or a header a byte at a time, was never dropped. This protocol refuses a head over
 `max_head_bytes` or `max_headers` with 431 and closes a connection whose request head has not arrived
 within `head_timeout_s` of connecting or of its previous response with 408. (uvicorn's h11 protocol has a
-size limit, but no deadline, and is slower.)
+size limit, but no deadline, and is slower.) Only head bytes count: the body of a request answered before it
+arrived (a 413 from its declared length) is still read as that request's body, within the next deadline.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self._head_timeout_s = float(getattr(config, "aeguard_head_timeout_s", 10.0))
         self._in_head, self._head_bytes, self._head_count = True, 0, 0
+        # Between a head and the end of its body. A reply can go out before the body has arrived (a 413 from
+        # the declared length): the parser then goes on reading that body, and its bytes are not the next head.
+        self._in_body = False
         self._refusal: tuple[int, str] | None = None  # set by a parser callback that stopped at a limit
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -64,7 +68,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
+        if self._in_head and not self._in_body:
             self._head_bytes += len(data)
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
@@ -85,9 +89,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._in_body = False, True
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
