@@ -39,27 +39,35 @@ def epochs_run(bundle: Path) -> int:
     return int(json.loads((bundle / "manifest.json").read_text())["training"]["epochs_run"])
 
 
+def max_reading(result: dict) -> dict:
+    """The graph's own score (the map's max) out of a segmentation_score result."""
+    return {"image_auroc": result["image_auroc"]["max"], "per_defect": result["per_defect"]["max"]}
+
+
 def reading(folder: Path, bundle: Path) -> dict:
-    """The graph's own score (the map's max): image AUROC overall and per defect type, and the epochs run."""
+    """The graph's own score: image AUROC overall and per defect type, and the epochs run."""
     result = segmentation_score.score_bundle(folder, bundle, flips=False)
-    return {
-        "image_auroc": result["image_auroc"]["max"],
-        "per_defect": result["per_defect"]["max"],
-        "epochs_run": epochs_run(bundle),
-    }
+    return {**max_reading(result), "epochs_run": epochs_run(bundle)}
+
+
+def run_side_by_side(commands: list[list[str]], what: str) -> None:
+    """Python processes (each command is what follows the interpreter) started together, one torch thread
+    each, as the trials' fits were measured; waits for every one."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, *command], env=env) for command in commands]
+    if any([process.wait() != 0 for process in processes]):  # a list: wait for every process
+        raise SystemExit(f"{what} failed (its output is above)")
 
 
 def fit_missing(work: Path, textures: list[str], trials: dict[str, list[str]]) -> None:
-    fits = []
+    commands = []
     for name, options in trials.items():
         for texture in textures:
             bundle = trial_bundle(work, texture, name)
             if not (bundle / "manifest.json").is_file():
-                command = ["fit", "--data", str(work / texture), "--out", str(bundle), "--force", *options]
-                env = os.environ | {"OMP_NUM_THREADS": "1"}
-                fits.append(subprocess.Popen([sys.executable, "-m", "aeguard.cli.main", *command], env=env))
-    if any([fit.wait() != 0 for fit in fits]):  # a list: wait for every fit
-        raise SystemExit("a trial fit failed (its output is above)")
+                fit = ["fit", "--data", str(work / texture), "--out", str(bundle), "--force", *options]
+                commands.append(["-m", "aeguard.cli.main", *fit])
+    run_side_by_side(commands, "a trial fit")
 
 
 def markdown(name: str, trials: dict[str, list[str]], rows: list[dict]) -> str:

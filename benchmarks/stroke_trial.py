@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,30 +72,24 @@ def strokes_bundle(work: Path, texture: str) -> Path:
     return work / f"{texture}-strokes-bundle"
 
 
-def max_reading(result: dict) -> dict:
-    """The graph's own score (the map's max) out of a segmentation_score result."""
-    return {"image_auroc": result["image_auroc"]["max"], "per_defect": result["per_defect"]["max"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
     parser.add_argument("--textures", default="ihc,brick")
     args = parser.parse_args()
     from benchmarks import segmentation_score
+    from benchmarks.fit_trial import max_reading, run_side_by_side
     from benchmarks.results_io import write_results
 
     textures = args.textures.split(",")
-    fits = []
+    commands = []
     for texture in textures:
         bundle = strokes_bundle(args.work, texture)
         if not (bundle / "manifest.json").is_file():
             command = ["fit", "--data", str(args.work / texture), "--out", str(bundle), "--force"]
             code = f"from benchmarks.stroke_trial import fit_with_strokes; fit_with_strokes({command!r})"
-            env = os.environ | {"OMP_NUM_THREADS": "1"}
-            fits.append(subprocess.Popen([sys.executable, "-c", code], env=env))
-    if any([fit.wait() != 0 for fit in fits]):  # a list: wait for every fit
-        raise SystemExit("a stroke-trial fit failed (its output is above)")
+            commands.append(["-c", code])
+    run_side_by_side(commands, "a stroke-trial fit")
     rows = []
     for texture in textures:
         baseline = segmentation_score.measure(texture, args.work, flips=False)

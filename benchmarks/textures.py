@@ -7,7 +7,7 @@ writes: image AUROC, pixel AUROC, AUPRO, per defect type, and the fit's wall tim
 
 Recipes: `default` is `aeguard fit --data DIR` with no other option (the draem model); `conv-erase-blur` is the
 best MNIST recipe on the size-scaled conv autoencoder, for comparison; `draem-constant` is the default with the
-constant learning rate it had before.
+constant learning rate it had before; `default-seed1` is a second draw of the default (`--seed 1`).
 
 Results go to benchmarks/results/textures.json / .md after every run; a run already there is not repeated.
 
