@@ -3,15 +3,15 @@
 A candidate change to the photo recipe is tried here before the texture benchmark sees it: the default fit
 plus each trial's options on segmentation_score's development folders (texture_defects.py --seed 1, not the
 benchmark's test images), against the plain default fitted on the same folders (segmentation_score's
-bundles, made first). Image AUROC of the graph's score (the map's max), per texture and defect type, and
-the epochs each fit ran. The missing trial fits run side by side, one torch thread each.
+bundles). Image AUROC of the graph's score (the map's max), per texture and defect type, and the epochs each
+fit ran. The missing fits, the default's included, run side by side, one torch thread each.
 
 A trial that only changes --seed measures how far two fits of one recipe differ: the yardstick for the
 others (one fit is one draw).
 
-    python -m benchmarks.segmentation_score --work /tmp/segdev                          # the baseline first
+    python -m benchmarks.fit_trial --work /tmp/segdev --name segmenter --trial "full=--segmenter full"
     python -m benchmarks.fit_trial --work /tmp/segdev --name cosine --trial "seed1=--seed 1" \
-        --trial "cosine=--lr-schedule cosine" --trial "cosine-seed1=--lr-schedule cosine --seed 1"
+        --trial "cosine=--lr-schedule cosine"
 
 Writes benchmarks/results/fit_trial_<name>.{json,md}.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchmarks import segmentation_score
 from benchmarks.results_io import write_results
+from benchmarks.texture_defects import write_texture_folder
 
 
 def trial_bundle(work: Path, texture: str, name: str) -> Path:
@@ -60,12 +61,16 @@ def run_side_by_side(commands: list[list[str]], what: str) -> None:
 
 
 def fit_missing(work: Path, textures: list[str], trials: dict[str, list[str]]) -> None:
+    """Every missing fit, the default's included, side by side."""
     commands = []
-    for name, options in trials.items():
-        for texture in textures:
-            bundle = trial_bundle(work, texture, name)
+    for texture in textures:
+        folder, default = work / texture, work / f"{texture}-bundle"  # segmentation_score.fitted_bundle's
+        if not folder.exists():
+            write_texture_folder(texture, folder, seed=segmentation_score.DEVELOPMENT_SEED)
+        bundles = {default: [], **{trial_bundle(work, texture, name): options for name, options in trials.items()}}
+        for bundle, options in bundles.items():
             if not (bundle / "manifest.json").is_file():
-                fit = ["fit", "--data", str(work / texture), "--out", str(bundle), "--force", *options]
+                fit = ["fit", "--data", str(folder), "--out", str(bundle), "--force", *options]
                 commands.append(["-m", "aeguard.cli.main", *fit])
     run_side_by_side(commands, "a trial fit")
 
@@ -83,8 +88,7 @@ def markdown(name: str, trials: dict[str, list[str]], rows: list[dict]) -> str:
         "",
         *(f"- {trial}: `{shlex.join(options)}`" for trial, options in trials.items()),
         "",
-        f"Produced by `python -m benchmarks.fit_trial --work /tmp/segdev --name {name} {arguments}` "
-        "(after `python -m benchmarks.segmentation_score --work /tmp/segdev`).",
+        f"Produced by `python -m benchmarks.fit_trial --work /tmp/segdev --name {name} {arguments}`.",
         "",
         "| texture | fit | image AUROC | epochs | " + " | ".join(kinds) + " |",
         "|---|---|---|---|" + "---|" * len(kinds),

@@ -68,6 +68,20 @@ def test_ssim_score_is_zero_for_a_perfect_reconstruction():
     assert float(error.abs().max()) < 1e-4
 
 
+@pytest.mark.parametrize("function", ["ssim", "blur"])
+def test_band_matrix_smoothing_gives_the_convolutions_numbers(function):
+    """Training's error map (draem's SSIM loss) smooths by matrix products, the exported graph by a depthwise
+    convolution: the same map, borders (zero padding) included, on a non-square colour image."""
+    from aeguard.train.error_maps import ErrorMap
+
+    config = score_config(function)
+    images, reconstruction = torch.rand(4, 3, 21, 34), torch.rand(4, 3, 21, 34)
+    by_convolution = ErrorMap(config, channels=3)(images, reconstruction)
+    by_matrices = ErrorMap(config, channels=3, size=(21, 34))(images, reconstruction)
+    assert torch.allclose(by_matrices, by_convolution, atol=1e-5)
+    assert float((by_matrices - ErrorMap(config, channels=3)(images, images)).abs().max()) > 0.01  # not trivial
+
+
 def test_ensemble_averages_its_members(tmp_path):
     graph, path = exported(tmp_path, "dense", ensemble=3, shape=(1, 12, 12))
     images = torch.rand(5, 1, 12, 12)

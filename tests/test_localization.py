@@ -96,9 +96,10 @@ def test_the_collapse_measure_flags_a_mean_image_model_the_spread_check_passed()
     assert explained_variation(Identity(), images) == pytest.approx(1.0)
 
 
-def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
+@pytest.mark.parametrize("segmenter", ["half", "full"])
+def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path, segmenter):
     """A few epochs on a generated colour texture: the exported graph's score and map match torch (parity is
-    checked at export), the map is a probability per pixel, and pasted defects score above clean images."""
+    checked at export) with either segmenter, and the map is a probability per pixel."""
     from aeguard import Detector
     from aeguard.train.synthetic import paste_defects
 
@@ -110,7 +111,10 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
         stripes = 0.5 + 0.3 * np.sin(rows / 3.0 + phase) + 0.03 * rng.standard_normal((32, 32))
         images.append(np.stack([stripes, 0.6 * stripes, np.full((32, 32), 0.3)]))
     images = np.clip(np.array(images, np.float32), 0, 1).repeat(1, axis=0)
-    detector = Detector(model="draem", epochs=4, batch_size=8, seed=0).fit(images)
+    detector = Detector(model="draem", epochs=4, batch_size=8, seed=0, segmenter=segmenter).fit(images)
+    assert detector.contents_.manifest["model"]["segmenter"] == segmenter
+    refinement = [name for name in detector.models_[0].state_dict() if "segmenter.refine" in name]
+    assert bool(refinement) == (segmenter == "full")
     parity = detector.contents_.manifest["parity"]
     assert parity["max_abs_diff"] <= 1e-5 and parity["error_map_max_abs_diff"] <= 1e-5
     clean = torch.from_numpy(images[:16])

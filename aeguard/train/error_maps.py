@@ -12,26 +12,51 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
+def gaussian_line(sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(2 * sigma))
     steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
     line = torch.exp(-(steps**2) / (2 * sigma**2))
-    line = line / line.sum()
+    return line / line.sum()
+
+
+def gaussian_kernel(sigma: float, channels: int) -> torch.Tensor:
+    line = gaussian_line(sigma)
     return (line[:, None] * line[None, :]).expand(channels, 1, -1, -1).contiguous()
 
 
-class ErrorMap(nn.Module):
-    """Per-pixel error of one reconstruction under the chosen score function."""
+def band_matrix(size: int, line: torch.Tensor) -> torch.Tensor:
+    """(size, size) B with (B @ v)[i] = sum_k line[k] v[i + k - radius], zero beyond the ends: the 1-D
+    convolution of a column with zero padding, as a matrix."""
+    radius = len(line) // 2
+    offsets = torch.arange(size)[None, :] - torch.arange(size)[:, None] + radius
+    inside = (offsets >= 0) & (offsets < len(line))
+    return torch.where(inside, line[offsets.clamp(0, len(line) - 1)], torch.zeros(()))
 
-    def __init__(self, config: dict, channels: int):
+
+class ErrorMap(nn.Module):
+    """Per-pixel error of one reconstruction under the chosen score function.
+
+    Given the image `size` (H, W), the Gaussian is applied as two band matrices, rows @ x @ columns: the same
+    numbers as the depthwise convolution (to float rounding) in a fifth of its time on a CPU, where the
+    convolution of draem's SSIM loss was a quarter of a training step. Without it (the exported graphs, whose
+    numbers bundles were checked with) the convolution stays."""
+
+    def __init__(self, config: dict, channels: int, size: tuple[int, int] | None = None):
         super().__init__()
         self.function = config["function"]
         self.channels = channels
         sigma = config.get("sigma", 1.0)
         self.register_buffer("kernel", gaussian_kernel(sigma, channels), persistent=False)
         self.padding = self.kernel.shape[-1] // 2
+        line = gaussian_line(sigma)
+        rows = None if size is None else band_matrix(size[0], line)
+        columns = None if size is None else band_matrix(size[1], line).T.contiguous()
+        self.register_buffer("rows", rows, persistent=False)  # buffers, so .to(device) moves them
+        self.register_buffer("columns", columns, persistent=False)
 
     def _smooth(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None and self.columns is not None:
+            return self.rows @ x @ self.columns
         return F.conv2d(x, self.kernel, padding=self.padding, groups=self.channels)
 
     def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:

@@ -195,5 +195,10 @@ def build_model(config: dict) -> Autoencoder | Draem:
             **extra,
         )
     if backbone == "draem":
-        return Draem(*shape, conv_channels=list(config["conv_channels"]), code_channels=config["latent"])
+        return Draem(
+            *shape,
+            conv_channels=list(config["conv_channels"]),
+            code_channels=config["latent"],
+            full_resolution_segmenter=config.get("segmenter", "half") == "full",  # no key: before the option
+        )
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")

@@ -117,7 +117,7 @@ class DraemObjective(nn.Module):
     def __init__(self, model, seed: int = 0):
         super().__init__()
         self.model = model
-        self.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, model.shape[0])
+        self.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, model.shape[0], size=model.shape[1:])
         self.generator = torch.Generator().manual_seed(seed)
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
