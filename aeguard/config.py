@@ -165,7 +165,6 @@ def _number(
 
 
 LR_SCHEDULES = ("constant", "cosine")
-SEGMENTER_RESOLUTIONS = ("half", "full")
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,6 @@ class DetectorConfig:
     ensemble: int = 1  # independently seeded members whose error maps are averaged
     rotation: bool = False  # add a rotation-prediction classifier's score (train/rotation.py), z-scored
     rotation_epochs: int = 3  # the classifier's epochs; the one with the best held-out normal score is kept
-    segmenter: str | None = None  # draem's segmenter: "half" resolution, or "full" (a last layer at full) [half]
     train: TrainConfig = field(default_factory=TrainConfig)
     val_fraction: float = 0.1  # held out from the normal training images for early stopping and calibration
     target_fpr: float = 0.01  # the threshold flags at most this share of the held-out normal images
@@ -255,10 +253,6 @@ class DetectorConfig:
         if not isinstance(self.rotation, bool):
             raise ConfigError("rotation", f"rotation must be True or False, got {self.rotation!r}")
         _positive_int("rotation_epochs", self.rotation_epochs)
-        if self.segmenter is not None and self.segmenter not in SEGMENTER_RESOLUTIONS:
-            raise ConfigError(
-                "segmenter", f"segmenter must be one of {', '.join(SEGMENTER_RESOLUTIONS)}, got {self.segmenter!r}"
-            )
         _number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         _number("target_fpr", self.target_fpr, 0.0, 1.0, high_open=True)
         variational = self.model.value in VARIATIONAL
@@ -271,8 +265,6 @@ class DetectorConfig:
         draem = self.model is Model.DRAEM
         if (self.score is ScoreFunction.SEGMENTATION) != draem and self.score is not None:
             raise ConfigError("score", "score segmentation is the draem model's, and the only score it has")
-        if self.segmenter is not None and not draem:
-            raise ConfigError("segmenter", "segmenter is the draem model's (its defect segmenter's resolution)")
         if draem:
             for name in ("k", "sparsity", "contraction", "beta", "score_top", "noise"):
                 if getattr(self, name) is not None:
@@ -355,7 +347,8 @@ def default_config(kind: str, channels: int, height: int, width: int) -> dict:
         config.update(hidden=[256, 128], latent=32)
     elif kind == "draem":
         restorer = [min(128, c // 2) for c in conv_channels_for(height, width)]
-        config.update(conv_channels=restorer, latent=DRAEM_CODE_CHANNELS, spatial_code=True, segmenter="half")
+        config.update(conv_channels=restorer, latent=DRAEM_CODE_CHANNELS, spatial_code=True)
+        config["segmenter_stages"] = max(2, min(4, len(restorer)))  # by the image's size, whatever --hidden says
     else:
         # A 16-unit code measured better than 8 or 32 on the one-class benchmark (benchmarks/one_class.py)
         config.update(
@@ -383,8 +376,6 @@ def model_config(config: DetectorConfig, input_shape: tuple[int, int, int]) -> d
         model["activation"] = config.activation.value
     if config.k is not None:
         model["k_sparse"] = config.k
-    if config.segmenter is not None:
-        model["segmenter"] = config.segmenter
     terms = model["training"]
     if config.noise is not None:
         terms["noise"] = None if config.noise.kind is None else str(config.noise)

@@ -58,7 +58,6 @@ class Detector:
         ensemble: int = 1,
         rotation: bool = False,
         rotation_epochs: int = 3,
-        segmenter: str | None = None,
         epochs: int = 20,
         batch_size: int = 128,
         lr: float = 1e-3,
@@ -84,7 +83,7 @@ class Detector:
             knn,
             ensemble,
         )
-        self.rotation, self.rotation_epochs, self.segmenter = rotation, rotation_epochs, segmenter
+        self.rotation, self.rotation_epochs = rotation, rotation_epochs
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.lr_schedule = lr_schedule
         self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
@@ -120,7 +119,6 @@ class Detector:
             ensemble=config.ensemble,
             rotation=config.rotation,
             rotation_epochs=config.rotation_epochs,
-            segmenter=config.segmenter,
             epochs=train.epochs,
             batch_size=train.batch_size,
             lr=train.learning_rate,
@@ -177,7 +175,6 @@ class Detector:
             ensemble=self.ensemble,
             rotation=self.rotation,
             rotation_epochs=self.rotation_epochs,
-            segmenter=self.segmenter,
             train=train,
             val_fraction=self.val_fraction,
             target_fpr=self.target_fpr,

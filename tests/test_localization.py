@@ -96,10 +96,9 @@ def test_the_collapse_measure_flags_a_mean_image_model_the_spread_check_passed()
     assert explained_variation(Identity(), images) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("segmenter", ["half", "full"])
-def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path, segmenter):
+def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
     """A few epochs on a generated colour texture: the exported graph's score and map match torch (parity is
-    checked at export) with either segmenter, and the map is a probability per pixel."""
+    checked at export), and the map is a probability per pixel."""
     from aeguard import Detector
     from aeguard.train.synthetic import paste_defects
 
@@ -111,10 +110,7 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path, segment
         stripes = 0.5 + 0.3 * np.sin(rows / 3.0 + phase) + 0.03 * rng.standard_normal((32, 32))
         images.append(np.stack([stripes, 0.6 * stripes, np.full((32, 32), 0.3)]))
     images = np.clip(np.array(images, np.float32), 0, 1).repeat(1, axis=0)
-    detector = Detector(model="draem", epochs=4, batch_size=8, seed=0, segmenter=segmenter).fit(images)
-    assert detector.contents_.manifest["model"]["segmenter"] == segmenter
-    refinement = [name for name in detector.models_[0].state_dict() if "segmenter.refine" in name]
-    assert bool(refinement) == (segmenter == "full")
+    detector = Detector(model="draem", epochs=4, batch_size=8, seed=0).fit(images)
     parity = detector.contents_.manifest["parity"]
     assert parity["max_abs_diff"] <= 1e-5 and parity["error_map_max_abs_diff"] <= 1e-5
     clean = torch.from_numpy(images[:16])
@@ -123,6 +119,20 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path, segment
     assert maps.shape == (16, 1, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
     assert detector.scorer_.map_scale == 1.0
     assert detector.contents_.manifest["score"]["function"] == "segmentation"
+
+
+@pytest.mark.parametrize(("size", "hidden", "stages"), [(32, None, 2), (128, None, 4), (128, (16, 32, 64), 4)])
+def test_draem_segmenter_depth_follows_the_image_size_not_the_restorer(size, hidden, stages):
+    """--hidden sets the restorer's stages; the segmenter keeps the depth its image size gives it, so a trial
+    of another restorer changes nothing else. A manifest without the key (older bundles) builds the old rule."""
+    from aeguard.config import DetectorConfig, model_config
+    from aeguard.train.models import build_model
+
+    config = model_config(DetectorConfig(model="draem", hidden=hidden), (3, size, size))
+    assert config["segmenter_stages"] == stages
+    assert len(build_model(config).segmenter.down) == stages
+    older = {key: value for key, value in config.items() if key != "segmenter_stages"}
+    assert len(build_model(older).segmenter.down) == max(2, min(4, len(config["conv_channels"])))
 
 
 def _mean_image_fit(monkeypatch, stopped_early: bool):

@@ -103,8 +103,6 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
         (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'"),
         (["--model", "conv", "--score-top", "0"], "--score-top must be a share"),
         (["--model", "conv", "--lr-schedule", "linear"], "--lr-schedule must be one of constant, cosine"),
-        (["--model", "draem", "--segmenter", "quarter"], "--segmenter must be one of half, full"),
-        (["--model", "conv", "--segmenter", "full"], "segmenter is the draem model's"),
     ):
         result = runner.invoke(
             app,

@@ -145,11 +145,6 @@ def fit(
         "z-scored reconstruction score (square images).",
     ),
     rotation_epochs: int = typer.Option(DEFAULTS.rotation_epochs, help="Epochs of the --rotation classifier."),
-    segmenter: str | None = typer.Option(
-        None,
-        help="draem's defect segmenter: half (works at half resolution) or full (adds a last layer at full "
-        "resolution, for defects 1-3 pixels wide; about 7 % slower to train) [half].",
-    ),
     max_images: int | None = typer.Option(
         DEFAULTS.max_images, help="Train on at most this many normal images (quick trials)."
     ),
@@ -226,7 +221,6 @@ def fit(
             ensemble=ensemble,
             rotation=rotation,
             rotation_epochs=rotation_epochs,
-            segmenter=segmenter,
             train=TrainConfig(
                 epochs=epochs,
                 batch_size=batch_size,

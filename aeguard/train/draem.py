@@ -71,14 +71,12 @@ class Restorer(nn.Module):
 class Segmenter(nn.Module):
     """A U-Net from (image, restoration) to one defect logit per pixel.
 
-    It works at half resolution (its first convolution has stride 2): the full-resolution layers of a plain
-    U-Net were 70 % of a training step's time on the CPU. Its logits are upsampled bilinearly, or, with
-    `full_resolution`, its last features are, and one narrow convolution reads them beside the full-resolution
-    image and restoration before the head: a scratch 1.5-3 pixels wide is under 2 pixels on the half grid."""
+    It works at half resolution (its first convolution has stride 2) and its logits are upsampled bilinearly:
+    the full-resolution layers were 70 % of a training step's time on the CPU. One narrow full-resolution
+    layer before the head (8 channels reading the upsampled features beside the image and its restoration),
+    tried for thin scratches, made image AUROC worse on both development folders (fit_trial_segmenter)."""
 
-    FULL_RESOLUTION_CHANNELS = 8
-
-    def __init__(self, image_channels: int, channels: list[int], full_resolution: bool = False):
+    def __init__(self, image_channels: int, channels: list[int]):
         super().__init__()
         self.down = nn.ModuleList()
         n_in = 2 * image_channels
@@ -89,14 +87,7 @@ class Segmenter(nn.Module):
         for deep, skip in zip(reversed(channels), list(reversed(channels))[1:]):  # built in pairs: the order of
             self.upsample.append(Upsample(deep, skip))  # initialisation is the one the benchmark measured
             self.merge.append(conv_block(2 * skip, skip))
-        self.refine = None
-        head_in = channels[0]
-        if full_resolution:  # built last, so the half-resolution layers draw the weights they drew before
-            narrow = self.FULL_RESOLUTION_CHANNELS
-            self.project = nn.Conv2d(channels[0], narrow, 1)  # narrowed on the half grid, where it is cheap
-            self.refine = nn.Sequential(nn.Conv2d(narrow + 2 * image_channels, narrow, 3, padding=1), nn.LeakyReLU(0.2))
-            head_in = narrow
-        self.head = nn.Conv2d(head_in, 1, 1)
+        self.head = nn.Conv2d(channels[0], 1, 1)
 
     def forward(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         x, skips = torch.cat([image, restored], dim=1), []
@@ -105,10 +96,7 @@ class Segmenter(nn.Module):
             skips.append(x)
         for upsample, merge, skip in zip(self.upsample, self.merge, reversed(skips[:-1])):
             x = merge(torch.cat([upsample(x), skip], dim=1))
-        if self.refine is None:
-            return F.interpolate(pointwise(self.head, x), scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = F.interpolate(self.project(x), scale_factor=2.0, mode="bilinear", align_corners=False)
-        return pointwise(self.head, self.refine(torch.cat([x, image, restored], dim=1)))
+        return F.interpolate(pointwise(self.head, x), scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 class Draem(nn.Module):
@@ -122,7 +110,7 @@ class Draem(nn.Module):
         width: int,
         conv_channels: list[int],
         code_channels: int,
-        full_resolution_segmenter: bool = False,
+        segmenter_stages: int | None = None,
     ):
         super().__init__()
         self.shape = (channels, height, width)
@@ -130,8 +118,9 @@ class Draem(nn.Module):
         padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
         self.pad = (0, padded[1] - width, 0, padded[0] - height)
         self.restorer = Restorer(channels, conv_channels, code_channels)
-        widths = SEGMENTER_CHANNELS[: max(2, min(4, len(conv_channels)))]
-        self.segmenter = Segmenter(channels, widths, full_resolution_segmenter)
+        stages = segmenter_stages or max(2, min(4, len(conv_channels)))  # None: bundles from before the key
+        widths = SEGMENTER_CHANNELS[:stages]
+        self.segmenter = Segmenter(channels, widths)
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:

@@ -199,6 +199,6 @@ def build_model(config: dict) -> Autoencoder | Draem:
             *shape,
             conv_channels=list(config["conv_channels"]),
             code_channels=config["latent"],
-            full_resolution_segmenter=config.get("segmenter", "half") == "full",  # no key: before the option
+            segmenter_stages=config.get("segmenter_stages"),
         )
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")
