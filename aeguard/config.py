@@ -330,6 +330,11 @@ def conv_channels_for(height: int, width: int) -> list[int]:
     return [min(MAX_CONV_CHANNELS, 32 * 2**i) for i in range(stages)]
 
 
+def draem_segmenter_stages(restorer_stages: int) -> int:
+    """The draem segmenter's depth: its image size's restorer depth, kept between 2 and 4 stages."""
+    return max(2, min(4, restorer_stages))
+
+
 def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     """The model config dict of a model kind with every option at its default."""
     if kind not in MODEL_KINDS:
@@ -348,7 +353,7 @@ def default_config(kind: str, channels: int, height: int, width: int) -> dict:
     elif kind == "draem":
         restorer = [min(128, c // 2) for c in conv_channels_for(height, width)]
         config.update(conv_channels=restorer, latent=DRAEM_CODE_CHANNELS, spatial_code=True)
-        config["segmenter_stages"] = max(2, min(4, len(restorer)))  # by the image's size, whatever --hidden says
+        config["segmenter_stages"] = draem_segmenter_stages(len(restorer))  # by the image size, not --hidden
     else:
         # A 16-unit code measured better than 8 or 32 on the one-class benchmark (benchmarks/one_class.py)
         config.update(

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aeguard.config import draem_segmenter_stages
+
 SEGMENTER_CHANNELS = [16, 32, 64, 128]
 
 
@@ -120,9 +122,9 @@ class Draem(nn.Module):
         padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
         self.pad = (0, padded[1] - width, 0, padded[0] - height)
         self.restorer = Restorer(channels, conv_channels, code_channels)
-        stages = segmenter_stages or max(2, min(4, len(conv_channels)))  # None: bundles from before the key
-        widths = SEGMENTER_CHANNELS[:stages]
-        self.segmenter = Segmenter(channels, widths)
+        # None: a bundle from before the key, whose segmenter followed the restorer it was given
+        stages = segmenter_stages or draem_segmenter_stages(len(conv_channels))
+        self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages])
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
