@@ -165,6 +165,7 @@ def _number(
 
 
 LR_SCHEDULES = ("constant", "cosine")
+AUGMENTS = ("none", "flip")  # aeguard/train/augment.py
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 5  # epochs without a better validation loss before stopping
     lr_schedule: str = "constant"  # or "cosine": the rate falls along half a cosine towards 0 at the last epoch
+    augment: str = "none"  # or "flip": each training image mirrored at random (aeguard/train/augment.py)
     device: str = "auto"  # auto (CUDA when torch sees it), cpu, cuda or cuda:N
     seed: int = 0  # the split, initialisation, batch order and corruption
 
@@ -185,6 +187,8 @@ class TrainConfig:
             raise ConfigError(
                 "lr_schedule", f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
             )
+        if self.augment not in AUGMENTS:
+            raise ConfigError("augment", f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if not isinstance(self.device, str) or (
             self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
         ):

@@ -63,6 +63,7 @@ class Detector:
         lr: float = 1e-3,
         patience: int = 5,
         lr_schedule: str = "constant",
+        augment: str = "none",
         device: str = "auto",
         seed: int = 0,
         val_fraction: float = 0.1,
@@ -85,7 +86,7 @@ class Detector:
         )
         self.rotation, self.rotation_epochs = rotation, rotation_epochs
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
-        self.lr_schedule = lr_schedule
+        self.lr_schedule, self.augment = lr_schedule, augment
         self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
         self.max_images, self.image_size, self.verbose = max_images, image_size, verbose
         self.color, self.crop = color, crop  # for folders: grayscale or rgb [the images' own]; none or center
@@ -124,6 +125,7 @@ class Detector:
             lr=train.learning_rate,
             patience=train.patience,
             lr_schedule=train.lr_schedule,
+            augment=train.augment,
             device=train.device,
             seed=train.seed,
             val_fraction=config.val_fraction,
@@ -155,6 +157,7 @@ class Detector:
             learning_rate=self.lr,
             patience=self.patience,
             lr_schedule=self.lr_schedule,
+            augment=self.augment,
             device=self.device,
             seed=self.seed,
         )

@@ -97,3 +97,34 @@ def test_unknown_lr_schedule_is_refused():
 
     with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_random_flips_give_each_image_one_of_its_four_mirrors():
+    from aeguard.train.augment import random_flips
+
+    images = torch.rand(64, 2, 5, 7)
+    flipped = random_flips(images, torch.Generator().manual_seed(0))
+    mirrors = [images, images.flip(3), images.flip(2), images.flip(2).flip(3)]
+    which = [next(k for k, m in enumerate(mirrors) if torch.equal(flipped[i], m[i])) for i in range(64)]
+    assert set(which) == {0, 1, 2, 3}  # every mirror drawn, not one flip for the whole batch
+    assert torch.equal(flipped, random_flips(images, torch.Generator().manual_seed(0)))  # seeded
+
+
+def test_flip_augmentation_teaches_the_mirrored_images_too():
+    # every training image is a left-to-right ramp: only a model trained with flips has seen the right-to-left one
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.0, 1.0, 12, dtype=np.float32)[None, None, None, :].repeat(12, axis=2)
+    images = np.clip(ramp + 0.05 * rng.standard_normal((64, 1, 12, 12)).astype(np.float32), 0, 1)
+    mirrored = torch.from_numpy(images[48:, :, :, ::-1].copy())
+    errors = {}
+    for augment in ("none", "flip"):
+        model, _ = fit_blobs(images, epochs=30, learning_rate=1e-2, patience=30, augment=augment)
+        errors[augment] = reconstruction_loss(model, mirrored)
+    assert errors["flip"] < 0.25 * errors["none"]
+
+
+def test_unknown_augment_is_refused():
+    from aeguard.config import ConfigError
+
+    with pytest.raises(ConfigError, match="augment must be one of none, flip"):
+        TrainConfig(augment="rotate")

@@ -103,6 +103,7 @@ def test_cli_records_model_options_and_refuses_bad_ones(data_dir, tmp_path):
         (["--model", "conv", "--activation", "tanh"], "unknown activation 'tanh'"),
         (["--model", "conv", "--score-top", "0"], "--score-top must be a share"),
         (["--model", "conv", "--lr-schedule", "linear"], "--lr-schedule must be one of constant, cosine"),
+        (["--model", "conv", "--augment", "rotate"], "--augment must be one of none, flip"),
     ):
         result = runner.invoke(
             app,

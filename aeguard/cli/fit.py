@@ -160,10 +160,16 @@ def fit(
         help="Stop after this many epochs without a better validation loss "
         f"[{DEFAULTS.train.patience}; {PHOTO.train.patience} for draem].",
     ),
+    # help in parentheses, not brackets: rich takes "[constant; ...]" for markup and drops it
     lr_schedule: str | None = typer.Option(
         None,
         help="constant, or cosine: the rate falls along half a cosine towards 0 at the last epoch "
-        f"[{DEFAULTS.train.lr_schedule}; {PHOTO.train.lr_schedule} for draem].",
+        f"(default {DEFAULTS.train.lr_schedule}; {PHOTO.train.lr_schedule} for draem).",
+    ),
+    augment: str | None = typer.Option(
+        None,
+        help="none, or flip: each training image mirrored left-right and top-bottom at random, for textures "
+        f"(default {DEFAULTS.train.augment}; {PHOTO.train.augment} for draem).",
     ),
     device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),
     devices: int = typer.Option(
@@ -200,6 +206,7 @@ def fit(
     batch_size = recipe.train.batch_size if batch_size is None else batch_size
     patience = recipe.train.patience if patience is None else patience
     lr_schedule = recipe.train.lr_schedule if lr_schedule is None else lr_schedule
+    augment = recipe.train.augment if augment is None else augment
     if out is None:
         source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
         out = Path("runs") / f"{source}-{model}"
@@ -227,6 +234,7 @@ def fit(
                 learning_rate=lr,
                 patience=patience,
                 lr_schedule=lr_schedule,
+                augment=augment,
                 device=device,
                 seed=seed,
             ),

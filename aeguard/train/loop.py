@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aeguard.config import TrainConfig  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
+from aeguard.train.augment import augmented
 from aeguard.train.distributed import DistributedContext, all_reduce_sum
 from aeguard.train.objectives import objective_for, reconstruction_loss  # noqa: F401 - re-exported
 
@@ -143,6 +144,8 @@ def train(
     if config.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same shuffle on every rank
+    # its own draws, so that turning augmentation on leaves the shuffle as it was
+    augment_generator = torch.Generator(device="cpu").manual_seed(config.seed + 1)
     per_rank = len(train_x) // world  # equal shares, so every rank takes the same number of steps
     step = max(1, config.batch_size // world)
     n_batches = (per_rank + step - 1) // step
@@ -156,7 +159,9 @@ def train(
         # Summed on the device so the loop never waits on a per-batch .item().
         running = torch.zeros((), device=device)
         for index in range(n_batches):
-            batch = as_float(train_x[order[index * step : (index + 1) * step]])
+            batch = augmented(
+                as_float(train_x[order[index * step : (index + 1) * step]]), config.augment, augment_generator
+            )
             loss = network(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
