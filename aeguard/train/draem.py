@@ -16,7 +16,6 @@ works at half resolution.
 
 from __future__ import annotations
 
-import math
 from typing import cast
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from aeguard.config import draem_segmenter_stages
+from aeguard.train.padding import GridPadding
 
 SEGMENTER_CHANNELS = [16, 32, 64, 128]
 
@@ -118,29 +118,21 @@ class Draem(nn.Module):
     ):
         super().__init__()
         self.shape = (channels, height, width)
-        factor = 2 ** len(conv_channels)
-        padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
-        self.pad = (0, padded[1] - width, 0, padded[0] - height)
+        self.padding = GridPadding(height, width, len(conv_channels))
         self.restorer = Restorer(channels, conv_channels, code_channels)
         # None: a bundle from before the key, whose segmenter followed the restorer it was given
         stages = segmenter_stages or draem_segmenter_stages(len(conv_channels))
         self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages])
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
-    def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, self.pad) if any(self.pad) else x
-
-    def _cropped(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, : self.shape[1], : self.shape[2]]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._cropped(self.restorer(self._padded(x)))
+        return self.padding.crop(self.restorer(self.padding.pad(x)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.restorer.encoder(self._padded(x)).mean(dim=(2, 3))
+        return self.restorer.encoder(self.padding.pad(x)).mean(dim=(2, 3))
 
     def defect_logits(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        return self._cropped(self.segmenter(self._padded(image), self._padded(restored)))
+        return self.padding.crop(self.segmenter(self.padding.pad(image), self.padding.pad(restored)))
 
 
 class DraemScoringGraph(nn.Module):

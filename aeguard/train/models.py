@@ -11,11 +11,11 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from aeguard.config import DEFAULT_ACTIVATION, MODEL_KINDS, default_config  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
 from aeguard.train.draem import Draem
+from aeguard.train.padding import GridPadding
 
 # Hidden-layer activations by name (the default and why: aeguard/config.py).
 ACTIVATIONS = {"relu": nn.ReLU, "leaky-relu": lambda: nn.LeakyReLU(0.2)}
@@ -134,8 +134,8 @@ class ConvAutoencoder(Autoencoder):
         spatial_code: bool = False,
     ):
         self.shape = (channels, height, width)
-        factor = 2 ** len(conv_channels)
-        padded = (math.ceil(height / factor) * factor, math.ceil(width / factor) * factor)
+        padding = GridPadding(height, width, len(conv_channels))
+        factor, padded = 2 ** len(conv_channels), padding.padded
         code_shape = (conv_channels[-1], padded[0] // factor, padded[1] // factor)
         widths = [channels, *conv_channels]
         down: list[nn.Module] = []
@@ -160,14 +160,13 @@ class ConvAutoencoder(Autoencoder):
             up.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1))
             up.append(nn.Sigmoid() if i == len(widths) - 2 else activation_layer(activation))
         super().__init__(encoder, nn.Sequential(*up), latent, variational, k_sparse)
-        self.padded, self.code_shape = padded, code_shape
-        self.pad = (0, padded[1] - width, 0, padded[0] - height)
+        self.padding, self.code_shape = padding, code_shape
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, self.pad) if any(self.pad) else x
+        return self.padding.pad(x)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
-        return out[:, :, : self.shape[1], : self.shape[2]]
+        return self.padding.crop(out)
 
 
 def backbone_of(config: dict) -> str:
