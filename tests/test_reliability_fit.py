@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -115,3 +116,12 @@ def test_staging_folders_of_killed_fits_are_removed(tmp_path):
     remove_stale_staging(out)
     assert [p.exists() for p in stale] == [False, False]
     assert [p.exists() for p in alive] == [True, True]  # a running fit's, and another bundle's
+
+
+def test_fit_passes_augment_to_training_and_records_it(folder, tmp_path):
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, [*fit_args(folder, out), "--augment", "flip"])
+    assert result.exit_code == 0, result.output
+    assert "each mirrored at random (--augment flip)" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["config"]["augment"] == "flip"

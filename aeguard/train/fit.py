@@ -191,6 +191,7 @@ def train_members(
                 + (f" (ensemble member {member + 1}/{config.ensemble})" if config.ensemble > 1 else "")
                 + f" on {len(data.train)} normal images ({len(data.validation)} held out), input {data.input_shape}"
                 + (f", {context.world_size} processes" if context.enabled else "")
+                + (", each mirrored at random (--augment flip)" if train_config.augment == "flip" else "")
             )
             trained, result = train_member(
                 model,
