@@ -273,8 +273,8 @@ class DetectorConfig:
             for name in ("k", "sparsity", "contraction", "beta", "score_top", "noise"):
                 if getattr(self, name) is not None:
                     raise ConfigError(name, f"{name} does not apply to the draem model")
-            if self.knn or self.ensemble != 1:
-                raise ConfigError("knn" if self.knn else "ensemble", "draem takes neither knn nor an ensemble")
+            if self.knn:
+                raise ConfigError("knn", "knn does not apply to the draem model: its score is its defect map's")
             if self.rotation:
                 raise ConfigError(
                     "rotation", "rotation does not apply to the draem model: its score is its defect map's"

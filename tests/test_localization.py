@@ -96,20 +96,25 @@ def test_the_collapse_measure_flags_a_mean_image_model_the_spread_check_passed()
     assert explained_variation(Identity(), images) == pytest.approx(1.0)
 
 
+def striped_texture(count: int) -> np.ndarray:
+    """`count` 32 x 32 colour images of horizontal stripes at random phases, with a little noise."""
+    rng = np.random.default_rng(0)
+    rows = np.arange(32)[:, None]
+    images = []
+    for _ in range(count):
+        phase = rng.uniform(0, 2 * np.pi)
+        stripes = 0.5 + 0.3 * np.sin(rows / 3.0 + phase) + 0.03 * rng.standard_normal((32, 32))
+        images.append(np.stack([stripes, 0.6 * stripes, np.full((32, 32), 0.3)]))
+    return np.clip(np.array(images, np.float32), 0, 1)
+
+
 def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
     """A few epochs on a generated colour texture: the exported graph's score and map match torch (parity is
     checked at export), and the map is a probability per pixel."""
     from aeguard import Detector
     from aeguard.train.synthetic import paste_defects
 
-    rng = np.random.default_rng(0)
-    rows = np.arange(32)[:, None]
-    images = []
-    for _ in range(48):
-        phase = rng.uniform(0, 2 * np.pi)
-        stripes = 0.5 + 0.3 * np.sin(rows / 3.0 + phase) + 0.03 * rng.standard_normal((32, 32))
-        images.append(np.stack([stripes, 0.6 * stripes, np.full((32, 32), 0.3)]))
-    images = np.clip(np.array(images, np.float32), 0, 1).repeat(1, axis=0)
+    images = striped_texture(48)
     detector = Detector(model="draem", epochs=4, batch_size=8, seed=0).fit(images)
     parity = detector.contents_.manifest["parity"]
     assert parity["max_abs_diff"] <= 1e-5 and parity["error_map_max_abs_diff"] <= 1e-5
@@ -119,6 +124,40 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
     assert maps.shape == (16, 1, 32, 32) and 0.0 <= maps.min() and maps.max() <= 1.0
     assert detector.scorer_.map_scale == 1.0
     assert detector.contents_.manifest["score"]["function"] == "segmentation"
+
+
+def test_a_draem_ensemble_maps_its_members_mean_probability_and_exports_with_parity(tmp_path):
+    """--ensemble 2 on draem: the graph's map is the mean of what each member alone maps, its score that map's
+    max, and the trained bundle reloads with both members and matches onnxruntime."""
+    from aeguard import Bundle, Detector
+    from aeguard.config import DetectorConfig, model_config
+    from aeguard.train.draem import DraemScoringGraph
+    from aeguard.train.export import load_bundle_graph
+    from aeguard.train.models import build_model
+
+    config = model_config(DetectorConfig(model="draem", ensemble=2), (3, 32, 32))
+    torch.manual_seed(0)
+    members = [build_model(config).eval() for _ in range(2)]
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        together = DraemScoringGraph(members, {})(images)
+        alone = [DraemScoringGraph([member], {})(images) for member in members]
+    torch.testing.assert_close(together[1], (alone[0][1] + alone[1][1]) / 2)
+    torch.testing.assert_close(together[0], together[1].flatten(1).max(dim=1).values)
+    assert not torch.allclose(alone[0][1], alone[1][1])  # two members that differ, so the mean is a real one
+
+    textures = striped_texture(40)
+    detector = Detector(model="draem", ensemble=2, epochs=4, batch_size=8, seed=0).fit(textures)
+    manifest = detector.contents_.manifest
+    assert manifest["model"]["ensemble"] == 2 and len(manifest["training"]["members"]) == 1  # the ones after the first
+    assert manifest["parity"]["error_map_max_abs_diff"] <= 1e-5
+    detector.save(tmp_path / "bundle")
+    graph = load_bundle_graph(tmp_path / "bundle")
+    assert len(graph.members) == 2
+    with torch.no_grad():
+        torch_scores = graph(torch.from_numpy(textures[:8]))[0].numpy()
+    onnx_scores = Bundle.load(tmp_path / "bundle").scorer().decision_function(textures[:8])
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-5)
 
 
 @pytest.mark.parametrize(("size", "hidden", "stages"), [(32, None, 2), (128, None, 4), (128, (16, 32, 64), 4)])

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from aeguard.config import draem_segmenter_stages
+from aeguard.train.ensemble import members_mean
 from aeguard.train.padding import GridPadding
 
 SEGMENTER_CHANNELS = [16, 32, 64, 128]
@@ -136,8 +137,9 @@ class Draem(nn.Module):
 
 
 class DraemScoringGraph(nn.Module):
-    """What goes to ONNX for a draem bundle: score (N,), error_map (N, 1, H, W) = defect probability,
-    reconstruction (N, C, H, W), code (N, code channels)."""
+    """What goes to ONNX for a draem bundle: score (N,), error_map (N, 1, H, W) = defect probability (the
+    members' mean), reconstruction (N, C, H, W) (the members' mean), code (N, code channels) of the first
+    member."""
 
     def __init__(self, members: list[Draem], config: dict):
         super().__init__()
@@ -150,11 +152,16 @@ class DraemScoringGraph(nn.Module):
         return cast(Draem, self.members[0])
 
     def forward(self, images: torch.Tensor):
-        model = self.model
-        restored = model(images)
-        probability = torch.sigmoid(model.defect_logits(images, restored))
+        restorations, probabilities = [], []
+        for member in self.members:
+            restored = member(images)
+            restorations.append(restored)
+            probabilities.append(torch.sigmoid(member.defect_logits(images, restored)))
+        # an ensemble's map is its members' mean defect probability: each member's false alarms sit on the
+        # structure its own restorer redraws poorly, which the other members mostly redraw well
+        probability, restored = members_mean(probabilities), members_mean(restorations)
         smoothed = probability
         if self.pool > 1:
             smoothed = F.avg_pool2d(probability, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
         score = smoothed.flatten(1).max(dim=1).values
-        return score, probability, restored, model.encode(images)
+        return score, probability, restored, self.model.encode(images)

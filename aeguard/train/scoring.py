@@ -31,6 +31,7 @@ from torch import nn
 
 from aeguard.config import DEFINITIONS, SCORE_FUNCTIONS, score_config  # noqa: F401 - re-exported
 from aeguard.errors import TrainingCollapsedError
+from aeguard.train.ensemble import members_mean
 from aeguard.train.error_maps import ErrorMap  # noqa: F401 - re-exported
 from aeguard.train.models import Autoencoder
 from aeguard.train.objectives import kl_per_image
@@ -64,11 +65,6 @@ def top_count(share: float, values: int) -> int:
 def largest_mean(error_map: torch.Tensor, count: int) -> torch.Tensor:
     """Mean of each image's `count` largest error-map values: the --score-top score."""
     return error_map.flatten(1).topk(count, dim=1).values.mean(dim=1)
-
-
-def members_mean(parts: list[torch.Tensor]) -> torch.Tensor:
-    """The ensemble's mean of one per-member output; a single member's output as it is (no extra graph nodes)."""
-    return torch.stack(parts).mean(dim=0) if len(parts) > 1 else parts[0]
 
 
 class ScoringGraph(nn.Module):
