@@ -153,12 +153,12 @@ class DraemScoringGraph(nn.Module):
 
     def forward(self, images: torch.Tensor):
         restorations, probabilities = [], []
-        for member in self.members:
+        for member in cast(list[Draem], list(self.members)):
             restored = member(images)
             restorations.append(restored)
             probabilities.append(torch.sigmoid(member.defect_logits(images, restored)))
-        # an ensemble's map is its members' mean defect probability: each member's false alarms sit on the
-        # structure its own restorer redraws poorly, which the other members mostly redraw well
+        # an ensemble's map is its members' mean defect probability: independently seeded fits differ (one fit
+        # is one draw), and the mean of their maps differs less from one ensemble to the next
         probability, restored = members_mean(probabilities), members_mean(restorations)
         smoothed = probability
         if self.pool > 1:
