@@ -37,6 +37,7 @@ RECIPES = {
     "conv-erase-blur": ["--model", "conv", "--noise", "erase:0.25", "--score", "blur"],
     "draem-constant": ["--lr-schedule", "constant"],
     "default-seed1": ["--seed", "1"],  # a second draw of the default: how far one fit is from another
+    "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
 }
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
@@ -50,6 +51,8 @@ RECIPE_NOTES = {
     "draem-constant": "the default before the cosine schedule (`--lr-schedule constant`), measured then "
     "(commits 3b3d084 and 89ef4d7)",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
+    "draem-x2": "the default with `--ensemble 2`: two members (seeds 0 and 1) whose defect maps are averaged; "
+    "chosen on the development folders (fit_trial_ensemble), twice the training and scoring work",
     "draem-scars": "the default with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
     "rectangles; commit 8fcf212): scratch maps sharper, image AUROC lower, so not kept",
 }
