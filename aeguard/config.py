@@ -291,16 +291,11 @@ class DetectorConfig:
 PHOTO_EPOCHS = 50
 
 
-PHOTO_ENSEMBLE = 2
-
-
 def photo_recipe() -> DetectorConfig:
     """What `aeguard fit --data DIR` trains when no model is named: the recipe that won the texture benchmark
     (benchmarks/textures.py). The MNIST defaults (DetectorConfig()) stay those of the one-class benchmark."""
     train = TrainConfig(epochs=PHOTO_EPOCHS, batch_size=16, patience=10, lr_schedule="cosine")
-    # two members: on the development folders their mean map beat the mean of single fits on both textures
-    # (benchmarks/results/fit_trial_ensemble.md), for twice the training and scoring work
-    return DetectorConfig(model=Model.DRAEM, ensemble=PHOTO_ENSEMBLE, train=train)
+    return DetectorConfig(model=Model.DRAEM, train=train)
 
 
 # Decompression-bomb guard of aeguard score: images with more pixels are refused from their header.

@@ -188,8 +188,7 @@ def test_the_photo_recipe_reaches_the_detector_whole():
     recipe = photo_recipe()
     detector = Detector.from_config(recipe)
     params = detector.get_params()
-    assert params["model"] == "draem" and params["lr_schedule"] == "cosine" and params["ensemble"] == 2
+    assert params["model"] == "draem" and params["lr_schedule"] == "cosine"
     assert (params["epochs"], params["batch_size"], params["patience"]) == (50, 16, 10)
     assert detector.config() == recipe
     assert Detector(model="draem").config().train.lr_schedule == "constant"  # the constructor's own defaults
-    assert Detector(model="draem").config().ensemble == 1

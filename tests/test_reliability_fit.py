@@ -125,23 +125,3 @@ def test_fit_passes_augment_to_training_and_records_it(folder, tmp_path):
     assert "each mirrored at random (--augment flip)" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["config"]["augment"] == "flip"
-
-
-@pytest.mark.parametrize(
-    ("options", "ensemble"),
-    [([], 2), (["--ensemble", "1"], 1), (["--model", "dense"], 1), (["--model", "draem", "--ensemble", "3"], 3)],
-)
-def test_fit_data_trains_a_two_member_draem_unless_told_otherwise(folder, tmp_path, monkeypatch, options, ensemble):
-    """The photo recipe's ensemble reaches the fit; --ensemble and another --model override it."""
-    import aeguard.train.job as job
-
-    seen = {}
-
-    def capture(options, *args, **kwargs):
-        seen["config"] = options.config
-        raise SystemExit(0)  # stop before training: the configuration is what is checked
-
-    monkeypatch.setattr(job, "run_fit", capture)
-    result = runner.invoke(app, ["fit", "--data", str(folder), "--out", str(tmp_path / "b"), *options])
-    assert result.exit_code == 0, result.output
-    assert seen["config"].ensemble == ensemble

@@ -135,10 +135,8 @@ def fit(
         help="Multiply the score by the mean distance from the image's latent code to its K nearest training codes "
         "(0: off).",
     ),
-    ensemble: int | None = typer.Option(
-        None,
-        help="Train this many independently seeded models and average their error maps "
-        f"(default {DEFAULTS.ensemble}; {PHOTO.ensemble} for draem).",
+    ensemble: int = typer.Option(
+        DEFAULTS.ensemble, help="Train this many independently seeded models and average their error maps."
     ),
     rotation: bool = typer.Option(
         DEFAULTS.rotation,
@@ -209,7 +207,6 @@ def fit(
     patience = recipe.train.patience if patience is None else patience
     lr_schedule = recipe.train.lr_schedule if lr_schedule is None else lr_schedule
     augment = recipe.train.augment if augment is None else augment
-    ensemble = recipe.ensemble if ensemble is None else ensemble
     if out is None:
         source = data.name if data is not None else f"{dataset}-{normal.replace(',', '+').replace('/', '_')}"
         out = Path("runs") / f"{source}-{model}"
