@@ -125,3 +125,20 @@ def test_fit_passes_augment_to_training_and_records_it(folder, tmp_path):
     assert "each mirrored at random (--augment flip)" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["config"]["augment"] == "flip"
+
+
+@pytest.mark.parametrize(("options", "ensemble"), [([], 1), (["--ensemble", "2"], 2), (["--model", "dense"], 1)])
+def test_fit_data_passes_the_ensemble_to_draem(folder, tmp_path, monkeypatch, options, ensemble):
+    """`fit --data` trains one draem unless --ensemble asks for more (draem refused ensembles before)."""
+    import aeguard.train.job as job
+
+    seen = {}
+
+    def capture(options, *args, **kwargs):
+        seen["config"] = options.config
+        raise SystemExit(0)  # stop before training: the configuration is what is checked
+
+    monkeypatch.setattr(job, "run_fit", capture)
+    result = runner.invoke(app, ["fit", "--data", str(folder), "--out", str(tmp_path / "b"), *options])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].ensemble == ensemble
