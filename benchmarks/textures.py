@@ -51,8 +51,10 @@ RECIPE_NOTES = {
     "draem-constant": "the default before the cosine schedule (`--lr-schedule constant`), measured then "
     "(commits 3b3d084 and 89ef4d7)",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
-    "draem-x2": "the default with `--ensemble 2`: two members (seeds 0 and 1) whose defect maps are averaged; "
-    "chosen on the development folders (fit_trial_ensemble), twice the training and scoring work",
+    "draem-x2": "the default with `--ensemble 2`: two members (seeds 0 and 1) whose defect maps are averaged, "
+    "twice the training and scoring work; ahead of single fits on the development folders (fit_trial_ensemble), "
+    "not here, so not kept (brick's fit ran alone; ihc's ran beside a CI run on the same cores, so its time is "
+    "not the recipe's; the retina was not run)",
     "draem-scars": "the default with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
     "rectangles; commit 8fcf212): scratch maps sharper, image AUROC lower, so not kept",
 }
