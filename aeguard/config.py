@@ -273,12 +273,9 @@ class DetectorConfig:
             for name in ("k", "sparsity", "contraction", "beta", "score_top", "noise"):
                 if getattr(self, name) is not None:
                     raise ConfigError(name, f"{name} does not apply to the draem model")
-            if self.knn:
-                raise ConfigError("knn", "knn does not apply to the draem model: its score is its defect map's")
-            if self.rotation:
-                raise ConfigError(
-                    "rotation", "rotation does not apply to the draem model: its score is its defect map's"
-                )
+            for name in ("knn", "rotation"):  # off when 0 / False rather than None
+                if getattr(self, name):
+                    raise ConfigError(name, f"{name} does not apply to the draem model: its score is its defect map's")
         latent = self.latent or (32 if MODEL_KINDS[self.model.value] == "dense" else 16)
         k = self.k if self.k is not None else (8 if self.model is Model.K_SPARSE else None)
         if k is not None and k > latent:

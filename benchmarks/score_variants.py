@@ -31,11 +31,11 @@ from sklearn.metrics import roc_auc_score
 from aeguard import Detector
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import as_model_input, train_validation_split
+from aeguard.train.ensemble import members_mean
 from aeguard.train.scoring import (
     MAX_REFERENCE_CODES,
     ErrorMap,
     largest_mean,
-    members_mean,
     nearest_distance,
     score_config,
     top_count,
