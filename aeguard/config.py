@@ -210,7 +210,6 @@ class DetectorConfig:
     k: int | None = None  # keep the k largest code units [k-sparse: 8]
     contraction: float | None = None  # encoder-Jacobian penalty [contractive: 1e-2, others 0]
     beta: float | None = None  # KL weight of the variational models [1]
-    code_dropout: float | None = None  # draem: share of the restorer's code zeroed while training [0]
     score: ScoreFunction | None = None  # [mse; segmentation for draem, the only score it has]
     score_sigma: float | None = None  # Gaussian width in pixels for blur [1] and ssim [1.5]
     score_top: float | None = None  # the score averages the largest share of the error map [1: all of it]
@@ -249,8 +248,6 @@ class DetectorConfig:
         for name in ("sparsity", "contraction", "beta"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 0.0, math.inf, high_open=True, what="not be negative")
-        if self.code_dropout is not None:
-            _number("code_dropout", self.code_dropout, 0.0, 1.0, high_open=True, what="be a share, 0 <= P < 1")
         if self.score_sigma is not None:
             _number("score_sigma", self.score_sigma, 0.0, math.inf, low_open=True, high_open=True, what="be positive")
         if self.score_top is not None:
@@ -270,8 +267,6 @@ class DetectorConfig:
         if self.score is ScoreFunction.ELBO and not variational:
             raise ConfigError("score", "score elbo needs a variational model (vae, conv-vae)")
         draem = self.model is Model.DRAEM
-        if self.code_dropout is not None and not draem:
-            raise ConfigError("code_dropout", "code_dropout applies to the draem model")
         if (self.score is ScoreFunction.SEGMENTATION) != draem and self.score is not None:
             raise ConfigError("score", "score segmentation is the draem model's, and the only score it has")
         if draem:
@@ -390,8 +385,6 @@ def model_config(config: DetectorConfig, input_shape: tuple[int, int, int]) -> d
     terms = model["training"]
     if config.noise is not None:
         terms["noise"] = None if config.noise.kind is None else str(config.noise)
-    if config.code_dropout:  # bundles keep the key only when it is on
-        terms["code_dropout"] = float(config.code_dropout)
     for key, value in (("l1", config.sparsity), ("contraction", config.contraction), ("beta", config.beta)):
         if value is not None:
             terms[key] = float(value)

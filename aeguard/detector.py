@@ -51,7 +51,6 @@ class Detector:
         k: int | None = None,
         contraction: float | None = None,
         beta: float | None = None,
-        code_dropout: float | None = None,
         score: str | None = None,
         score_sigma: float | None = None,
         score_top: float | None = None,
@@ -78,7 +77,6 @@ class Detector:
         self.model, self.latent, self.hidden, self.activation = model, latent, hidden, activation
         self.noise, self.noise_level = noise, noise_level
         self.sparsity, self.k, self.contraction, self.beta = sparsity, k, contraction, beta
-        self.code_dropout = code_dropout
         self.score, self.score_sigma, self.score_top, self.knn, self.ensemble = (
             score,
             score_sigma,
@@ -115,7 +113,6 @@ class Detector:
             k=config.k,
             contraction=config.contraction,
             beta=config.beta,
-            code_dropout=config.code_dropout,
             score=config.score.value if config.score else None,
             score_sigma=config.score_sigma,
             score_top=config.score_top,
@@ -174,7 +171,6 @@ class Detector:
             k=self.k,
             contraction=self.contraction,
             beta=self.beta,
-            code_dropout=self.code_dropout,
             score=self.score,
             score_sigma=self.score_sigma,
             score_top=self.score_top,

@@ -160,41 +160,6 @@ def test_a_draem_ensemble_maps_its_members_mean_probability_and_exports_with_par
     np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-5)
 
 
-def test_draem_code_dropout_perturbs_the_training_restorations_only():
-    """--code-dropout zeroes a share of the restorer's code in the training loss; validation, the exported
-    graph and every model without the key restore from the whole code."""
-    from aeguard import Detector
-    from aeguard.config import ConfigError, DetectorConfig, model_config
-    from aeguard.train.models import build_model
-    from aeguard.train.objectives import objective_for
-
-    config = model_config(DetectorConfig(model="draem", code_dropout=0.2), (3, 32, 32))
-    assert config["training"]["code_dropout"] == 0.2
-    assert "code_dropout" not in model_config(DetectorConfig(model="draem"), (3, 32, 32))["training"]
-    torch.manual_seed(0)
-    model = build_model(config)
-    dropped, whole = objective_for(model, config["training"]), objective_for(model, {})
-    images = torch.from_numpy(striped_texture(8))
-
-    def loss(objective, torch_seed: int) -> float:
-        torch.manual_seed(torch_seed)
-        return float(objective.loss(images, torch.Generator().manual_seed(1)))
-
-    model.train()
-    assert loss(whole, 0) == loss(whole, 1)  # nothing else in the step draws from torch's generator
-    assert loss(dropped, 0) != loss(dropped, 1) and loss(dropped, 0) != loss(whole, 0)
-    model.eval()
-    assert dropped.validation_loss(images) == whole.validation_loss(images)
-
-    for bad in ({"model": "conv", "code_dropout": 0.2}, {"model": "draem", "code_dropout": 1.0}):
-        with pytest.raises(ConfigError, match="code_dropout"):
-            DetectorConfig(**bad)
-    detector = Detector(model="draem", code_dropout=0.2, epochs=2, batch_size=8, seed=0).fit(striped_texture(24))
-    manifest = detector.contents_.manifest
-    assert manifest["model"]["training"]["code_dropout"] == 0.2
-    assert manifest["parity"]["error_map_max_abs_diff"] <= 1e-5
-
-
 @pytest.mark.parametrize(("size", "hidden", "stages"), [(32, None, 2), (128, None, 4), (128, (16, 32, 64), 4)])
 def test_draem_segmenter_depth_follows_the_image_size_not_the_restorer(size, hidden, stages):
     """--hidden sets the restorer's stages; the segmenter keeps the depth its image size gives it, so a trial

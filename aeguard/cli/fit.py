@@ -118,9 +118,6 @@ def fit(
         DEFAULTS.contraction, help="Weight of the encoder-Jacobian penalty [contractive: 1e-2, others 0]."
     ),
     beta: float | None = typer.Option(DEFAULTS.beta, help="KL weight of the variational models [1]."),
-    code_dropout: float | None = typer.Option(
-        DEFAULTS.code_dropout, help="draem: share of the restorer's code zeroed at random while training [0]."
-    ),
     score: str | None = typer.Option(
         None,
         help="Score function in the exported graph: mse, blur, ssim, elbo (variational models) "
@@ -224,7 +221,6 @@ def fit(
             k=k,
             contraction=contraction,
             beta=beta,
-            code_dropout=code_dropout,
             score=score,
             score_sigma=score_sigma,
             score_top=score_top,

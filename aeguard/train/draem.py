@@ -69,11 +69,8 @@ class Restorer(nn.Module):
         up += [Upsample(a, b) for a, b in zip(back, back[1:])]
         self.decoder = nn.Sequential(*up, nn.Conv2d(stem, image_channels, 3, padding=1), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor, code_dropout: float = 0.0) -> torch.Tensor:
-        code = self.encoder(x)
-        if code_dropout:  # training only: restorations as imperfect as those of normal structure never seen
-            code = F.dropout(code, code_dropout)
-        return self.decoder(code)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
 
 
 class Segmenter(nn.Module):
@@ -129,8 +126,8 @@ class Draem(nn.Module):
         self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages])
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
-    def forward(self, x: torch.Tensor, code_dropout: float = 0.0) -> torch.Tensor:
-        return self.padding.crop(self.restorer(self.padding.pad(x), code_dropout))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.padding.crop(self.restorer(self.padding.pad(x)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.restorer.encoder(self.padding.pad(x)).mean(dim=(2, 3))

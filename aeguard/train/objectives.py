@@ -114,16 +114,15 @@ class DraemObjective(nn.Module):
 
     VALIDATION_SEED = 12345  # the same pasted defects on the validation images every epoch
 
-    def __init__(self, model, seed: int = 0, code_dropout: float = 0.0):
+    def __init__(self, model, seed: int = 0):
         super().__init__()
         self.model = model
-        self.code_dropout = code_dropout
         self.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, model.shape[0], size=model.shape[1:])
         self.generator = torch.Generator().manual_seed(seed)
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         defective, masks = paste_defects(images, generator)
-        restored = self.model(defective, self.code_dropout if self.model.training else 0.0)
+        restored = self.model(defective)
         logits = self.model.defect_logits(defective, restored)
         restoration = F.mse_loss(restored, images) + self.ssim(images, restored).mean()
         return restoration + focal_loss(logits, masks)
@@ -147,5 +146,5 @@ def objective_for(model, training: dict | None, seed: int = 0) -> Objective | Dr
     from aeguard.train.draem import Draem
 
     if isinstance(model, Draem):
-        return DraemObjective(model, seed, float((training or {}).get("code_dropout", 0.0)))
+        return DraemObjective(model, seed)
     return Objective(model, training)
