@@ -7,12 +7,14 @@ restoration errors on normal structure are not defects, and fewer examples of de
 `aeguard fit --data DIR` on segmentation_score's development folders (texture_defects.py --seed 1, not the
 benchmark's test images) with TRIAL_CLEAN_SHARE in place of CLEAN_SHARE. aeguard itself is unchanged; the
 share is swapped in the fitting process only. The missing fits run side by side, one torch thread each.
-The default bundles of segmentation_score (same folders, same seed) are the baseline.
+The default bundles of segmentation_score (same folders, seed 0) are the baseline; with --seed N the
+baseline is the default fitted with --seed N (fit_trial's `seedN` bundle), fitted here when missing.
 
     python -m benchmarks.segmentation_score --work /tmp/segdev      # the baseline bundles first
     python -m benchmarks.clean_share_trial --work /tmp/segdev      # about 15 min on 2 cores
+    python -m benchmarks.clean_share_trial --work /tmp/segdev --seed 1   # 4 fits: about 30 min
 
-Writes benchmarks/results/clean_share_trial.{json,md}.
+Writes benchmarks/results/clean_share_trial.{json,md} (clean_share_trial_seedN.* for --seed N).
 """
 
 from __future__ import annotations
@@ -34,14 +36,21 @@ def fit_with_clean_share(argv: list[str]) -> None:
     main()
 
 
-def trial_bundle(work: Path, texture: str) -> Path:
-    return work / f"{texture}-clean{round(TRIAL_CLEAN_SHARE * 100)}-bundle"
+def trial_bundle(work: Path, texture: str, seed: int) -> Path:
+    suffix = f"-seed{seed}" if seed else ""
+    return work / f"{texture}-clean{round(TRIAL_CLEAN_SHARE * 100)}{suffix}-bundle"
+
+
+def baseline_bundle(work: Path, texture: str, seed: int) -> Path:
+    """segmentation_score's default bundle for seed 0, fit_trial's `seedN` trial bundle otherwise."""
+    return work / (f"{texture}-seed{seed}-bundle" if seed else f"{texture}-bundle")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
     parser.add_argument("--textures", default="ihc,brick")
+    parser.add_argument("--seed", type=int, default=0, help="The fits' --seed (default and trial alike).")
     args = parser.parse_args()
     from benchmarks import segmentation_score
     from benchmarks.fit_trial import max_reading, run_side_by_side
@@ -49,23 +58,37 @@ def main() -> None:
 
     textures = args.textures.split(",")
     commands = []
+    seed = ["--seed", str(args.seed)] if args.seed else []
     for texture in textures:
-        bundle = trial_bundle(args.work, texture)
+        folder = args.work / texture
+        bundle = trial_bundle(args.work, texture, args.seed)
         if not (bundle / "manifest.json").is_file():
-            command = ["fit", "--data", str(args.work / texture), "--out", str(bundle), "--force"]
+            command = ["fit", "--data", str(folder), "--out", str(bundle), "--force", *seed]
             code = f"from benchmarks.clean_share_trial import fit_with_clean_share; fit_with_clean_share({command!r})"
             commands.append(["-c", code])
+        baseline = baseline_bundle(args.work, texture, args.seed)
+        if args.seed and not (baseline / "manifest.json").is_file():
+            fit = ["fit", "--data", str(folder), "--out", str(baseline), "--force", *seed]
+            commands.append(["-m", "aeguard.cli.main", *fit])
     run_side_by_side(commands, "a clean-share trial fit")
     rows = []
     for texture in textures:
-        baseline = segmentation_score.measure(texture, args.work, flips=False)
-        trial = segmentation_score.score_bundle(args.work / texture, trial_bundle(args.work, texture), flips=False)
+        folder = args.work / texture
+        if args.seed:
+            baseline = segmentation_score.score_bundle(
+                folder, baseline_bundle(args.work, texture, args.seed), flips=False
+            )
+        else:
+            baseline = segmentation_score.measure(texture, args.work, flips=False)
+        trial = segmentation_score.score_bundle(folder, trial_bundle(args.work, texture, args.seed), flips=False)
         rows.append({"texture": texture, "default": max_reading(baseline), "trial": max_reading(trial)})
         print(rows[-1], flush=True)
-    print(write_results("clean_share_trial", {"clean_share": TRIAL_CLEAN_SHARE, "rows": rows}, markdown(rows)))
+    name = f"clean_share_trial_seed{args.seed}" if args.seed else "clean_share_trial"
+    results = {"clean_share": TRIAL_CLEAN_SHARE, "seed": args.seed, "rows": rows}
+    print(write_results(name, results, markdown(rows, args.seed)))
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], seed: int) -> str:
     from aeguard.train.synthetic import CLEAN_SHARE
     from benchmarks.segmentation_score import DEVELOPMENT_SEED
 
@@ -77,7 +100,8 @@ def markdown(rows: list[dict]) -> str:
         f"Development folders (texture_defects.py --seed {DEVELOPMENT_SEED}), default `aeguard fit --data DIR` "
         f"with {TRIAL_CLEAN_SHARE:.0%} of the training images left without a synthetic defect instead of "
         f"{CLEAN_SHARE:.0%}; image AUROC of the graph's score (the map's max). Produced by "
-        "`python -m benchmarks.clean_share_trial` (after `python -m benchmarks.segmentation_score`).",
+        f"`python -m benchmarks.clean_share_trial{f' --seed {seed}' if seed else ''}` "
+        f"(after `python -m benchmarks.segmentation_score`); every fit with seed {seed}.",
         "",
         "| texture | training images | image AUROC | " + " | ".join(kinds) + " |",
         "|---|---|---|" + "---|" * len(kinds),
