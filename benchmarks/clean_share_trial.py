@@ -43,7 +43,9 @@ def trial_bundle(work: Path, texture: str, seed: int) -> Path:
 
 def baseline_bundle(work: Path, texture: str, seed: int) -> Path:
     """segmentation_score's default bundle for seed 0, fit_trial's `seedN` trial bundle otherwise."""
-    return work / (f"{texture}-seed{seed}-bundle" if seed else f"{texture}-bundle")
+    from benchmarks import fit_trial
+
+    return fit_trial.trial_bundle(work, texture, f"seed{seed}") if seed else work / f"{texture}-bundle"
 
 
 def main() -> None:
