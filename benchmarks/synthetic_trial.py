@@ -1,0 +1,146 @@
+"""Trial: draem's synthetic defects made with other settings, on the development folders.
+
+aeguard/train/synthetic.py reads its settings (CLEAN_SHARE, OPACITY_SPAN) at call time. This fits the
+default `aeguard fit --data DIR` on segmentation_score's development folders (texture_defects.py --seed 1,
+not the benchmark's test images) with each `--set NAME=VALUE` swapped into that module in the fitting
+process only; aeguard itself is unchanged. The missing fits run side by side, one torch thread each. The
+baseline is the default: segmentation_score's bundles for seed 0, fit_trial's `seedN` bundles for
+--seed N (fitted here when missing).
+
+    python -m benchmarks.segmentation_score --work /tmp/segdev      # the baseline bundles first
+    python -m benchmarks.synthetic_trial --work /tmp/segdev --name clean70 --set CLEAN_SHARE=0.7
+    python -m benchmarks.synthetic_trial --work /tmp/segdev --name faint --set OPACITY_SPAN=0.95
+    python -m benchmarks.synthetic_trial --work /tmp/segdev --name faint --set OPACITY_SPAN=0.95 --seed 1
+
+Two fits take about 15 min on 2 cores. Writes benchmarks/results/synthetic_trial_<name>.{json,md}
+(synthetic_trial_<name>_seedN.* for --seed N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_settings(pairs: list[str]) -> dict[str, float]:
+    """["CLEAN_SHARE=0.7"] -> {"CLEAN_SHARE": 0.7}, refusing a name synthetic.py does not have."""
+    from aeguard.train import synthetic
+
+    settings = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if not isinstance(getattr(synthetic, name, None), float):
+            raise SystemExit(f"--set {pair}: aeguard.train.synthetic has no numeric setting {name!r}")
+        settings[name] = float(value)
+    return settings
+
+
+def fit_with_settings(settings: dict[str, float], argv: list[str]) -> None:
+    """`aeguard fit ...` in this process with `settings` swapped into the synthetic defects."""
+    from aeguard.cli.main import main
+    from aeguard.train import synthetic
+
+    for name, value in settings.items():
+        setattr(synthetic, name, value)  # paste_defects reads them at call time
+    sys.argv = ["aeguard", *argv]
+    main()
+
+
+def trial_bundle(work: Path, texture: str, name: str, seed: int) -> Path:
+    from benchmarks import fit_trial
+
+    return fit_trial.trial_bundle(work, texture, f"{name}-seed{seed}" if seed else name)
+
+
+def baseline_bundle(work: Path, texture: str, seed: int) -> Path:
+    """segmentation_score's default bundle for seed 0, fit_trial's `seedN` trial bundle otherwise."""
+    from benchmarks import fit_trial
+
+    return fit_trial.trial_bundle(work, texture, f"seed{seed}") if seed else work / f"{texture}-bundle"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
+    parser.add_argument("--name", required=True, help="The trial's name: its bundles' and results' names.")
+    parser.add_argument("--set", action="append", required=True, metavar="NAME=VALUE", dest="settings")
+    parser.add_argument("--textures", default="ihc,brick")
+    parser.add_argument("--seed", type=int, default=0, help="The fits' --seed (default and trial alike).")
+    args = parser.parse_args()
+    from benchmarks import segmentation_score
+    from benchmarks.fit_trial import max_reading, run_side_by_side
+    from benchmarks.results_io import write_results
+
+    settings = parse_settings(args.settings)
+    textures = args.textures.split(",")
+    seed = ["--seed", str(args.seed)] if args.seed else []
+    commands = []
+    for texture in textures:
+        folder = args.work / texture
+        bundle = trial_bundle(args.work, texture, args.name, args.seed)
+        if not (bundle / "manifest.json").is_file():
+            fit = ["fit", "--data", str(folder), "--out", str(bundle), "--force", *seed]
+            code = f"from benchmarks.synthetic_trial import fit_with_settings; fit_with_settings({settings!r}, {fit!r})"
+            commands.append(["-c", code])
+        baseline = baseline_bundle(args.work, texture, args.seed)
+        if args.seed and not (baseline / "manifest.json").is_file():
+            fit = ["fit", "--data", str(folder), "--out", str(baseline), "--force", *seed]
+            commands.append(["-m", "aeguard.cli.main", *fit])
+    run_side_by_side(commands, f"a {args.name} trial fit")
+    rows = []
+    for texture in textures:
+        folder = args.work / texture
+        if args.seed:
+            baseline = segmentation_score.score_bundle(
+                folder, baseline_bundle(args.work, texture, args.seed), flips=False
+            )
+        else:
+            baseline = segmentation_score.measure(texture, args.work, flips=False)
+        trial = segmentation_score.score_bundle(
+            folder, trial_bundle(args.work, texture, args.name, args.seed), flips=False
+        )
+        rows.append({"texture": texture, "default": max_reading(baseline), "trial": max_reading(trial)})
+        print(rows[-1], flush=True)
+    result_name = f"synthetic_trial_{args.name}" + (f"_seed{args.seed}" if args.seed else "")
+    results = {"name": args.name, "settings": settings, "seed": args.seed, "rows": rows}
+    command = " ".join(
+        ["python -m benchmarks.synthetic_trial --work DIR", f"--name {args.name}"]
+        + [f"--set {pair}" for pair in args.settings]
+        + ([f"--textures {args.textures}"] if args.textures != "ihc,brick" else [])
+        + ([f"--seed {args.seed}"] if args.seed else [])
+    )
+    print(write_results(result_name, results, markdown(rows, settings, command, args.seed)))
+
+
+def markdown(rows: list[dict], settings: dict[str, float], command: str, seed: int) -> str:
+    from aeguard.train import synthetic
+    from benchmarks.segmentation_score import DEVELOPMENT_SEED
+
+    kinds = list(rows[0]["default"]["per_defect"])
+    default = ", ".join(f"{name} = {getattr(synthetic, name)}" for name in settings)
+    trial = ", ".join(f"{name} = {value}" for name, value in settings.items())
+    names = {"default": f"{default} (default)", "trial": trial}
+    lines = [
+        "# Trial: draem's synthetic defects with other settings",
+        "",
+        f"Development folders (texture_defects.py --seed {DEVELOPMENT_SEED}), default `aeguard fit --data DIR` "
+        f"with {trial} in aeguard/train/synthetic.py (swapped in the fitting process only); image AUROC of "
+        f"the graph's score (the map's max). Produced by `{command}` (after "
+        f"`python -m benchmarks.segmentation_score`); every fit with seed {seed}.",
+        "",
+        "| texture | synthetic defects | image AUROC | " + " | ".join(kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
+    for row in rows:
+        for key, name in names.items():
+            cells = " | ".join(f"{row[key]['per_defect'][k]:.4f}" for k in kinds)
+            lines.append(f"| {row['texture']} | {name} | {row[key]['image_auroc']:.4f} | {cells} |")
+    for key, name in names.items():
+        mean = sum(row[key]["image_auroc"] for row in rows) / len(rows)
+        lines.append(f"| mean | {name} | {mean:.4f} |" + " |" * len(kinds))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
