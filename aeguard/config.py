@@ -324,6 +324,7 @@ BOTTLENECK_SIDE = 8
 MAX_CONV_CHANNELS = 256
 SPATIAL_FROM = 64
 DRAEM_CODE_CHANNELS = 64
+DRAEM_CONV_PADDING = "zeros"
 
 
 def conv_channels_for(height: int, width: int) -> list[int]:
@@ -355,6 +356,7 @@ def default_config(kind: str, channels: int, height: int, width: int) -> dict:
         restorer = [min(128, c // 2) for c in conv_channels_for(height, width)]
         config.update(conv_channels=restorer, latent=DRAEM_CODE_CHANNELS, spatial_code=True)
         config["segmenter_stages"] = draem_segmenter_stages(len(restorer))  # by the image size, not --hidden
+        config["conv_padding"] = DRAEM_CONV_PADDING
     else:
         # A 16-unit code measured better than 8 or 32 on the one-class benchmark (benchmarks/one_class.py)
         config.update(

@@ -1,5 +1,5 @@
 """Draem's synthetic defects: they stay inside their masks, and the module's settings are read at call time
-(what benchmarks/synthetic_trial.py relies on to swap them in a fitting process)."""
+(what benchmarks/setting_trial.py relies on to swap them in a fitting process)."""
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ def test_defects_change_pixels_only_inside_their_masks():
     changed = (defective - images).abs().amax(dim=1, keepdim=True) > 0
     assert changed.any() and not (changed & (masks == 0)).any()
     shares = masks.mean(dim=(1, 2, 3))
-    assert ((shares == 0) | (shares >= synthetic.SMALLEST_BLOB * 0.5)).all()
+    assert ((shares == 0) | ((shares >= 0.005) & (shares <= 0.35))).all()  # blobs of 1-30 % of the image
 
 
 def test_the_opacity_setting_is_read_when_defects_are_pasted(monkeypatch):
@@ -29,9 +29,15 @@ def test_the_opacity_setting_is_read_when_defects_are_pasted(monkeypatch):
     assert not torch.allclose(default, opaque)
 
 
-def test_the_trial_refuses_a_setting_the_module_does_not_have():
-    from benchmarks.synthetic_trial import parse_settings
+def test_the_trial_refuses_a_setting_aeguard_does_not_have():
+    from benchmarks.setting_trial import parse_settings
 
-    assert parse_settings(["OPACITY_SPAN=0.95"]) == {"OPACITY_SPAN": 0.95}
-    with pytest.raises(SystemExit, match="no numeric setting 'CLEAN_SHAER'"):
-        parse_settings(["CLEAN_SHAER=0.7"])
+    assert parse_settings(["train.synthetic.OPACITY_SPAN=0.95", "config.DRAEM_CONV_PADDING=replicate"]) == {
+        "train.synthetic.OPACITY_SPAN": 0.95,
+        "config.DRAEM_CONV_PADDING": "replicate",
+    }
+    for wrong in ("train.synthetic.CLEAN_SHAER=0.7", "train.nowhere.CLEAN_SHARE=0.7"):
+        with pytest.raises(SystemExit, match="aeguard has no setting"):
+            parse_settings([wrong])
+    with pytest.raises(SystemExit, match="not a number or a word"):
+        parse_settings(["config.MODEL_KINDS=dense"])

@@ -29,10 +29,9 @@ from aeguard.train.padding import GridPadding
 SEGMENTER_CHANNELS = [16, 32, 64, 128]
 
 
-def conv_block(n_in: int, n_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(n_out), nn.LeakyReLU(0.2)
-    )
+def conv_block(n_in: int, n_out: int, stride: int = 1, padding: str = "zeros") -> nn.Sequential:
+    conv = nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False, padding_mode=padding)
+    return nn.Sequential(conv, nn.BatchNorm2d(n_out), nn.LeakyReLU(0.2))
 
 
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +45,9 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 class Upsample(nn.Module):
     """x2 nearest-neighbour upsampling then a 3x3 convolution: no checkerboard, one ONNX Resize."""
 
-    def __init__(self, n_in: int, n_out: int):
+    def __init__(self, n_in: int, n_out: int, padding: str = "zeros"):
         super().__init__()
-        self.conv = conv_block(n_in, n_out)
+        self.conv = conv_block(n_in, n_out, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -57,17 +56,18 @@ class Upsample(nn.Module):
 class Restorer(nn.Module):
     """Encoder to a spatial code of `code_channels` on a grid 2**len(channels) times smaller, and back."""
 
-    def __init__(self, image_channels: int, channels: list[int], code_channels: int):
+    def __init__(self, image_channels: int, channels: list[int], code_channels: int, padding: str = "zeros"):
         super().__init__()
         stem = channels[0] // 2
-        down: list[nn.Module] = [conv_block(image_channels, stem)]
+        down: list[nn.Module] = [conv_block(image_channels, stem, padding=padding)]
         widths = [stem, *channels]
-        down += [conv_block(a, b, stride=2) for a, b in zip(widths, widths[1:])]
+        down += [conv_block(a, b, stride=2, padding=padding) for a, b in zip(widths, widths[1:])]
         self.encoder = nn.Sequential(*down, nn.Conv2d(channels[-1], code_channels, 1))
         up: list[nn.Module] = [nn.Conv2d(code_channels, channels[-1], 1), nn.LeakyReLU(0.2)]
         back = list(reversed(widths))
-        up += [Upsample(a, b) for a, b in zip(back, back[1:])]
-        self.decoder = nn.Sequential(*up, nn.Conv2d(stem, image_channels, 3, padding=1), nn.Sigmoid())
+        up += [Upsample(a, b, padding) for a, b in zip(back, back[1:])]
+        last = nn.Conv2d(stem, image_channels, 3, padding=1, padding_mode=padding)
+        self.decoder = nn.Sequential(*up, last, nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -81,17 +81,18 @@ class Segmenter(nn.Module):
     layer before the head (8 channels reading the upsampled features beside the image and its restoration),
     tried for thin scratches, made image AUROC worse on both development folders (fit_trial_segmenter)."""
 
-    def __init__(self, image_channels: int, channels: list[int]):
+    def __init__(self, image_channels: int, channels: list[int], padding: str = "zeros"):
         super().__init__()
         self.down = nn.ModuleList()
         n_in = 2 * image_channels
         for width in channels:
-            self.down.append(nn.Sequential(conv_block(n_in, width, stride=2), conv_block(width, width)))
+            block = (conv_block(n_in, width, stride=2, padding=padding), conv_block(width, width, padding=padding))
+            self.down.append(nn.Sequential(*block))
             n_in = width
         self.upsample, self.merge = nn.ModuleList(), nn.ModuleList()
         for deep, skip in zip(reversed(channels), list(reversed(channels))[1:]):  # built in pairs: the order of
-            self.upsample.append(Upsample(deep, skip))  # initialisation is the one the benchmark measured
-            self.merge.append(conv_block(2 * skip, skip))
+            self.upsample.append(Upsample(deep, skip, padding))  # initialisation is the one the benchmark measured
+            self.merge.append(conv_block(2 * skip, skip, padding=padding))
         self.head = nn.Conv2d(channels[0], 1, 1)
 
     def forward(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
@@ -116,14 +117,15 @@ class Draem(nn.Module):
         conv_channels: list[int],
         code_channels: int,
         segmenter_stages: int | None = None,
+        padding: str = "zeros",
     ):
         super().__init__()
         self.shape = (channels, height, width)
         self.padding = GridPadding(height, width, len(conv_channels))
-        self.restorer = Restorer(channels, conv_channels, code_channels)
+        self.restorer = Restorer(channels, conv_channels, code_channels, padding)
         # None: a bundle from before the key, whose segmenter followed the restorer it was given
         stages = segmenter_stages or draem_segmenter_stages(len(conv_channels))
-        self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages])
+        self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages], padding)
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -199,5 +199,6 @@ def build_model(config: dict) -> Autoencoder | Draem:
             conv_channels=list(config["conv_channels"]),
             code_channels=config["latent"],
             segmenter_stages=config.get("segmenter_stages"),
+            padding=config.get("conv_padding", "zeros"),  # no key: a bundle from before it, zero-padded
         )
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")

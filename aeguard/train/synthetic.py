@@ -25,7 +25,6 @@ import torch
 from torch.nn import functional as F
 
 CLEAN_SHARE = 0.5  # of the training images, left without a defect
-SMALLEST_BLOB = 0.01  # a blob covers SMALLEST_BLOB + 0.29 * U(0, 1)**2 of the image
 OPACITY_SPAN = 0.8  # a pasted source's opacity is 1 - OPACITY_SPAN * U(0, 1): DRAEM's beta in [0, 0.8)
 
 
@@ -40,7 +39,7 @@ def blob_mask(height: int, width: int, generator: torch.Generator, device) -> to
     for octave, weight in ((base, 1.0), (base * 2, 0.5)):
         noise = _rand(generator, 1, 1, octave + 1, octave + 1, device=device)
         field += weight * F.interpolate(noise, size=(height, width), mode="bicubic", align_corners=True)
-    share = SMALLEST_BLOB + 0.29 * float(torch.rand(1, generator=generator)) ** 2  # small defects more often
+    share = 0.01 + 0.29 * float(torch.rand(1, generator=generator)) ** 2  # small defects more often
     bar = torch.quantile(field.flatten(), 1.0 - share)
     return (field > bar).float()
 

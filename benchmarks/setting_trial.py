@@ -1,19 +1,21 @@
-"""Trial: draem's synthetic defects made with other settings, on the development folders.
+"""Trial: the default draem fit with other values of aeguard's module settings, on the development folders.
 
-aeguard/train/synthetic.py reads its settings (CLEAN_SHARE, OPACITY_SPAN) at call time. This fits the
-default `aeguard fit --data DIR` on segmentation_score's development folders (texture_defects.py --seed 1,
-not the benchmark's test images) with each `--set NAME=VALUE` swapped into that module in the fitting
-process only; aeguard itself is unchanged. The missing fits run side by side, one torch thread each. The
-baseline is the default: segmentation_score's bundles for seed 0, fit_trial's `seedN` bundles for
---seed N (fitted here when missing).
+A setting is a module-level constant that aeguard reads at call time: draem's synthetic defects
+(aeguard/train/synthetic.py: CLEAN_SHARE, OPACITY_SPAN) and the model config's defaults
+(aeguard/config.py: DRAEM_CONV_PADDING). This fits the default `aeguard fit --data DIR` on
+segmentation_score's development folders (texture_defects.py --seed 1, not the benchmark's test images)
+with each `--set MODULE.NAME=VALUE` (MODULE under aeguard) swapped in the fitting process only; aeguard
+itself is unchanged. The missing fits run side by side, one torch thread each. The baseline is the
+default: segmentation_score's bundles for seed 0, fit_trial's `seedN` bundles for --seed N (fitted here
+when missing).
 
     python -m benchmarks.segmentation_score --work /tmp/segdev      # the baseline bundles first
-    python -m benchmarks.synthetic_trial --work /tmp/segdev --name clean70 --set CLEAN_SHARE=0.7
-    python -m benchmarks.synthetic_trial --work /tmp/segdev --name faint --set OPACITY_SPAN=0.95
-    python -m benchmarks.synthetic_trial --work /tmp/segdev --name faint --set OPACITY_SPAN=0.95 --seed 1
+    python -m benchmarks.setting_trial --work /tmp/segdev --name clean70 --set train.synthetic.CLEAN_SHARE=0.7
+    python -m benchmarks.setting_trial --work /tmp/segdev --name replicate \
+        --set config.DRAEM_CONV_PADDING=replicate --seed 1
 
-Two fits take about 15 min on 2 cores. Writes benchmarks/results/synthetic_trial_<name>.{json,md}
-(synthetic_trial_<name>_seedN.* for --seed N).
+Two fits take about 15 min on 2 cores. Writes benchmarks/results/setting_trial_<name>.{json,md}
+(setting_trial_<name>_seedN.* for --seed N).
 """
 
 from __future__ import annotations
@@ -23,26 +25,35 @@ import sys
 from pathlib import Path
 
 
-def parse_settings(pairs: list[str]) -> dict[str, float]:
-    """["CLEAN_SHARE=0.7"] -> {"CLEAN_SHARE": 0.7}, refusing a name synthetic.py does not have."""
-    from aeguard.train import synthetic
+def parse_settings(pairs: list[str]) -> dict[str, float | str]:
+    """["train.synthetic.CLEAN_SHARE=0.7"] -> {"train.synthetic.CLEAN_SHARE": 0.7}: the value takes the type
+    of the setting's default; a name aeguard does not have, or a setting that is not a number or a word, is
+    refused."""
+    import importlib
 
-    settings = {}
+    settings: dict[str, float | str] = {}
     for pair in pairs:
-        name, _, value = pair.partition("=")
-        if not isinstance(getattr(synthetic, name, None), float):
-            raise SystemExit(f"--set {pair}: aeguard.train.synthetic has no numeric setting {name!r}")
-        settings[name] = float(value)
+        path, _, value = pair.partition("=")
+        module_name, _, name = path.rpartition(".")
+        try:
+            current = getattr(importlib.import_module(f"aeguard.{module_name}"), name)
+        except (ImportError, AttributeError, ValueError):
+            raise SystemExit(f"--set {pair}: aeguard has no setting {path!r}") from None
+        if not isinstance(current, (float, str)):
+            raise SystemExit(f"--set {pair}: {path} is {current!r}, not a number or a word")
+        settings[path] = type(current)(value)
     return settings
 
 
-def fit_with_settings(settings: dict[str, float], argv: list[str]) -> None:
-    """`aeguard fit ...` in this process with `settings` swapped into the synthetic defects."""
-    from aeguard.cli.main import main
-    from aeguard.train import synthetic
+def fit_with_settings(settings: dict[str, float | str], argv: list[str]) -> None:
+    """`aeguard fit ...` in this process with `settings` swapped into aeguard's modules."""
+    import importlib
 
-    for name, value in settings.items():
-        setattr(synthetic, name, value)  # paste_defects reads them at call time
+    from aeguard.cli.main import main
+
+    for path, value in settings.items():
+        module_name, _, name = path.rpartition(".")
+        setattr(importlib.import_module(f"aeguard.{module_name}"), name, value)  # read at call time
     sys.argv = ["aeguard", *argv]
     main()
 
@@ -81,7 +92,7 @@ def main() -> None:
         bundle = trial_bundle(args.work, texture, args.name, args.seed)
         if not (bundle / "manifest.json").is_file():
             fit = ["fit", "--data", str(folder), "--out", str(bundle), "--force", *seed]
-            code = f"from benchmarks.synthetic_trial import fit_with_settings; fit_with_settings({settings!r}, {fit!r})"
+            code = f"from benchmarks.setting_trial import fit_with_settings; fit_with_settings({settings!r}, {fit!r})"
             commands.append(["-c", code])
         baseline = baseline_bundle(args.work, texture, args.seed)
         if args.seed and not (baseline / "manifest.json").is_file():
@@ -102,10 +113,10 @@ def main() -> None:
         )
         rows.append({"texture": texture, "default": max_reading(baseline), "trial": max_reading(trial)})
         print(rows[-1], flush=True)
-    result_name = f"synthetic_trial_{args.name}" + (f"_seed{args.seed}" if args.seed else "")
+    result_name = f"setting_trial_{args.name}" + (f"_seed{args.seed}" if args.seed else "")
     results = {"name": args.name, "settings": settings, "seed": args.seed, "rows": rows}
     command = " ".join(
-        ["python -m benchmarks.synthetic_trial --work DIR", f"--name {args.name}"]
+        ["python -m benchmarks.setting_trial --work DIR", f"--name {args.name}"]
         + [f"--set {pair}" for pair in args.settings]
         + ([f"--textures {args.textures}"] if args.textures != "ihc,brick" else [])
         + ([f"--seed {args.seed}"] if args.seed else [])
@@ -113,23 +124,29 @@ def main() -> None:
     print(write_results(result_name, results, markdown(rows, settings, command, args.seed)))
 
 
-def markdown(rows: list[dict], settings: dict[str, float], command: str, seed: int) -> str:
-    from aeguard.train import synthetic
+def markdown(rows: list[dict], settings: dict[str, float | str], command: str, seed: int) -> str:
+    import importlib
+
     from benchmarks.segmentation_score import DEVELOPMENT_SEED
 
+    def default(path: str):
+        module_name, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(f"aeguard.{module_name}"), name)
+
     kinds = list(rows[0]["default"]["per_defect"])
-    default = ", ".join(f"{name} = {getattr(synthetic, name)}" for name in settings)
-    trial = ", ".join(f"{name} = {value}" for name, value in settings.items())
-    names = {"default": f"{default} (default)", "trial": trial}
+    names = {
+        "default": ", ".join(f"{path.rpartition('.')[2]} = {default(path)}" for path in settings) + " (default)",
+        "trial": ", ".join(f"{path.rpartition('.')[2]} = {value}" for path, value in settings.items()),
+    }
     lines = [
-        "# Trial: draem's synthetic defects with other settings",
+        "# Trial: the default draem fit with other values of aeguard's settings",
         "",
         f"Development folders (texture_defects.py --seed {DEVELOPMENT_SEED}), default `aeguard fit --data DIR` "
-        f"with {trial} in aeguard/train/synthetic.py (swapped in the fitting process only); image AUROC of "
-        f"the graph's score (the map's max). Produced by `{command}` (after "
-        f"`python -m benchmarks.segmentation_score`); every fit with seed {seed}.",
+        f"with {', '.join(f'aeguard.{path} = {value}' for path, value in settings.items())} (swapped in the "
+        "fitting process only); image AUROC of the graph's score (the map's max). Produced by "
+        f"`{command}` (after `python -m benchmarks.segmentation_score`); every fit with seed {seed}.",
         "",
-        "| texture | synthetic defects | image AUROC | " + " | ".join(kinds) + " |",
+        "| texture | setting | image AUROC | " + " | ".join(kinds) + " |",
         "|---|---|---|" + "---|" * len(kinds),
     ]
     for row in rows:
