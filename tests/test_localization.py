@@ -213,3 +213,30 @@ def test_an_undertrained_model_is_kept_with_a_warning_to_train_longer(monkeypatc
     (model, result), lines = _mean_image_fit(monkeypatch, stopped_early=False)
     assert result.collapse_check["warning"] == "undertrained"
     assert any("train longer" in line for line in lines)
+
+
+@pytest.mark.parametrize("size", [32, 30])  # 30: padded up to the grid and cropped back
+def test_draem_pads_its_convolutions_as_its_config_says_and_older_bundles_pad_with_zeros(size):
+    """conv_padding "replicate": no border is special, so a uniform image is restored and mapped uniformly,
+    which zero padding does not do. A manifest without the key (older bundles) builds zero padding."""
+    from aeguard.config import DRAEM_CONV_PADDING, DetectorConfig, model_config
+    from aeguard.train.models import build_model
+
+    config = model_config(DetectorConfig(model="draem"), (3, size, size))
+    assert config["conv_padding"] == DRAEM_CONV_PADDING
+    uniform = torch.full((1, 3, size, size), 0.4)
+    spreads = {}
+    for padding in ("zeros", "replicate"):
+        torch.manual_seed(0)
+        model = build_model({**config, "conv_padding": padding}).eval()
+        with torch.no_grad():
+            restored = model(uniform)
+            logits = model.defect_logits(uniform, restored)
+        spreads[padding] = (float(restored.std(dim=(2, 3)).max()), float(logits.std(dim=(2, 3)).max()))
+    assert max(spreads["replicate"]) < 1e-5 < min(spreads["zeros"])
+    older = {key: value for key, value in config.items() if key != "conv_padding"}
+    convolutions = [
+        m for m in build_model(older).modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+    modes = {conv.padding_mode for conv in convolutions}
+    assert modes == {"zeros"}

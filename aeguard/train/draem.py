@@ -121,7 +121,8 @@ class Draem(nn.Module):
     ):
         super().__init__()
         self.shape = (channels, height, width)
-        self.padding = GridPadding(height, width, len(conv_channels))
+        edge = "replicate" if padding == "replicate" else "constant"
+        self.padding = GridPadding(height, width, len(conv_channels), edge)
         self.restorer = Restorer(channels, conv_channels, code_channels, padding)
         # None: a bundle from before the key, whose segmenter followed the restorer it was given
         stages = segmenter_stages or draem_segmenter_stages(len(conv_channels))
