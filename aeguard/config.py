@@ -324,7 +324,7 @@ BOTTLENECK_SIDE = 8
 MAX_CONV_CHANNELS = 256
 SPATIAL_FROM = 64
 DRAEM_CODE_CHANNELS = 64
-DRAEM_CONV_PADDING = "zeros"
+DRAEM_CONV_PADDING = "replicate"  # setting_trial_replicate: brick 0.932 -> 0.954 over two seeds
 
 
 def conv_channels_for(height: int, width: int) -> list[int]:

@@ -8,8 +8,8 @@ writes: image AUROC, pixel AUROC, AUPRO, per defect type, and the fit's wall tim
 Recipes: `default` is `aeguard fit --data DIR` with no other option (the draem model); `conv-erase-blur` is the
 best MNIST recipe on the size-scaled conv autoencoder, for comparison; `draem-constant` is the default with the
 constant learning rate it had before; `default-seed1` is a second draw of the default (`--seed 1`). Rows of
-the default recipe measured at an earlier commit are kept under `default-<commit>`; every draw of the recipe
-(DEFAULT_DRAWS) is averaged per texture at the end, the figure to quote, as one fit is one draw.
+earlier recipes are kept under their names (`draem-zeros`: zero-padded convolutions); every draw of a recipe
+(DRAWS) is averaged per texture at the end, the figure to quote, as one fit is one draw.
 
 Results go to benchmarks/results/textures.json / .md after every run; a run already there is not repeated.
 
@@ -43,24 +43,30 @@ DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
 RECIPE_NOTES = {
     "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16, the learning "
-    "rate falling along half a cosine",
+    "rate falling along half a cosine, every convolution padded by repeating the edge pixels",
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
-    "another draw of the same recipe (commit 28f74fe)",
-    "default-8296c14": "the default at commit 8296c14, before draem's SSIM loss was computed by band matrices "
-    "(the same numbers to float rounding, so another draw of the same recipe)",
-    "draem-constant": "the default before the cosine schedule (`--lr-schedule constant`), measured then "
-    "(commits 3b3d084 and 89ef4d7)",
+    "another draw of the same recipe",
+    "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
+    '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
+    "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
+    "draem-zeros-8296c14": "draem-zeros at commit 8296c14, before draem's SSIM loss was computed by band "
+    "matrices (the same numbers to float rounding, so another draw of the same recipe)",
+    "draem-constant": "draem-zeros with the constant learning rate before the cosine schedule "
+    "(`--lr-schedule constant`), measured then (commits 3b3d084 and 89ef4d7)",
     "conv-erase-blur": "`--model conv --noise erase:0.25 --score blur`: MNIST's best recipe, size-scaled conv net",
-    "draem-x2": "the default with `--ensemble 2`: two members (seeds 0 and 1) whose defect maps are averaged, "
+    "draem-x2": "draem-zeros with `--ensemble 2`: two members (seeds 0 and 1) whose defect maps are averaged, "
     "twice the training and scoring work; ahead of single fits on the development folders (fit_trial_ensemble), "
     "not here, so not kept (brick's fit ran alone; ihc's ran beside a CI run on the same cores, so its time is "
     "not the recipe's; the retina was not run)",
-    "draem-scars": "the default with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
+    "draem-scars": "draem-zeros with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
     "rectangles; commit 8fcf212): scratch maps sharper, image AUROC lower, so not kept",
 }
 NAME = "textures"
-# The same recipe as today's default: earlier code with the same numbers to float rounding, or another seed.
-DEFAULT_DRAWS = ("default", "default-seed1", "default-8296c14")
+# Draws of one recipe: another seed, or earlier code with the same numbers to float rounding.
+DRAWS = {
+    "the default recipe": ("default", "default-seed1"),
+    "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
+}
 
 
 def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
@@ -110,13 +116,13 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def draws_table(rows: list[dict], fmt) -> list[str]:
-    """Per texture, the mean of every draw of the default recipe, and the mean of those means."""
-    draws = [row for row in rows if row["recipe"] in DEFAULT_DRAWS]
+def draws_table(rows: list[dict], fmt, recipe: str, names: tuple[str, ...]) -> list[str]:
+    """Per texture, the mean of every draw of a recipe, and the mean of those means."""
+    draws = [row for row in rows if row["recipe"] in names]
     textures = list(dict.fromkeys(row["texture"] for row in draws))
     if not textures:
         return []
-    lines = ["", f"Every draw of the default recipe ({', '.join(DEFAULT_DRAWS)}), mean per texture:", ""]
+    lines = ["", f"Every draw of {recipe} ({', '.join(names)}), mean per texture:", ""]
     lines += ["| texture | draws | image AUROC | pixel AUROC | AUPRO |", "| --- | --- | --- | --- | --- |"]
     means = []
     for texture in textures:
@@ -164,7 +170,8 @@ def markdown(results: dict) -> str:
             f"| {name} | {fmt(row['image_auroc'])} | {fmt(row['pixel_auroc'])} | {fmt(row['aupro'])} | "
             f"{row['fit_seconds'] / 60:.1f} min |"
         )
-    lines += draws_table(results["rows"], fmt)
+    for recipe, names in DRAWS.items():
+        lines += draws_table(results["rows"], fmt, recipe, names)
     lines += ["", "Image AUROC per defect type:", "", "| texture | recipe | scratch | hole | foreign | stain |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for row in results["rows"]:
