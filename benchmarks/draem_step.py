@@ -1,12 +1,17 @@
-"""Draem's training step on the CPU: the SSIM loss by band matrices and the 1 x 1 head as a channel sum,
-against the depthwise-convolution SSIM and the convolution head they replaced (the same numbers).
+"""Draem's training step on the CPU, two variants against each other.
+
+- `--compare ssim` (the default): the SSIM loss by band matrices and the 1 x 1 head as a channel sum, against
+  the depthwise-convolution SSIM and the convolution head they replaced (the same numbers), both with the
+  zero padding of then;
+- `--compare padding`: convolutions padded by repeating edge pixels (today's default) against zeros.
 
 One 128 px colour model (the texture benchmark's), batches of 16, the steps of the two variants interleaved
 so that both see the same machine; the median step time of each and their ratio, at 1 and 2 torch threads.
 
-    python -m benchmarks.draem_step            # about a minute on 2 cores, run alone
+    python -m benchmarks.draem_step                      # about a minute on 2 cores, run alone
+    python -m benchmarks.draem_step --compare padding
 
-Writes benchmarks/results/draem_step.{json,md}.
+Writes benchmarks/results/draem_step.{json,md} (draem_step_padding.* for --compare padding).
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ def convolution_head(conv, x):
     return conv(x)
 
 
-def variant(replaced: bool):
-    """(one training step, a closure) of a fresh model: replaced=True is the code before the change."""
+def variant(replaced: bool = False, padding: str = "zeros"):
+    """One training step of a fresh model, as a closure: replaced=True is the code before the SSIM change."""
     torch.manual_seed(0)
-    model = build_model(default_config("draem", *SHAPE))
+    model = build_model({**default_config("draem", *SHAPE), "conv_padding": padding})
     objective = DraemObjective(model)
     if replaced:
         objective.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, SHAPE[0])  # the depthwise convolution
@@ -55,9 +60,17 @@ def variant(replaced: bool):
     return step
 
 
-def measure(threads: int, steps: int) -> dict:
+# comparison -> (the variant before, the variant now), each as variant()'s arguments
+COMPARISONS = {
+    "ssim": ({"replaced": True}, {"replaced": False}),
+    "padding": ({"padding": "zeros"}, {"padding": "replicate"}),
+}
+
+
+def measure(threads: int, steps: int, compare: str) -> dict:
     torch.set_num_threads(threads)
-    runs = {"before": variant(replaced=True), "now": variant(replaced=False)}
+    before, now = COMPARISONS[compare]
+    runs = {"before": variant(**before), "now": variant(**now)}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for run in runs.values():
         run()  # warm-up
@@ -73,15 +86,22 @@ def measure(threads: int, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--compare", choices=COMPARISONS, default="ssim")
     args = parser.parse_args()
     with StealMeter() as steal:
-        rows = [measure(threads, args.steps) for threads in (1, 2)]
+        rows = [measure(threads, args.steps, args.compare) for threads in (1, 2)]
+    what = {
+        "ssim": "before: the SSIM loss by depthwise convolution and the 1 x 1 head by convolution; now: by band "
+        "matrices and a weighted channel sum (the same numbers), both zero-padded. Produced by "
+        "`python -m benchmarks.draem_step`.",
+        "padding": "before: every convolution padded with zeros; now: padded by repeating the edge pixels "
+        "(the default since). Produced by `python -m benchmarks.draem_step --compare padding`.",
+    }[args.compare]
+    title = {"ssim": "band-matrix SSIM and channel-sum head", "padding": "replicate against zero padding"}
     lines = [
-        "# Draem's training step: band-matrix SSIM and channel-sum head",
+        f"# Draem's training step: {title[args.compare]}",
         "",
-        f"128 px colour, batches of {BATCH}; median of {args.steps} interleaved steps of each variant. "
-        "before: the SSIM loss by depthwise convolution and the 1 x 1 head by convolution; now: by band "
-        "matrices and a weighted channel sum (the same numbers). Produced by `python -m benchmarks.draem_step`.",
+        f"128 px colour, batches of {BATCH}; median of {args.steps} interleaved steps of each variant. {what}",
         "",
         "| torch threads | step before | step now | speed-up |",
         "|---|---|---|---|",
@@ -92,7 +112,8 @@ def main() -> None:
     steal_note = "" if steal.fraction is None else f" CPU steal during the run: {steal.fraction:.1%}."
     lines += ["", f"Times are of this machine, for the ratio only.{steal_note}"]
     data = {"rows": rows, "commit": current_commit(), "steal": steal.fraction}
-    print(write_results("draem_step", data, "\n".join(lines) + "\n"))
+    name = "draem_step" if args.compare == "ssim" else f"draem_step_{args.compare}"
+    print(write_results(name, data, "\n".join(lines) + "\n"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ segmentation_score's development folders (texture_defects.py --seed 1, not the b
 with each `--set MODULE.NAME=VALUE` (MODULE under aeguard) swapped in the fitting process only; aeguard
 itself is unchanged. The missing fits run side by side, one torch thread each. The baseline is the
 default: segmentation_score's bundles for seed 0, fit_trial's `seedN` bundles for --seed N (fitted here
-when missing).
+when missing). Those bundles are kept in DIR and reused: they hold the default of when they were fitted, so
+after a default changes use a fresh DIR (each result records its commit).
 
     python -m benchmarks.segmentation_score --work /tmp/segdev      # the baseline bundles first
     python -m benchmarks.setting_trial --work /tmp/segdev --name clean70 --set train.synthetic.CLEAN_SHARE=0.7
@@ -81,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     from benchmarks import segmentation_score
     from benchmarks.fit_trial import max_reading, run_side_by_side
-    from benchmarks.results_io import write_results
+    from benchmarks.results_io import current_commit, write_results
 
     settings = parse_settings(args.settings)
     textures = args.textures.split(",")
@@ -114,7 +115,7 @@ def main() -> None:
         rows.append({"texture": texture, "default": max_reading(baseline), "trial": max_reading(trial)})
         print(rows[-1], flush=True)
     result_name = f"setting_trial_{args.name}" + (f"_seed{args.seed}" if args.seed else "")
-    results = {"name": args.name, "settings": settings, "seed": args.seed, "rows": rows}
+    results = {"name": args.name, "settings": settings, "seed": args.seed, "commit": current_commit(), "rows": rows}
     command = " ".join(
         ["python -m benchmarks.setting_trial --work DIR", f"--name {args.name}"]
         + [f"--set {pair}" for pair in args.settings]
