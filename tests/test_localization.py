@@ -220,6 +220,7 @@ def test_draem_pads_its_convolutions_as_its_config_says_and_older_bundles_pad_wi
     """conv_padding "replicate": no border is special, so a uniform image is restored and mapped uniformly,
     which zero padding does not do. A manifest without the key (older bundles) builds zero padding."""
     from aeguard.config import DRAEM_CONV_PADDING, DetectorConfig, model_config
+    from aeguard.errors import UsageError
     from aeguard.train.models import build_model
 
     config = model_config(DetectorConfig(model="draem"), (3, size, size))
@@ -240,3 +241,5 @@ def test_draem_pads_its_convolutions_as_its_config_says_and_older_bundles_pad_wi
     ]
     modes = {conv.padding_mode for conv in convolutions}
     assert modes == {"zeros"}
+    with pytest.raises(UsageError, match="conv_padding 'circular'"):
+        build_model({**config, "conv_padding": "circular"})

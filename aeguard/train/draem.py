@@ -11,12 +11,14 @@ takes it after a 21 x 21 mean; why not here: config.SEGMENTATION_POOL), both com
 
 Far smaller than the paper's networks so that 400 crops of 128 px train in minutes on two CPU cores: the
 restorer's channels widen from 16 by two per stage (at most 128, one convolution per stage), the segmenter
-works at half resolution.
+works at half resolution. Every convolution pads by repeating the edge pixels (config `conv_padding`;
+bundles from before the key pad with zeros, under which the border was a place of its own: most normal
+histology crops had their highest defect probability there, docs/measured.md).
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -27,9 +29,11 @@ from aeguard.train.ensemble import members_mean
 from aeguard.train.padding import GridPadding
 
 SEGMENTER_CHANNELS = [16, 32, 64, 128]
+Padding = Literal["zeros", "replicate"]  # how every convolution pads (config conv_padding)
+PADDINGS: tuple[Padding, ...] = get_args(Padding)
 
 
-def conv_block(n_in: int, n_out: int, stride: int = 1, padding: str = "zeros") -> nn.Sequential:
+def conv_block(n_in: int, n_out: int, stride: int = 1, padding: Padding = "zeros") -> nn.Sequential:
     conv = nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False, padding_mode=padding)
     return nn.Sequential(conv, nn.BatchNorm2d(n_out), nn.LeakyReLU(0.2))
 
@@ -45,7 +49,7 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 class Upsample(nn.Module):
     """x2 nearest-neighbour upsampling then a 3x3 convolution: no checkerboard, one ONNX Resize."""
 
-    def __init__(self, n_in: int, n_out: int, padding: str = "zeros"):
+    def __init__(self, n_in: int, n_out: int, padding: Padding = "zeros"):
         super().__init__()
         self.conv = conv_block(n_in, n_out, padding=padding)
 
@@ -56,7 +60,7 @@ class Upsample(nn.Module):
 class Restorer(nn.Module):
     """Encoder to a spatial code of `code_channels` on a grid 2**len(channels) times smaller, and back."""
 
-    def __init__(self, image_channels: int, channels: list[int], code_channels: int, padding: str = "zeros"):
+    def __init__(self, image_channels: int, channels: list[int], code_channels: int, padding: Padding = "zeros"):
         super().__init__()
         stem = channels[0] // 2
         down: list[nn.Module] = [conv_block(image_channels, stem, padding=padding)]
@@ -81,7 +85,7 @@ class Segmenter(nn.Module):
     layer before the head (8 channels reading the upsampled features beside the image and its restoration),
     tried for thin scratches, made image AUROC worse on both development folders (fit_trial_segmenter)."""
 
-    def __init__(self, image_channels: int, channels: list[int], padding: str = "zeros"):
+    def __init__(self, image_channels: int, channels: list[int], padding: Padding = "zeros"):
         super().__init__()
         self.down = nn.ModuleList()
         n_in = 2 * image_channels
@@ -117,7 +121,7 @@ class Draem(nn.Module):
         conv_channels: list[int],
         code_channels: int,
         segmenter_stages: int | None = None,
-        padding: str = "zeros",
+        padding: Padding = "zeros",
     ):
         super().__init__()
         self.shape = (channels, height, width)

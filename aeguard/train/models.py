@@ -8,13 +8,14 @@ k-sparse: only the k largest units survive) and in how they train (see objective
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
 from aeguard.config import DEFAULT_ACTIVATION, MODEL_KINDS, default_config  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
-from aeguard.train.draem import Draem
+from aeguard.train.draem import PADDINGS, Draem, Padding
 from aeguard.train.padding import GridPadding
 
 # Hidden-layer activations by name (the default and why: aeguard/config.py).
@@ -194,11 +195,14 @@ def build_model(config: dict) -> Autoencoder | Draem:
             **extra,
         )
     if backbone == "draem":
+        padding = config.get("conv_padding", "zeros")  # no key: a bundle from before it, zero-padded
+        if padding not in PADDINGS:
+            raise UsageError(f"unknown draem conv_padding {padding!r}; choose one of {', '.join(PADDINGS)}")
         return Draem(
             *shape,
             conv_channels=list(config["conv_channels"]),
             code_channels=config["latent"],
             segmenter_stages=config.get("segmenter_stages"),
-            padding=config.get("conv_padding", "zeros"),  # no key: a bundle from before it, zero-padded
+            padding=cast(Padding, padding),
         )
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")
