@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="segmentation_score's --work (its folders).")
     parser.add_argument("--name", required=True, help="The trial's name: its bundles' and results' names.")
-    parser.add_argument("--set", action="append", required=True, metavar="NAME=VALUE", dest="settings")
+    parser.add_argument("--set", action="append", required=True, metavar="MODULE.NAME=VALUE", dest="settings")
     parser.add_argument("--textures", default="ihc,brick")
     parser.add_argument("--seed", type=int, default=0, help="The fits' --seed (default and trial alike).")
     args = parser.parse_args()
