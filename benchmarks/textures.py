@@ -37,6 +37,7 @@ RECIPES = {
     "conv-erase-blur": ["--model", "conv", "--noise", "erase:0.25", "--score", "blur"],
     "draem-constant": ["--lr-schedule", "constant"],
     "default-seed1": ["--seed", "1"],  # a second draw of the default: how far one fit is from another
+    "default-seed2": ["--seed", "2"],  # a third draw
     "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
 }
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
@@ -46,6 +47,7 @@ RECIPE_NOTES = {
     "rate falling along half a cosine, every convolution padded by repeating the edge pixels",
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
     "another draw of the same recipe",
+    "default-seed2": "the default with `--seed 2`: a third draw",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
@@ -64,7 +66,7 @@ RECIPE_NOTES = {
 NAME = "textures"
 # Draws of one recipe: another seed, or earlier code with the same numbers to float rounding.
 DRAWS = {
-    "the default recipe": ("default", "default-seed1"),
+    "the default recipe": ("default", "default-seed1", "default-seed2"),
     "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
 }
 
