@@ -22,22 +22,27 @@ Two fits take about 15 min on 2 cores. Writes benchmarks/results/setting_trial_<
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+from types import ModuleType
+
+
+def setting_home(path: str) -> tuple[ModuleType, str]:
+    """ "train.synthetic.CLEAN_SHARE" -> (the module aeguard.train.synthetic, "CLEAN_SHARE")."""
+    module_name, _, name = path.rpartition(".")
+    return importlib.import_module(f"aeguard.{module_name}"), name
 
 
 def parse_settings(pairs: list[str]) -> dict[str, float | str]:
     """["train.synthetic.CLEAN_SHARE=0.7"] -> {"train.synthetic.CLEAN_SHARE": 0.7}: the value takes the type
     of the setting's default; a name aeguard does not have, or a setting that is not a number or a word, is
     refused."""
-    import importlib
-
     settings: dict[str, float | str] = {}
     for pair in pairs:
         path, _, value = pair.partition("=")
-        module_name, _, name = path.rpartition(".")
         try:
-            current = getattr(importlib.import_module(f"aeguard.{module_name}"), name)
+            current = getattr(*setting_home(path))
         except (ImportError, AttributeError, ValueError):
             raise SystemExit(f"--set {pair}: aeguard has no setting {path!r}") from None
         if not isinstance(current, (float, str)):
@@ -48,13 +53,10 @@ def parse_settings(pairs: list[str]) -> dict[str, float | str]:
 
 def fit_with_settings(settings: dict[str, float | str], argv: list[str]) -> None:
     """`aeguard fit ...` in this process with `settings` swapped into aeguard's modules."""
-    import importlib
-
     from aeguard.cli.main import main
 
     for path, value in settings.items():
-        module_name, _, name = path.rpartition(".")
-        setattr(importlib.import_module(f"aeguard.{module_name}"), name, value)  # read at call time
+        setattr(*setting_home(path), value)  # read at call time
     sys.argv = ["aeguard", *argv]
     main()
 
@@ -126,13 +128,10 @@ def main() -> None:
 
 
 def markdown(rows: list[dict], settings: dict[str, float | str], command: str, seed: int) -> str:
-    import importlib
-
     from benchmarks.segmentation_score import DEVELOPMENT_SEED
 
     def default(path: str):
-        module_name, _, name = path.rpartition(".")
-        return getattr(importlib.import_module(f"aeguard.{module_name}"), name)
+        return getattr(*setting_home(path))
 
     kinds = list(rows[0]["default"]["per_defect"])
     names = {

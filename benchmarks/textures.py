@@ -7,9 +7,10 @@ writes: image AUROC, pixel AUROC, AUPRO, per defect type, and the fit's wall tim
 
 Recipes: `default` is `aeguard fit --data DIR` with no other option (the draem model); `conv-erase-blur` is the
 best MNIST recipe on the size-scaled conv autoencoder, for comparison; `draem-constant` is the default with the
-constant learning rate it had before; `default-seed1` is a second draw of the default (`--seed 1`). Rows of
-earlier recipes are kept under their names (`draem-zeros`: zero-padded convolutions); every draw of a recipe
-(DRAWS) is averaged per texture at the end, the figure to quote, as one fit is one draw.
+constant learning rate it had before; `default-seed1` and `default-seed2` are further draws of the default
+(`--seed 1`, `--seed 2`). Rows of earlier recipes are kept under their names (`draem-zeros`: zero-padded
+convolutions); every draw of a recipe (DRAWS) is averaged per texture at the end, the figure to quote, as one
+fit is one draw.
 
 Results go to benchmarks/results/textures.json / .md after every run; a run already there is not repeated.
 
