@@ -71,3 +71,31 @@ def test_paths_from_files_folders_and_globs(tmp_path):
     assert list(iter_image_paths([tmp_path / "nope"])) == [tmp_path / "nope"]  # reported by the loader
     with pytest.raises(DataNotFoundError, match="matches no file"):
         list(iter_image_paths([str(tmp_path / "*.gif")]))
+
+
+@pytest.mark.parametrize(
+    ("pixels", "reason"),
+    [
+        (np.full((6, 6), 200.0, np.float32), "float pixel values must lie in 0.0-1.0, this image holds 200.0 to 200.0"),
+        (np.full((6, 6), -0.5, np.float32), "float pixel values must lie in 0.0-1.0"),
+        (np.full((6, 6), 70000, np.int32), "32-bit integer pixel values must lie in 0-65535"),
+    ],
+)
+def test_pixels_outside_their_modes_range_are_refused_not_clipped(tmp_path, pixels, reason):
+    """Clipping would score a white square in place of the image: a float TIFF of raw counts is an error."""
+    path = tmp_path / "raw.tif"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(ImageError, match=reason):
+        load_image(path, Preprocessing(1, 6, 6))
+    inside = tmp_path / "inside.tif"
+    Image.fromarray(np.full((6, 6), 0.25 if pixels.dtype == np.float32 else 16384, pixels.dtype)).save(inside)
+    np.testing.assert_allclose(load_image(inside, Preprocessing(1, 6, 6)), 0.25, atol=1e-4)
+
+
+def test_a_cielab_tiff_reads_as_grey_and_as_colour(tmp_path):
+    path = tmp_path / "lab.tif"
+    Image.fromarray(np.full((6, 6, 3), 180, np.uint8)).convert("LAB").save(path)
+    assert Image.open(path).mode == "LAB"
+    grey, colour = load_image(path, Preprocessing(1, 6, 6)), load_image(path, Preprocessing(3, 6, 6))
+    assert grey.shape == (1, 6, 6) and colour.shape == (3, 6, 6)
+    np.testing.assert_allclose(grey, 180 / 255, atol=3 / 255)

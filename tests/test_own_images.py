@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aeguard.data.contract import Crop, Preprocessing, looks_colour
-from aeguard.data.images import load_image
+from aeguard.data.contract import Crop, Orientation, Preprocessing, looks_colour
+from aeguard.data.images import image_size, load_image
 from aeguard.data.sources import folder_eval_set, folder_training_data
 from aeguard.errors import BundleError, UsageError
 from aeguard.scoring.scorer import Scorer
@@ -63,7 +63,9 @@ def test_center_crop_takes_the_middle_before_resizing(tmp_path):
 def test_bundles_without_colour_or_crop_keys_read_as_before(tmp_path):
     bundle = tiny_bundle(tmp_path / "old")  # the manifest of a 0.2 bundle: channels 1, no crop
     scorer = Scorer(bundle)
-    assert scorer.preprocessing == Preprocessing(1, 28, 28, Crop.NONE)
+    assert scorer.preprocessing == Preprocessing(1, 28, 28, Crop.NONE, Orientation.STORED)
+    with pytest.raises(BundleError, match="unknown input orientation"):
+        Preprocessing.from_spec({"channels": 1, "height": 4, "width": 4, "orientation": "sideways"})
     with pytest.raises(BundleError, match="unknown input crop"):
         Preprocessing.from_spec({"channels": 1, "height": 4, "width": 4, "crop": "sideways"})
     with pytest.raises(UsageError, match="--color"):
@@ -76,6 +78,56 @@ def test_colour_is_told_from_grey_saved_as_rgb():
     tinted = grey.copy()
     tinted[0] = np.clip(tinted[0] + 0.2, 0, 1)
     assert looks_colour(tinted)
+
+
+def photo_with_orientation(path, pixels: np.ndarray, orientation: int):
+    """A JPEG storing `pixels` as they are, tagged with an EXIF Orientation (6: a camera held on its side)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=100, subsampling=0, exif=exif)
+    return path
+
+
+def sideways_photo(path):
+    """Stored 8 wide x 4 high with a bright left column, tagged 6: upright it is 4 wide x 8 high, bright on top."""
+    stored = np.full((4, 8), 20, np.uint8)
+    stored[:, :2] = 235
+    return photo_with_orientation(path, stored, 6)
+
+
+def test_photos_are_read_upright_by_their_exif_tag_and_old_bundles_read_them_as_stored(tmp_path):
+    path = sideways_photo(tmp_path / "side.jpg")
+    new, old = Preprocessing(1, 8, 4), Preprocessing.from_spec({"channels": 1, "height": 8, "width": 4})
+    assert new.orientation is Orientation.EXIF and Preprocessing.from_spec(new.spec()) == new
+    assert image_size(path) == (8, 4) and image_size(path, old) == (4, 8)  # (height, width)
+    upright = load_image(path, new)[0]
+    assert upright[:2].mean() > 0.85 and upright[3:].mean() < 0.2  # bright on top, as a viewer shows it
+    stored = load_image(path, Preprocessing(1, 4, 8, orientation=Orientation.STORED))[0]
+    assert stored[:, :2].mean() > 0.85 and stored[:, 3:].mean() < 0.2  # bright on the left, as the file holds it
+    for tag, top_row_bright in ((1, False), (3, False), (8, False)):  # 8 turns the other way: bright at the bottom
+        turned = load_image(photo_with_orientation(tmp_path / f"t{tag}.jpg", np.asarray(Image.open(path)), tag), new)
+        assert (turned[0, :2].mean() > 0.85) == top_row_bright
+
+
+def test_a_mask_is_used_only_when_it_is_the_size_of_its_upright_image(tmp_path):
+    """A mask drawn on the photo as a viewer shows it lines up; one of another size is reported, never resized
+    onto the wrong pixels."""
+    root = write_mvtec(tmp_path / "m", np.random.default_rng(2), size=8)
+    sideways_photo(root / "test" / "crack" / "003.jpg")  # upright 4 wide x 8 high, its defect the top two rows
+    drawn = np.zeros((8, 4), np.uint8)
+    drawn[:2] = 255
+    save(root / "ground_truth" / "crack" / "003_mask.png", drawn)
+    save(root / "ground_truth" / "spot" / "002_mask.png", np.full((8, 9), 255, np.uint8))  # not spot/002's size
+    evaluation, problems = folder_eval_set(root, Preprocessing(1, 8, 8))
+    assert evaluation.groups.count("crack") == 4
+    photo = evaluation.groups.index("crack") + 3
+    assert evaluation.has_mask[photo] and evaluation.masks[photo, :2].all() and not evaluation.masks[photo, 2:].any()
+    spot = len(evaluation.groups) - 1
+    assert evaluation.groups[spot] == "spot" and not evaluation.has_mask[spot]
+    assert len(problems) == 1 and "002_mask.png is 9x8 (width x height) but its image is 8x8" in problems[0]
+    _, stored = folder_eval_set(root, Preprocessing(1, 8, 8, orientation=Orientation.STORED))
+    assert len(stored) == 2 and "003_mask.png is 4x8 (width x height) but its image is 8x4" in stored[0]
 
 
 def write_mvtec(root, rng, size=16, n_train=12, masks=True):
@@ -183,3 +235,16 @@ def test_the_texture_benchmark_writes_an_mvtec_folder_with_a_colour_only_stain(t
     stained = turn_hue(surface, 1.0)
     assert np.abs(stained - surface).max() > 0.05
     np.testing.assert_allclose(luma(stained), luma(surface), atol=0.02)
+
+
+def test_without_image_size_large_photos_train_at_most_256_across_and_small_ones_at_their_own_size(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        save(tmp_path / "big" / f"{i}.png", rng.integers(0, 255, (300, 450), dtype=np.uint8))
+        save(tmp_path / "small" / f"{i}.png", rng.integers(0, 255, (30, 45), dtype=np.uint8))
+    big = folder_training_data(tmp_path / "big", None, 0.34, seed=0)
+    assert big.preprocessing.shape == (1, 171, 256) and big.train.shape[1:] == (1, 171, 256)
+    assert "450x300 (width x height); fitting at 256x171" in capsys.readouterr().err
+    assert folder_training_data(tmp_path / "small", None, 0.34, seed=0).preprocessing.shape == (1, 30, 45)
+    assert folder_training_data(tmp_path / "big", "300x450", 0.34, seed=0).preprocessing.shape == (1, 300, 450)
+    assert "fitting at" not in capsys.readouterr().err

@@ -23,7 +23,8 @@ SIZE = (12, 10)  # height x width: not square, so a swapped axis cannot pass
 @pytest.fixture(scope="module")
 def rgb_bundle(tmp_path_factory):
     """A 3-channel bundle whose score weighs the channels 1/3, 2/3, 1: a channel or axis mix-up changes it."""
-    return tiny_bundle(tmp_path_factory.mktemp("rgb") / "bundle", size=SIZE, channels=3, threshold=0.06)
+    folder = tmp_path_factory.mktemp("rgb") / "bundle"  # its input entry as a fit writes it now
+    return tiny_bundle(folder, size=SIZE, channels=3, threshold=0.06, input=Preprocessing(3, *SIZE).spec())
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,11 @@ def photos(tmp_path_factory):
         pixels = rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)
         pixels[..., index % 3] = 255  # each photo leans to one channel
         Image.fromarray(pixels).save(folder / f"p{index}.png")
+    # a camera's JPEG stored on its side (EXIF Orientation 6): every front end must read it upright, at SIZE
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.ascontiguousarray(np.rot90(rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)))
+    Image.fromarray(stored).save(folder / "p6.jpg", quality=95, exif=exif)
     return sorted(folder.iterdir())
 
 

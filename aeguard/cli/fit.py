@@ -85,7 +85,9 @@ def fit(
         None, help="Where the IDX data sets live [default: $AEGUARD_DATA_DIR, then the user cache]."
     ),
     image_size: str | None = typer.Option(
-        None, help="Model input size for --data folders, 28 or HxW: images are resized [default: the first image's]."
+        None,
+        help="Model input size for --data folders, 28 or HxW: images are resized "
+        "[default: the first image's, scaled down to 256 px on its longer side when larger].",
     ),
     color: str | None = typer.Option(
         None, help="grayscale or rgb for --data folders [default: rgb when the training images are in colour]."

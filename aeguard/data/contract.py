@@ -3,7 +3,8 @@
 Every manifest records it (`Preprocessing.spec`) and every front end rebuilds it from there
 (`Preprocessing.from_spec`), so training, `aeguard score`, the daemon and Ray turn the same file into the
 same array. Bundles written before colour support have `channels: 1` and no `crop` key: they read as
-grayscale, resized without cropping, exactly as before.
+grayscale, resized without cropping, exactly as before; bundles without an `orientation` key read pixels as
+stored, whatever a photo's EXIF tag says.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
+from PIL.Image import Transpose
 
 from aeguard.errors import BundleError, UsageError
 
@@ -29,6 +31,25 @@ class Crop(StrEnum):
     CENTER = "center"  # the largest centred region of the target's aspect ratio, then resized
 
 
+class Orientation(StrEnum):
+    # upright as the EXIF Orientation tag says, as photo viewers and annotation tools show a camera's JPEG:
+    # a mask drawn on the photo the user sees lines up with the pixels the model sees
+    EXIF = "exif"
+    STORED = "stored"  # the pixels in the order the file stores them: bundles from before the key
+
+
+# the EXIF Orientation values other than 1 (upright) and the transpose that undoes each (as ImageOps.exif_transpose)
+UPRIGHT = {
+    2: Transpose.FLIP_LEFT_RIGHT,
+    3: Transpose.ROTATE_180,
+    4: Transpose.FLIP_TOP_BOTTOM,
+    5: Transpose.TRANSPOSE,
+    6: Transpose.ROTATE_270,
+    7: Transpose.TRANSVERSE,
+    8: Transpose.ROTATE_90,
+}
+
+
 COLOR_TEXT = {
     1: "grayscale (ITU-R 601-2 luma); 16-bit images scaled by 1/65535",
     3: "rgb (grey images repeated on 3 channels, alpha dropped, palettes expanded); 16-bit images scaled by 1/65535",
@@ -37,17 +58,20 @@ COLOR_TEXT = {
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """channels (1 grayscale, 3 RGB), the model's height and width, and whether to centre-crop first."""
+    """channels (1 grayscale, 3 RGB), the model's height and width, whether to centre-crop first, and whether to
+    turn a photo upright by its EXIF tag."""
 
     channels: int
     height: int
     width: int
     crop: Crop = Crop.NONE
+    orientation: Orientation = Orientation.EXIF
 
     def __post_init__(self):
         if self.channels not in COLOR_TEXT:
             raise UsageError(f"images must have 1 (grayscale) or 3 (rgb) channels, got {self.channels}")
         object.__setattr__(self, "crop", Crop(self.crop))
+        object.__setattr__(self, "orientation", Orientation(self.orientation))
 
     @classmethod
     def of(cls, color: Color | str, height: int, width: int, crop: Crop | str = Crop.NONE) -> Preprocessing:
@@ -77,6 +101,7 @@ class Preprocessing:
             "width": self.width,
             "color": COLOR_TEXT[self.channels],
             "crop": self.crop.value,
+            "orientation": self.orientation.value,
             "resize": "bilinear",
             "range": [0.0, 1.0],
         }
@@ -86,13 +111,27 @@ class Preprocessing:
         crop = spec.get("crop", Crop.NONE.value)
         if not isinstance(crop, str) or crop not in {c.value for c in Crop}:
             raise BundleError(f"{where}: unknown input crop {crop!r}")
+        orientation = spec.get("orientation", Orientation.STORED.value)
+        if not isinstance(orientation, str) or orientation not in {o.value for o in Orientation}:
+            raise BundleError(f"{where}: unknown input orientation {orientation!r}")
         try:
-            return cls(spec["channels"], spec["height"], spec["width"], Crop(crop))
+            return cls(spec["channels"], spec["height"], spec["width"], Crop(crop), Orientation(orientation))
         except UsageError as exc:
             raise BundleError(f"{where}: {exc}") from None
 
+    def upright(self, image: Image.Image) -> Image.Image:
+        """The image turned as its EXIF Orientation tag says (under Orientation.EXIF), else as it is."""
+        turn = exif_turn(image) if self.orientation is Orientation.EXIF else None
+        return image if turn is None else image.transpose(turn)
+
+    def upright_size(self, image: Image.Image) -> tuple[int, int]:
+        """(height, width) of the image once upright(); from the header, no pixel decoded."""
+        turned = self.orientation is Orientation.EXIF and exif_turn(image) in QUARTER_TURNS
+        return (image.width, image.height) if turned else (image.height, image.width)
+
     def to_array(self, image: Image.Image) -> np.ndarray:
         """A decoded Pillow image -> (channels, height, width) float32 in [0, 1]."""
+        image = self.upright(image)
         if self.crop is Crop.CENTER:
             image = center_crop(image, self.height / self.width)
         planes = _unit_planes(image, self.channels)
@@ -106,6 +145,19 @@ class Preprocessing:
         if self.channels == 3 and array.shape[2] == 1:  # a float grey image, repeated on the three channels
             array = np.repeat(array, 3, axis=2)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+QUARTER_TURNS = (Transpose.TRANSPOSE, Transpose.ROTATE_270, Transpose.TRANSVERSE, Transpose.ROTATE_90)
+
+
+def exif_turn(image: Image.Image) -> Transpose | None:
+    """The transpose that makes a photo upright, None when its tag says it is (or it has no usable tag). A damaged
+    EXIF block reads as no tag, as viewers show such a photo, rather than making the pixels unreadable."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on a damaged block
+        return None
+    return UPRIGHT.get(value) if isinstance(value, int) else None
 
 
 def center_crop(image: Image.Image, aspect: float) -> Image.Image:
@@ -126,7 +178,11 @@ def _unit_planes(image: Image.Image, channels: int) -> Image.Image:
         return Image.fromarray(np.clip(array, 0.0, 1.0), mode="F")
     if image.mode == "F":
         return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0), mode="F")
-    return image.convert("RGB" if channels == 3 else "L")
+    target = "RGB" if channels == 3 else "L"
+    try:
+        return image.convert(target)
+    except ValueError:  # a mode Pillow turns into RGB only: CIELAB (TIFF) to grey goes through RGB
+        return image.convert("RGB").convert(target)
 
 
 def looks_colour(array: np.ndarray, tolerance: float = 8 / 255, share: float = 0.01) -> bool:

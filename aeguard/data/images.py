@@ -81,7 +81,8 @@ def decode_image(
     `label` (default: the path): Pillow's format plugins raise nearly any exception type on a
     damaged file (TypeError from an odd TIFF tag, NotImplementedError, AttributeError, ...), and
     one bad input must never end a run. Non-finite pixels (float TIFFs can hold NaN) are refused
-    rather than scored, since a NaN score compares as "not an anomaly".
+    rather than scored, since a NaN score compares as "not an anomaly"; so are float or 32-bit pixels
+    outside the range they are read in (PIXEL_RANGES), which clipping would turn into a different image.
     """
     label = label or str(source)
     try:
@@ -95,8 +96,7 @@ def decode_image(
                     f"{label}: {image.width}x{image.height} exceeds the pixel limit of {max_pixels}"
                 )
             image.load()
-            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # before clipping turns inf into 1
-                raise ImageError(f"{label}: the image holds non-finite pixel values (NaN or infinity)")
+            _check_pixel_range(image, label)
             return prep.to_array(image)
     except ImageError:
         raise
@@ -112,6 +112,24 @@ def decode_image(
         ) from None
     except Exception as exc:  # noqa: BLE001 - see the docstring: any decoder failure is this input's error
         raise ImageError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+# the range of pixel values each mode with no fixed range is read in: float planes (TIFF) are taken as they are,
+# 32-bit integer ones as 16-bit; anything outside would be clipped, so it is refused (as the daemon refuses tensors)
+PIXEL_RANGES = {"F": (0.0, 1.0), "I": (0, 65535)}
+
+
+def _check_pixel_range(image: Image.Image, label: str) -> None:
+    if image.mode not in PIXEL_RANGES:
+        return
+    pixels, (low, high) = np.asarray(image), PIXEL_RANGES[image.mode]
+    if not np.isfinite(pixels).all():
+        raise ImageError(f"{label}: the image holds non-finite pixel values (NaN or infinity)")
+    if pixels.size and (pixels.min() < low or pixels.max() > high):
+        raise ImageError(
+            f"{label}: {'float' if image.mode == 'F' else '32-bit integer'} pixel values must lie in {low}-{high}, "
+            f"this image holds {pixels.min()} to {pixels.max()}; scale it, or save it as 8- or 16-bit"
+        )
 
 
 def _available_formats() -> tuple[str, ...]:
@@ -174,11 +192,12 @@ def load_images(paths, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
     return decode_each(lambda path, _: load_image(path, prep, max_pixels), paths, paths)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header."""
+def image_size(path: Path, prep: Preprocessing | None = None) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header: once upright as `prep` turns it (default: by
+    its EXIF tag, as a new contract does)."""
     try:
-        with Image.open(path) as image:
-            return image.height, image.width
+        with Image.open(path, formats=_available_formats()) as image:
+            return (prep or Preprocessing(1, 1, 1)).upright_size(image)
     except Exception as exc:  # noqa: BLE001 - as in decode_image: any failure is this file's
         raise ImageError(f"{path}: cannot read image size ({type(exc).__name__}: {exc})") from None
 

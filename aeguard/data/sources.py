@@ -179,9 +179,22 @@ def mask_path(folder: Path, defect: str, image: Path) -> Path:
     return Path(folder) / "ground_truth" / defect / f"{image.stem}{MASK_SUFFIX}.png"
 
 
-def read_mask(path: Path, prep: Preprocessing) -> np.ndarray | str:
-    """A mask image -> (H, W) bool at the model's size (cropped and resized as the images are), or why not."""
-    decoded = load_images([path], Preprocessing(1, prep.height, prep.width, prep.crop))[0]
+def read_mask(path: Path, image: Path, prep: Preprocessing) -> np.ndarray | str:
+    """A mask image -> (H, W) bool at the model's size (turned, cropped and resized as its image is), or why not.
+
+    A mask must be the size of its image: one of another size (the mask of another picture, or drawn on the
+    photo turned another way than the model reads it) would be resized onto the wrong pixels in silence."""
+    mask_prep = Preprocessing(1, prep.height, prep.width, prep.crop, prep.orientation)
+    try:
+        mask_size, image_size_ = image_size(path, mask_prep), image_size(image, mask_prep)
+    except ImageError as exc:
+        return str(exc)
+    if mask_size != image_size_:
+        return (
+            f"{path} is {mask_size[1]}x{mask_size[0]} (width x height) but its image is "
+            f"{image_size_[1]}x{image_size_[0]}; the mask was not used"
+        )
+    decoded = load_images([path], mask_prep)[0]
     return decoded if isinstance(decoded, str) else decoded[0] > 0.5
 
 
@@ -199,7 +212,7 @@ def _labelled_set(
             mask, have = np.zeros(prep.shape[1:], bool), group == GOOD
             where = mask_path(folder, group, path) if group != GOOD else None
             if where is not None and where.is_file():
-                read = read_mask(where, prep)
+                read = read_mask(where, path, prep)
                 if isinstance(read, str):
                     problems.append(f"mask of {path}: {read}")
                 else:
@@ -257,12 +270,35 @@ def training_paths(folder: Path) -> list[Path]:
     return list(iter_image_paths([folder], exclude=excluded))
 
 
+# The default model size's longest side: a folder of camera photos (4000 x 3000) trained at its own size
+# would need gigabytes per batch and days on a CPU; 256 is what anomaly-detection models are usually fed.
+DEFAULT_LONGEST_SIDE = 256
+
+
+def default_image_size(height: int, width: int) -> tuple[int, int]:
+    """The images' own (height, width), scaled down to DEFAULT_LONGEST_SIDE on the longer side when above it."""
+    longest = max(height, width)
+    if longest <= DEFAULT_LONGEST_SIDE:
+        return height, width
+    scale = DEFAULT_LONGEST_SIDE / longest
+    return max(4, round(height * scale)), max(4, round(width * scale))
+
+
 def folder_preprocessing(
     paths: list[Path], image_size_text: str | None, color: Color | str | None, crop: Crop | str
 ) -> Preprocessing:
-    """The contract a folder's model is trained under: the size asked for (or the first image's), the colour
-    asked for (or the images' own), and the crop."""
-    height, width = parse_image_size(image_size_text) or first_readable_size(paths)
+    """The contract a folder's model is trained under: the size asked for (or the first image's, at most
+    DEFAULT_LONGEST_SIDE across), the colour asked for (or the images' own), and the crop."""
+    height, width = parse_image_size(image_size_text) or (None, None)
+    if height is None or width is None:
+        own = first_readable_size(paths)
+        height, width = default_image_size(*own)
+        if (height, width) != own:
+            print(
+                f"note: the training images are {own[1]}x{own[0]} (width x height); fitting at {width}x{height}, "
+                f"the default of at most {DEFAULT_LONGEST_SIDE} px across (choose with --image-size)",
+                file=sys.stderr,
+            )
     chosen = Color(color) if color is not None else folder_color(paths, height, width)
     return Preprocessing.of(chosen, height, width, crop)
 
