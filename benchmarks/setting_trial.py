@@ -2,7 +2,7 @@
 
 A setting is a module-level constant that aeguard reads at call time: draem's synthetic defects
 (aeguard/train/synthetic.py: CLEAN_SHARE, OPACITY_SPAN) and the model config's defaults
-(aeguard/config.py: DRAEM_CONV_PADDING). This fits the default `aeguard fit --data DIR` on
+(aeguard/config.py: DRAEM_CONV_PADDING, DRAEM_SEGMENTER_INPUT). This fits the default `aeguard fit --data DIR` on
 segmentation_score's development folders (texture_defects.py --seed 1, not the benchmark's test images)
 with each `--set MODULE.NAME=VALUE` (MODULE under aeguard) swapped in the fitting process only; aeguard
 itself is unchanged. The missing fits run side by side, one torch thread each. The baseline is the

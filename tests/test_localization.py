@@ -243,3 +243,26 @@ def test_draem_pads_its_convolutions_as_its_config_says_and_older_bundles_pad_wi
     assert modes == {"zeros"}
     with pytest.raises(UsageError, match="conv_padding 'circular'"):
         build_model({**config, "conv_padding": "circular"})
+
+
+def test_draem_segmenter_reads_the_difference_only_when_its_config_says_and_exports_with_parity(tmp_path):
+    """segmenter_input "difference": the segmenter also reads |image - restoration|, and the graph exports with
+    parity. A manifest without the key (older bundles) builds the image-and-restoration segmenter."""
+    from aeguard.config import DRAEM_SEGMENTER_INPUT, DetectorConfig, model_config
+    from aeguard.errors import UsageError
+    from aeguard.train.draem import DraemScoringGraph
+    from aeguard.train.export import export_onnx, parity_max_abs_diff
+    from aeguard.train.models import build_model
+
+    config = model_config(DetectorConfig(model="draem"), (3, 30, 29))
+    assert config["segmenter_input"] == DRAEM_SEGMENTER_INPUT
+    older = {key: value for key, value in config.items() if key != "segmenter_input"}
+    torch.manual_seed(0)
+    pair, difference = build_model(older).eval(), build_model({**config, "segmenter_input": "difference"}).eval()
+    assert pair.segmenter.down[0][0][0].in_channels == 6 and difference.segmenter.down[0][0][0].in_channels == 9
+    with pytest.raises(UsageError, match="segmenter_input 'sum'"):
+        build_model({**config, "segmenter_input": "sum"})
+    graph = DraemScoringGraph([difference], {"pool": 1}).eval()
+    export_onnx(graph, (3, 30, 29), tmp_path / "model.onnx")
+    parity = parity_max_abs_diff(graph, tmp_path / "model.onnx", np.random.default_rng(0).random((3, 3, 30, 29)))
+    assert parity["max_abs_diff"] < 1e-5 and parity["error_map_max_abs_diff"] < 1e-5

@@ -31,6 +31,11 @@ from aeguard.train.padding import GridPadding
 SEGMENTER_CHANNELS = [16, 32, 64, 128]
 Padding = Literal["zeros", "replicate"]  # how every convolution pads (config conv_padding)
 PADDINGS: tuple[Padding, ...] = get_args(Padding)
+# what the segmenter reads (config segmenter_input): the image beside its restoration, or those and their
+# absolute difference, which its first (stride-2) convolution cannot form: a thin scratch's difference can
+# be of either sign across the kernel and cancel there
+SegmenterInput = Literal["pair", "difference"]
+SEGMENTER_INPUTS: tuple[SegmenterInput, ...] = get_args(SegmenterInput)
 
 
 def conv_block(n_in: int, n_out: int, stride: int = 1, padding: Padding = "zeros") -> nn.Sequential:
@@ -85,10 +90,13 @@ class Segmenter(nn.Module):
     layer before the head (8 channels reading the upsampled features beside the image and its restoration),
     tried for thin scratches, made image AUROC worse on both development folders (fit_trial_segmenter)."""
 
-    def __init__(self, image_channels: int, channels: list[int], padding: Padding = "zeros"):
+    def __init__(
+        self, image_channels: int, channels: list[int], padding: Padding = "zeros", reads: SegmenterInput = "pair"
+    ):
         super().__init__()
         self.down = nn.ModuleList()
-        n_in = 2 * image_channels
+        self.difference = reads == "difference"
+        n_in = (3 if self.difference else 2) * image_channels
         for width in channels:
             block = (conv_block(n_in, width, stride=2, padding=padding), conv_block(width, width, padding=padding))
             self.down.append(nn.Sequential(*block))
@@ -100,7 +108,8 @@ class Segmenter(nn.Module):
         self.head = nn.Conv2d(channels[0], 1, 1)
 
     def forward(self, image: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        x, skips = torch.cat([image, restored], dim=1), []
+        parts = [image, restored, (image - restored).abs()] if self.difference else [image, restored]
+        x, skips = torch.cat(parts, dim=1), []
         for stage in self.down:
             x = stage(x)
             skips.append(x)
@@ -122,6 +131,7 @@ class Draem(nn.Module):
         code_channels: int,
         segmenter_stages: int | None = None,
         padding: Padding = "zeros",
+        segmenter_input: SegmenterInput = "pair",
     ):
         super().__init__()
         self.shape = (channels, height, width)
@@ -130,7 +140,7 @@ class Draem(nn.Module):
         self.restorer = Restorer(channels, conv_channels, code_channels, padding)
         # None: a bundle from before the key, whose segmenter followed the restorer it was given
         stages = segmenter_stages or draem_segmenter_stages(len(conv_channels))
-        self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages], padding)
+        self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages], padding, segmenter_input)
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from aeguard.config import DEFAULT_ACTIVATION, MODEL_KINDS, default_config  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
-from aeguard.train.draem import PADDINGS, Draem, Padding
+from aeguard.train.draem import PADDINGS, SEGMENTER_INPUTS, Draem, Padding, SegmenterInput
 from aeguard.train.padding import GridPadding
 
 # Hidden-layer activations by name (the default and why: aeguard/config.py).
@@ -198,11 +198,15 @@ def build_model(config: dict) -> Autoencoder | Draem:
         padding = config.get("conv_padding", "zeros")  # no key: a bundle from before it, zero-padded
         if padding not in PADDINGS:
             raise UsageError(f"unknown draem conv_padding {padding!r}; choose one of {', '.join(PADDINGS)}")
+        reads = config.get("segmenter_input", "pair")  # no key: a bundle from before it, image and restoration
+        if reads not in SEGMENTER_INPUTS:
+            raise UsageError(f"unknown draem segmenter_input {reads!r}; choose one of {', '.join(SEGMENTER_INPUTS)}")
         return Draem(
             *shape,
             conv_channels=list(config["conv_channels"]),
             code_channels=config["latent"],
             segmenter_stages=config.get("segmenter_stages"),
             padding=cast(Padding, padding),
+            segmenter_input=cast(SegmenterInput, reads),
         )
     raise UsageError(f"unknown model {config.get('kind')!r}; choose one of {', '.join(MODEL_KINDS)}")
