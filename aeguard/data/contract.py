@@ -124,11 +124,6 @@ class Preprocessing:
         turn = exif_turn(image) if self.orientation is Orientation.EXIF else None
         return image if turn is None else image.transpose(turn)
 
-    def upright_size(self, image: Image.Image) -> tuple[int, int]:
-        """(height, width) of the image once upright(); from the header, no pixel decoded."""
-        turned = self.orientation is Orientation.EXIF and exif_turn(image) in QUARTER_TURNS
-        return (image.width, image.height) if turned else (image.height, image.width)
-
     def to_array(self, image: Image.Image) -> np.ndarray:
         """A decoded Pillow image -> (channels, height, width) float32 in [0, 1]."""
         image = self.upright(image)
@@ -158,6 +153,12 @@ def exif_turn(image: Image.Image) -> Transpose | None:
     except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on a damaged block
         return None
     return UPRIGHT.get(value) if isinstance(value, int) else None
+
+
+def upright_size(image: Image.Image, orientation: Orientation) -> tuple[int, int]:
+    """(height, width) of an opened image once turned as `orientation` says; from the header, no pixel decoded."""
+    turned = orientation is Orientation.EXIF and exif_turn(image) in QUARTER_TURNS
+    return (image.width, image.height) if turned else (image.height, image.width)
 
 
 def center_crop(image: Image.Image, aspect: float) -> Image.Image:

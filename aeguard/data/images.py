@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aeguard.config import DEFAULT_MAX_PIXELS
-from aeguard.data.contract import Preprocessing
+from aeguard.data.contract import Orientation, Preprocessing, upright_size
 from aeguard.errors import DataNotFoundError, ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset(
@@ -192,12 +192,12 @@ def load_images(paths, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
     return decode_each(lambda path, _: load_image(path, prep, max_pixels), paths, paths)
 
 
-def image_size(path: Path, prep: Preprocessing | None = None) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header: once upright as `prep` turns it (default: by
-    its EXIF tag, as a new contract does)."""
+def image_size(path: Path, orientation: Orientation = Orientation.EXIF) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header, once turned as `orientation` says (by default
+    upright by its EXIF tag, as a new contract reads it)."""
     try:
         with Image.open(path, formats=_available_formats()) as image:
-            return (prep or Preprocessing(1, 1, 1)).upright_size(image)
+            return upright_size(image, orientation)
     except Exception as exc:  # noqa: BLE001 - as in decode_image: any failure is this file's
         raise ImageError(f"{path}: cannot read image size ({type(exc).__name__}: {exc})") from None
 

@@ -186,7 +186,7 @@ def read_mask(path: Path, image: Path, prep: Preprocessing) -> np.ndarray | str:
     photo turned another way than the model reads it) would be resized onto the wrong pixels in silence."""
     mask_prep = Preprocessing(1, prep.height, prep.width, prep.crop, prep.orientation)
     try:
-        mask_size, image_size_ = image_size(path, mask_prep), image_size(image, mask_prep)
+        mask_size, image_size_ = image_size(path, prep.orientation), image_size(image, prep.orientation)
     except ImageError as exc:
         return str(exc)
     if mask_size != image_size_:
