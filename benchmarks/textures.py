@@ -8,9 +8,10 @@ writes: image AUROC, pixel AUROC, AUPRO, per defect type, and the fit's wall tim
 Recipes: `default` is `aeguard fit --data DIR` with no other option (the draem model); `conv-erase-blur` is the
 best MNIST recipe on the size-scaled conv autoencoder, for comparison; `draem-constant` is the default with the
 constant learning rate it had before; `default-seed1` and `default-seed2` are further draws of the default
-(`--seed 1`, `--seed 2`). Rows of earlier recipes are kept under their names (`draem-zeros`: zero-padded
-convolutions); every draw of a recipe (DRAWS) is averaged per texture at the end, the figure to quote, as one
-fit is one draw.
+(`--seed 1`, `--seed 2`); `draem-difference` (and its `-seed1`, `-seed2` draws) is the default with a module
+setting swapped in the fitting process (RECIPE_SETTINGS), a trial. Rows of earlier recipes are kept under
+their names (`draem-zeros`: zero-padded convolutions); every draw of a recipe (DRAWS) is averaged per texture
+at the end, the figure to quote, as one fit is one draw.
 
 Results go to benchmarks/results/textures.json / .md after every run; a run already there is not repeated.
 
@@ -40,6 +41,17 @@ RECIPES = {
     "default-seed1": ["--seed", "1"],  # a second draw of the default: how far one fit is from another
     "default-seed2": ["--seed", "2"],  # a third draw
     "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
+    "draem-difference": [],  # with RECIPE_SETTINGS' setting: setting_trial_difference
+    "draem-difference-seed1": ["--seed", "1"],
+    "draem-difference-seed2": ["--seed", "2"],
+}
+# aeguard module settings swapped in a recipe's fitting process (benchmarks/setting_trial.py), for a trial that
+# is not a command-line option
+DIFFERENCE = {"config.DRAEM_SEGMENTER_INPUT": "difference"}
+RECIPE_SETTINGS: dict[str, dict[str, float | str]] = {
+    "draem-difference": DIFFERENCE,
+    "draem-difference-seed1": DIFFERENCE,
+    "draem-difference-seed2": DIFFERENCE,
 }
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
@@ -61,6 +73,10 @@ RECIPE_NOTES = {
     "twice the training and scoring work; ahead of single fits on the development folders (fit_trial_ensemble), "
     "not here, so not kept (brick's fit ran alone; ihc's ran beside a CI run on the same cores, so its time is "
     "not the recipe's; the retina was not run)",
+    "draem-difference": "the default with its segmenter reading |image - restoration| beside the image and its "
+    'restoration (aeguard.config.DRAEM_SEGMENTER_INPUT = "difference", swapped in the fitting process)',
+    "draem-difference-seed1": "draem-difference with `--seed 1`: another draw of it",
+    "draem-difference-seed2": "draem-difference with `--seed 2`: a third draw",
     "draem-scars": "draem-zeros with a third of its synthetic defects in CutPaste's scar shape (thin rotated "
     "rectangles; commit 8fcf212): scratch maps sharper, image AUROC lower, so not kept",
 }
@@ -69,6 +85,7 @@ NAME = "textures"
 DRAWS = {
     "the default recipe": ("default", "default-seed1", "default-seed2"),
     "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
+    "the difference trial": ("draem-difference", "draem-difference-seed1", "draem-difference-seed2"),
 }
 
 
@@ -78,11 +95,17 @@ def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
         write_texture_folder(texture, folder, seed=seed)
     out = work / f"{texture}-{recipe}"
     command = ["aeguard", "fit", "--data", str(folder), "--out", str(out), "--force", *RECIPES[recipe]]
+    settings = RECIPE_SETTINGS.get(recipe, {})
+    if settings:
+        code = (
+            f"from benchmarks.setting_trial import fit_with_settings; fit_with_settings({settings!r}, {command[1:]!r})"
+        )
+        python = ["-c", code]
+    else:
+        python = ["-m", "aeguard.cli.main", *command[1:]]
     started = time.perf_counter()
     with StealMeter() as steal:
-        result = subprocess.run(
-            [sys.executable, "-m", "aeguard.cli.main", *command[1:]], capture_output=True, text=True, check=False
-        )
+        result = subprocess.run([sys.executable, *python], capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -93,7 +116,7 @@ def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
         "texture": texture,
         "colour": TEXTURES[texture][1],
         "recipe": recipe,
-        "command": " ".join(command),
+        "command": " ".join(command) + "".join(f" (with aeguard.{k} = {v!r})" for k, v in settings.items()),
         "model": manifest["model"]["kind"],
         "image_auroc": report["metrics"]["auroc"],
         "pixel_auroc": local.get("pixel_auroc"),
