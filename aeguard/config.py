@@ -325,7 +325,9 @@ MAX_CONV_CHANNELS = 256
 SPATIAL_FROM = 64
 DRAEM_CODE_CHANNELS = 64
 DRAEM_CONV_PADDING = "replicate"  # setting_trial_replicate: brick 0.932 -> 0.954 over two seeds
-DRAEM_SEGMENTER_INPUT = "pair"  # or "difference": draem.SegmenterInput
+# "difference" (draem.SegmenterInput) gained on the development folders (setting_trial_difference) and gave
+# the texture benchmark the same mean, brick up and histology down (textures.md, draem-difference): not kept
+DRAEM_SEGMENTER_INPUT = "pair"
 
 
 def conv_channels_for(height: int, width: int) -> list[int]:

@@ -289,16 +289,17 @@ def folder_preprocessing(
 ) -> Preprocessing:
     """The contract a folder's model is trained under: the size asked for (or the first image's, at most
     DEFAULT_LONGEST_SIDE across), the colour asked for (or the images' own), and the crop."""
-    height, width = parse_image_size(image_size_text) or (None, None)
-    if height is None or width is None:
+    size = parse_image_size(image_size_text)
+    if size is None:
         own = first_readable_size(paths)
-        height, width = default_image_size(*own)
-        if (height, width) != own:
+        size = default_image_size(*own)
+        if size != own:
             print(
-                f"note: the training images are {own[1]}x{own[0]} (width x height); fitting at {width}x{height}, "
+                f"note: the training images are {own[1]}x{own[0]} (width x height); fitting at {size[1]}x{size[0]}, "
                 f"the default of at most {DEFAULT_LONGEST_SIDE} px across (choose with --image-size)",
                 file=sys.stderr,
             )
+    height, width = size
     chosen = Color(color) if color is not None else folder_color(paths, height, width)
     return Preprocessing.of(chosen, height, width, crop)
 
