@@ -326,7 +326,7 @@ SPATIAL_FROM = 64
 DRAEM_CODE_CHANNELS = 64
 DRAEM_CONV_PADDING = "replicate"  # setting_trial_replicate: brick 0.932 -> 0.954 over two seeds
 # "difference" (draem.SegmenterInput) gained on the development folders (setting_trial_difference) and gave
-# the texture benchmark the same mean, brick up and histology down (textures.md, draem-difference): not kept
+# the texture benchmark 0.979 against 0.983, brick up and histology down (textures.md, draem-difference): not kept
 DRAEM_SEGMENTER_INPUT = "pair"
 
 
