@@ -61,6 +61,14 @@ def fit_with_settings(settings: dict[str, float | str], argv: list[str]) -> None
     main()
 
 
+def fit_process(settings: dict[str, float | str], argv: list[str]) -> list[str]:
+    """What follows the interpreter to run `aeguard <argv>` in a new process with `settings` swapped in
+    (none: plain `python -m aeguard.cli.main`)."""
+    if not settings:
+        return ["-m", "aeguard.cli.main", *argv]
+    return ["-c", f"from benchmarks.setting_trial import fit_with_settings; fit_with_settings({settings!r}, {argv!r})"]
+
+
 def trial_bundle(work: Path, texture: str, name: str, seed: int) -> Path:
     from benchmarks import fit_trial
 
@@ -95,12 +103,11 @@ def main() -> None:
         bundle = trial_bundle(args.work, texture, args.name, args.seed)
         if not (bundle / "manifest.json").is_file():
             fit = ["fit", "--data", str(folder), "--out", str(bundle), "--force", *seed]
-            code = f"from benchmarks.setting_trial import fit_with_settings; fit_with_settings({settings!r}, {fit!r})"
-            commands.append(["-c", code])
+            commands.append(fit_process(settings, fit))
         baseline = baseline_bundle(args.work, texture, args.seed)
         if args.seed and not (baseline / "manifest.json").is_file():
             fit = ["fit", "--data", str(folder), "--out", str(baseline), "--force", *seed]
-            commands.append(["-m", "aeguard.cli.main", *fit])
+            commands.append(fit_process({}, fit))
     run_side_by_side(commands, f"a {args.name} trial fit")
     rows = []
     for texture in textures:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results_io import RESULTS_DIR, StealMeter, current_commit, machine
+from benchmarks.setting_trial import fit_process
 from benchmarks.texture_defects import TEXTURES, write_texture_folder
 
 RECIPES = {
@@ -96,16 +97,11 @@ def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
     out = work / f"{texture}-{recipe}"
     command = ["aeguard", "fit", "--data", str(folder), "--out", str(out), "--force", *RECIPES[recipe]]
     settings = RECIPE_SETTINGS.get(recipe, {})
-    if settings:
-        code = (
-            f"from benchmarks.setting_trial import fit_with_settings; fit_with_settings({settings!r}, {command[1:]!r})"
-        )
-        python = ["-c", code]
-    else:
-        python = ["-m", "aeguard.cli.main", *command[1:]]
     started = time.perf_counter()
     with StealMeter() as steal:
-        result = subprocess.run([sys.executable, *python], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, *fit_process(settings, command[1:])], capture_output=True, text=True, check=False
+        )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
