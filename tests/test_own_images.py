@@ -105,9 +105,14 @@ def test_photos_are_read_upright_by_their_exif_tag_and_old_bundles_read_them_as_
     assert upright[:2].mean() > 0.85 and upright[3:].mean() < 0.2  # bright on top, as a viewer shows it
     stored = load_image(path, Preprocessing(1, 4, 8, orientation=Orientation.STORED))[0]
     assert stored[:, :2].mean() > 0.85 and stored[:, 3:].mean() < 0.2  # bright on the left, as the file holds it
-    for tag, top_row_bright in ((1, False), (3, False), (8, False)):  # 8 turns the other way: bright at the bottom
-        turned = load_image(photo_with_orientation(tmp_path / f"t{tag}.jpg", np.asarray(Image.open(path)), tag), new)
-        assert (turned[0, :2].mean() > 0.85) == top_row_bright
+    pixels = np.asarray(Image.open(path))
+    tagged = {tag: photo_with_orientation(tmp_path / f"t{tag}.jpg", pixels, tag) for tag in (1, 3, 8)}
+    as_stored = Preprocessing(1, 8, 4, orientation=Orientation.STORED)
+    np.testing.assert_array_equal(load_image(tagged[1], new), load_image(tagged[1], as_stored))  # 1: upright already
+    half_turn = load_image(tagged[3], Preprocessing(1, 4, 8))[0]
+    assert half_turn[:, -2:].mean() > 0.85 and half_turn[:, :5].mean() < 0.2  # 3: bright on the right
+    other_way = load_image(tagged[8], new)[0]
+    assert other_way[-2:].mean() > 0.85 and other_way[:5].mean() < 0.2  # 8 turns the other way: bright at the bottom
 
 
 def test_a_mask_is_used_only_when_it_is_the_size_of_its_upright_image(tmp_path):
