@@ -7,8 +7,8 @@ writes: image AUROC, pixel AUROC, AUPRO, per defect type, and the fit's wall tim
 
 Recipes: `default` is `aeguard fit --data DIR` with no other option (the draem model); `conv-erase-blur` is the
 best MNIST recipe on the size-scaled conv autoencoder, for comparison; `draem-constant` is the default with the
-constant learning rate it had before; `default-seed1` and `default-seed2` are further draws of the default
-(`--seed 1`, `--seed 2`); `draem-difference` (and its `-seed1`, `-seed2` draws) is the default with a module
+constant learning rate it had before; `default-seed1` to `default-seed4` are further draws of the default
+(`--seed 1` to `--seed 4`); `draem-difference` (and its `-seed1`, `-seed2` draws) is the default with a module
 setting swapped in the fitting process (RECIPE_SETTINGS), a trial. Rows of earlier recipes are kept under
 their names (`draem-zeros`: zero-padded convolutions); every draw of a recipe (DRAWS) is averaged per texture
 at the end, the figure to quote, as one fit is one draw.
@@ -41,6 +41,8 @@ RECIPES = {
     "draem-constant": ["--lr-schedule", "constant"],
     "default-seed1": ["--seed", "1"],  # a second draw of the default: how far one fit is from another
     "default-seed2": ["--seed", "2"],  # a third draw
+    "default-seed3": ["--seed", "3"],  # a fourth and fifth draw, to narrow the mean
+    "default-seed4": ["--seed", "4"],
     "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
     "draem-difference": [],  # with RECIPE_SETTINGS' setting: setting_trial_difference
     "draem-difference-seed1": ["--seed", "1"],
@@ -62,6 +64,8 @@ RECIPE_NOTES = {
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
     "another draw of the same recipe",
     "default-seed2": "the default with `--seed 2`: a third draw",
+    "default-seed3": "the default with `--seed 3`: a fourth draw",
+    "default-seed4": "the default with `--seed 4`: a fifth draw",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
@@ -84,7 +88,7 @@ RECIPE_NOTES = {
 NAME = "textures"
 # Draws of one recipe: another seed, or earlier code with the same numbers to float rounding.
 DRAWS = {
-    "the default recipe": ("default", "default-seed1", "default-seed2"),
+    "the default recipe": ("default", "default-seed1", "default-seed2", "default-seed3", "default-seed4"),
     "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
     "the difference trial": ("draem-difference", "draem-difference-seed1", "draem-difference-seed2"),
 }
