@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar, overload
 
 from aeguard.errors import UsageError
 
@@ -23,6 +24,25 @@ class ConfigError(UsageError):
     def __init__(self, parameter: str, message: str):
         super().__init__(message)
         self.parameter = parameter
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+@overload
+def choice(kind: type[Choice], name: str, value: None) -> None: ...
+@overload
+def choice(kind: type[Choice], name: str, value: Choice | str) -> Choice: ...
+def choice(kind, name, value):
+    """`value` as a member of the enum `kind` (a string is a member's value; None stays None); a ConfigError
+    names `name` and the choices otherwise."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise ConfigError(name, f"unknown {name} {value!r}; choose one of {choices}") from None
 
 
 class Model(StrEnum):
@@ -121,7 +141,7 @@ def parse_noise(text: str | None) -> tuple[str, float] | None:
     if not text or text == "none":
         return None
     noise = Noise.parse(text)
-    return noise.kind.value, noise.level
+    return None if noise.kind is None else (noise.kind.value, noise.level)
 
 
 class ScoreFunction(StrEnum):
@@ -223,15 +243,9 @@ class DetectorConfig:
     max_images: int | None = None  # cap on the normal training images, for quick trials
 
     def __post_init__(self):
-        coerce = {"model": Model, "activation": Activation, "score": ScoreFunction}
-        for name, kind in coerce.items():
-            value = getattr(self, name)
-            if value is not None:
-                try:
-                    object.__setattr__(self, name, kind(value))
-                except ValueError:
-                    choices = ", ".join(member.value for member in kind)
-                    raise ConfigError(name, f"unknown {name} {value!r}; choose one of {choices}") from None
+        # strings are accepted at run time for the callers without a type checker (`model="conv"`)
+        for name, kind in {"model": Model, "activation": Activation, "score": ScoreFunction}.items():
+            object.__setattr__(self, name, choice(kind, name, getattr(self, name)))
         if isinstance(self.noise, str):
             object.__setattr__(self, "noise", Noise.parse(self.noise))
         if self.hidden is not None:

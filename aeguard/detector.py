@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.bundle import VALIDATION_SCORES_NAME
-from aeguard.config import DetectorConfig, Noise, TrainConfig
+from aeguard.config import Activation, DetectorConfig, Model, Noise, NoiseKind, ScoreFunction, TrainConfig, choice
 from aeguard.data.sources import (
     EvalSet,
     TrainingData,
@@ -45,7 +45,7 @@ class Detector:
         latent: int | None = None,
         hidden: tuple[int, ...] | None = None,
         activation: str | None = None,
-        noise: str | None = None,
+        noise: str | Noise | None = None,
         noise_level: float | None = None,
         sparsity: float | None = None,
         k: int | None = None,
@@ -150,7 +150,7 @@ class Detector:
         elif ":" in self.noise or self.noise == "none" or self.noise_level is None:
             noise = Noise.parse(self.noise)
         else:
-            noise = Noise(self.noise, self.noise_level)
+            noise = Noise(choice(NoiseKind, "noise", self.noise), self.noise_level)
         train = TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -162,16 +162,16 @@ class Detector:
             seed=self.seed,
         )
         return DetectorConfig(
-            model=self.model,
+            model=choice(Model, "model", self.model),
             latent=self.latent,
             hidden=self.hidden,
-            activation=self.activation,
+            activation=choice(Activation, "activation", self.activation),
             noise=noise,
             sparsity=self.sparsity,
             k=self.k,
             contraction=self.contraction,
             beta=self.beta,
-            score=self.score,
+            score=choice(ScoreFunction, "score", self.score),
             score_sigma=self.score_sigma,
             score_top=self.score_top,
             knn=self.knn,

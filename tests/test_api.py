@@ -97,6 +97,8 @@ def test_arrays_of_every_accepted_kind_score_alike(fitted):
         ({"model": "gan"}, "unknown model .gan."),
         ({"noise_level": 0.3}, "noise_level needs a noise kind"),
         ({"noise": "erase", "noise_level": 2.0}, "0 < level <= 1"),
+        ({"noise": "blur", "noise_level": 0.3}, "unknown noise 'blur'; choose one of gaussian, mask"),
+        ({"activation": "tanh"}, "unknown activation 'tanh'; choose one of leaky-relu, relu"),
         ({"score": "elbo"}, "needs a variational model"),
         ({"epochs": 0}, "epochs must be a positive integer"),
         ({"target_fpr": 1.5}, "target_fpr must lie in"),

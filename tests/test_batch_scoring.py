@@ -130,6 +130,16 @@ def test_jsonl_and_parquet_hold_the_same_rows_as_csv(mnist_bundle, pngs, tmp_pat
         assert [r["is_anomaly"] for r in rows] == [r["is_anomaly"] == "true" for r in expected]
 
 
+def test_parquet_to_standard_output_is_refused_by_the_cli_and_the_writer(mnist_bundle, pngs):
+    from aeguard.batch.writers import RowWriter
+    from aeguard.errors import UsageError
+
+    result = runner.invoke(app, ["score", str(mnist_bundle), str(pngs), "--format", "parquet"])
+    assert result.exit_code == 2 and "Parquet output needs --output FILE" in result.output, result.output
+    with pytest.raises(UsageError, match="Parquet output needs --output FILE"):
+        RowWriter(None, "parquet")  # the library caller gets the same words, not an AttributeError
+
+
 def test_heat_maps_for_anomalies_only(mnist_bundle, pngs, tmp_path):
     maps = tmp_path / "maps"
     out = tmp_path / "s.csv"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -135,3 +136,18 @@ def test_random_manifests_give_a_bundle_or_a_bundle_error(tmp_path_factory, data
     except BundleError:
         return
     assert scorer.input_shape == (1, 28, 28) and math.isfinite(scorer.threshold)
+
+
+def test_a_graph_without_an_asked_for_output_is_a_bundle_error_not_an_onnxruntime_failure(bundle, tmp_path):
+    # the hand-made graph has score and error_map but no reconstruction, which evaluate's report grid needs
+    scorer = Scorer(bundle)
+    blank = np.zeros((2, *scorer.input_shape), np.float32)
+    assert scorer.score(blank, error_maps=True).error_maps.shape == blank.shape
+    with pytest.raises(BundleError, match="no 'reconstruction' output"):
+        scorer.score(blank, reconstructions=True)
+    for folder, value in (("normal", 0), ("anomaly", 255)):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (28, 28), value).save(tmp_path / "data" / folder / f"{i}.png")
+    result = runner.invoke(app, ["evaluate", str(bundle), "--data", str(tmp_path / "data")])
+    assert result.exit_code == 4 and "no 'reconstruction' output" in result.output, result.output

@@ -85,7 +85,8 @@ def record_row(
             on_error(f"{path_text(path)}: {result.error}" if result.error == NON_FINITE_SCORE else result.error)
     else:
         summary.scored += 1
-        summary.anomalies += int(result.is_anomaly)
+        if result.is_anomaly:
+            summary.anomalies += 1
 
 
 def unscored(paths: Iterable[Path], done: Counter, summary: ScoreSummary) -> Iterable[str]:

@@ -32,9 +32,13 @@ def infer_format(output: Path | None, requested: str | None) -> str:
         fmt = requested
     else:
         fmt = _SUFFIXES.get(output.suffix.lower(), "csv") if output is not None else "csv"
+    _check_parquet_output(fmt, output)
+    return fmt
+
+
+def _check_parquet_output(fmt: str, output: Path | None) -> None:
     if fmt == "parquet" and output is None:
         raise UsageError("Parquet output needs --output FILE")
-    return fmt
 
 
 def spool_path(output: Path) -> Path:
@@ -139,9 +143,12 @@ class RowWriter:
     def __init__(self, output: Path | None, fmt: str, resume: ResumePoint | None = None):
         self.format = fmt
         self.output = output
-        if fmt == "parquet":
+        _check_parquet_output(fmt, output)
+        # Parquet is written at the end, from a JSON Lines spool: (spool, the Parquet file)
+        self._parquet = (spool_path(output), output) if fmt == "parquet" and output is not None else None
+        if self._parquet is not None:
             require_pyarrow()  # before any work, not after hours of scoring
-        target = spool_path(output) if fmt == "parquet" else output
+        target = self._parquet[0] if self._parquet is not None else output
         self.target = target  # None: standard output, which is neither synced nor closed here
         if target is None:
             self._handle: IO[str] = sys.stdout
@@ -203,8 +210,8 @@ class RowWriter:
                     self._handle.close()
                 except OSError:
                     pass  # the flush above already reported why
-        if complete and self.format == "parquet":
-            self._guarded(_spool_to_parquet, spool_path(self.output), self.output)
+        if complete and self._parquet is not None:
+            self._guarded(_spool_to_parquet, *self._parquet)
 
 
 def _fsync(handle: IO[str]) -> None:

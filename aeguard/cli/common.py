@@ -66,7 +66,7 @@ def needs_extra(command: str, exc: ModuleNotFoundError) -> Exception:
     )
 
 
-def parse_int_list(text: str | None, option: str) -> list[int] | None:
+def parse_int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     if text is None:
         return None
     from aeguard.errors import UsageError
@@ -77,4 +77,4 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
         raise UsageError(f"{option} takes comma-separated integers such as 128,64, got {text!r}") from None
     if not values or min(values) < 1:
         raise UsageError(f"{option} takes positive integers, got {text!r}")
-    return values
+    return tuple(values)

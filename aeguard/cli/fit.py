@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from aeguard.config import DetectorConfig, photo_recipe
+from aeguard.config import Activation, DetectorConfig, Model, ScoreFunction, choice, photo_recipe
 
 from .common import needs_extra, parse_int_list, reports_errors
 
@@ -214,16 +214,16 @@ def fit(
         out = Path("runs") / f"{source}-{model}"
     try:
         config = DetectorConfig(
-            model=model,
+            model=choice(Model, "model", model),
             latent=latent,
             hidden=parse_int_list(hidden, "--hidden"),
-            activation=activation,
+            activation=choice(Activation, "activation", activation),
             noise=Noise.parse(noise) if noise is not None else None,
             sparsity=sparsity,
             k=k,
             contraction=contraction,
             beta=beta,
-            score=score,
+            score=choice(ScoreFunction, "score", score),
             score_sigma=score_sigma,
             score_top=score_top,
             knn=knn,
@@ -259,6 +259,7 @@ def fit(
         force=force,
         allow_download=not no_download,
     )
+    manifest: dict | None
     if devices > 1:
         from aeguard.bundle import check_out, read_manifest
         from aeguard.train.distributed import check_devices, launched_by_torchrun

@@ -113,7 +113,7 @@ def score(
     # no spin-waiting between calls: the decode workers need those cores
     scorer = Scorer(bundle, intra_op_threads=threads, spin=False, provider=provider)
     fmt = infer_format(output, format)
-    previous = resume_point(output, fmt) if resume else None
+    previous = resume_point(output, fmt) if resume and output is not None else None
     options = ScoreOptions(batch_size=batch_size, workers=workers, max_pixels=max_pixels, save_maps=save_maps)
     paths = iter_inputs(inputs, from_list)
     writer = RowWriter(output, fmt, resume=previous)

@@ -155,9 +155,9 @@ def locate(spec: DatasetSpec, split: str, data_dir: Path | None = None) -> tuple
     """Return (images, labels) paths of a split if some search root holds both."""
     for root in search_roots(data_dir):
         for directory in _candidate_dirs(spec, root):
-            found = [_find_file(directory, stem) for stem in SPLIT_FILES[split]]
-            if all(found):
-                return found[0], found[1]
+            images, labels = (_find_file(directory, stem) for stem in SPLIT_FILES[split])
+            if images is not None and labels is not None:
+                return images, labels
     return None
 
 

@@ -10,7 +10,10 @@ import numpy as np
 from aeguard.errors import DataFormatError
 
 # Type codes from the IDX spec; MNIST and Fashion-MNIST only use 0x08 (unsigned byte).
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES = {
+    code: np.dtype(name)
+    for code, name in {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.items()
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -24,7 +27,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataFormatError(f"cannot read IDX file {path}: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise DataFormatError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
-    dtype = np.dtype(_DTYPES[data[2]])
+    dtype = _DTYPES[data[2]]
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:

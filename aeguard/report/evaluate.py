@@ -95,6 +95,7 @@ def evaluate_bundle(
     )
     picks = _grid_indices(truth)
     detail = scorer.score(eval_set.images[picks], error_maps=True, reconstructions=True)
+    assert detail.reconstructions is not None and detail.error_maps is not None  # score() raises without them
     titles = ["anomaly" if truth[i] else "normal" for i in picks]
     if eval_set.class_labels is not None:
         titles = [f"{t} ({eval_set.class_labels[i]})" for t, i in zip(titles, picks)]

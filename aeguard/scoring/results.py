@@ -20,7 +20,7 @@ class ItemResult:
     error: str | None = None
 
 
-def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+def is_anomalous(scores: np.ndarray | float, threshold: float) -> np.ndarray:
     """The anomaly rule for arrays: a score above the threshold. (NaN compares as False here: callers that can
     meet one go through `judge`, which makes it an error instead.)"""
     return np.asarray(scores) > threshold
@@ -34,7 +34,9 @@ def judge(score: float, threshold: float) -> ItemResult:
     return ItemResult(score, bool(is_anomalous(score, threshold)))
 
 
-def item_results(errors: Sequence[str | None], scores: Sequence[float], threshold: float) -> list[ItemResult]:
+def item_results(
+    errors: Sequence[str | None], scores: Sequence[float] | np.ndarray, threshold: float
+) -> list[ItemResult]:
     """Per-item results of a batch: the scores, in order, of the items without an error, and each error."""
     results, remaining = [], iter(scores)
     for error in errors:

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import onnxruntime as ort
@@ -87,7 +88,7 @@ MAX_INPUT_SIDE = 8192  # pixels per side of the model input; also bounds what ev
 MAX_CHANNELS = 4
 
 
-def _finite_number(value: object) -> bool:
+def _finite_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -97,9 +98,9 @@ def _preprocessing(manifest: dict, where: str) -> Preprocessing:
     if not isinstance(spec, dict):
         raise BundleError(f"{where} has no input spec (an object with channels, height and width)")
     values = [spec.get(key) for key in ("channels", "height", "width")]
-    if not all(type(v) is int for v in values):
-        raise BundleError(f"{where}: input channels, height and width must be integers, got {values}")
     channels, height, width = values
+    if not (type(channels) is int and type(height) is int and type(width) is int):  # a bool is no size
+        raise BundleError(f"{where}: input channels, height and width must be integers, got {values}")
     if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE):
         raise BundleError(
             f"{where}: input {channels}x{height}x{width} is outside 1-{MAX_CHANNELS} channels "
@@ -139,7 +140,7 @@ class Scorer:
         spin: bool = True,
         provider: str = "auto",
     ):
-        self.bundle_dir = Path(bundle_dir)
+        self.bundle_dir: Path | None = Path(bundle_dir)
         manifest = read_manifest(self.bundle_dir, verify=verify)
         model_bytes = read_plain_file(bundle_file(self.bundle_dir, MODEL_NAME))
         self._load(manifest, model_bytes, str(self.bundle_dir / MANIFEST_NAME), intra_op_threads, spin, provider)
@@ -148,7 +149,7 @@ class Scorer:
     def from_contents(cls, contents, intra_op_threads: int = 0, provider: str = "auto") -> Scorer:
         """A scorer of a bundle still in memory (a fitted Detector's, before or without saving it)."""
         scorer = cls.__new__(cls)
-        scorer.bundle_dir = None
+        scorer.bundle_dir = None  # nothing on disk
         scorer._load(
             contents.manifest, contents.files[MODEL_NAME], "the fitted detector", intra_op_threads, True, provider
         )
@@ -171,9 +172,9 @@ class Scorer:
         self.provider = check_session_provider(self.session, requested, provider)  # cpu, cuda or tensorrt
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
-        outputs = {o.name for o in self.session.get_outputs()}
-        if SCORE_OUTPUT not in outputs:
-            raise BundleError(f"{MODEL_NAME} has no {SCORE_OUTPUT!r} output (has {sorted(outputs)})")
+        self.outputs = frozenset(o.name for o in self.session.get_outputs())
+        if SCORE_OUTPUT not in self.outputs:
+            raise BundleError(f"{MODEL_NAME} has no {SCORE_OUTPUT!r} output (has {sorted(self.outputs)})")
         declared = list(graph_input.shape)
         if len(declared) != 4 or any(
             isinstance(d, int) and d != want for d, want in zip(declared[1:], self.input_shape)
@@ -240,6 +241,11 @@ class Scorer:
             names.append(ERROR_MAP_OUTPUT)
         if reconstructions:
             names.append(RECONSTRUCTION_OUTPUT)
+        missing = [name for name in names if name not in self.outputs]
+        if missing:  # aeguard's graphs have them all; a hand-made one may not
+            raise BundleError(
+                f"{MODEL_NAME} has no {' or '.join(map(repr, missing))} output (has {sorted(self.outputs)})"
+            )
         results = dict(zip(names, self.session.run(names, {self.input_name: batch})))
         return ScoreBatch(results[SCORE_OUTPUT], results.get(ERROR_MAP_OUTPUT), results.get(RECONSTRUCTION_OUTPUT))
 
@@ -249,7 +255,7 @@ class Scorer:
 
     @property
     def has_codes(self) -> bool:
-        return CODE_OUTPUT in {o.name for o in self.session.get_outputs()}
+        return CODE_OUTPUT in self.outputs
 
     def codes(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Latent codes (N, latent) of bundles that export them (those from aeguard 0.2 on)."""
@@ -271,10 +277,11 @@ class Scorer:
 
     def anomaly_maps(self, images) -> np.ndarray:
         """Per-pixel error maps (N, C, H, W) of the bundle's score function."""
-        batch = as_model_input(images, self.channels)
-        return self.score(batch, error_maps=True).error_maps
+        maps = self.score(as_model_input(images, self.channels), error_maps=True).error_maps
+        assert maps is not None  # score() raises for a graph without them
+        return maps
 
-    def results(self, errors: Sequence[str | None], scores: Sequence[float]) -> list[ItemResult]:
+    def results(self, errors: Sequence[str | None], scores: Sequence[float] | np.ndarray) -> list[ItemResult]:
         return item_results(errors, scores, self.threshold)
 
     def score_decoded(

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -54,7 +55,10 @@ def client_error(exc: Exception) -> AeguardError | None:
     if isinstance(exc, AeguardError):
         return exc
     if isinstance(exc, (MultiPartException, HTTPException)):  # Starlette's form parser raises either
-        status, message = getattr(exc, "status_code", 400), str(getattr(exc, "detail", None) or exc.message)
+        if isinstance(exc, HTTPException):
+            status, message = exc.status_code, str(exc.detail)
+        else:
+            status, message = 400, exc.message
         if not 400 <= status < 500:
             return None
         if status == 413 or message.startswith("Too many"):  # more files or fields than the limits allow
@@ -173,7 +177,7 @@ class Handlers:
             async with request.starlette_request().form(
                 max_files=self.settings.max_images_per_request, max_part_size=self.settings.max_body_bytes
             ) as form:
-                uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
+                uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
                 if not uploads:
                     raise RequestError("multipart body holds no file parts")
                 names = [upload.filename or f"file[{i}]" for i, upload in enumerate(uploads)]
@@ -189,6 +193,7 @@ class Handlers:
         model = self.service.model(params["name"], params.get("version"))
         body = await self._body(request)
         scorer, header_length = model.scorer, request.raw_header(payloads.OIP_BINARY_HEADER)
+        infer: payloads.InferRequest | None
         if header_length is None:
             infer, binary = payloads.infer_request(body), None
             plan = payloads.oip_plan(infer, scorer.input_name, scorer.input_shape, settings.max_images_per_request)
@@ -239,7 +244,7 @@ class Handlers:
         return json_reply({"live": True})
 
     async def ready(self, request: HttpRequest) -> Reply:
-        body = {"ready": self.service.ready}
+        body: dict[str, bool | str] = {"ready": self.service.ready}
         if self.service.store.last_error_type:
             # unauthenticated: the kind only; the message (paths, hashes) goes to the log and /admin/reload
             body["last_reload_failed"] = self.service.store.last_error_type

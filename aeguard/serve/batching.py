@@ -162,7 +162,8 @@ class BatchingScorer:
 
     def _take_batch(self) -> list[Pending]:
         """Pending requests up to max_batch_size images (at least one), oldest first; skips abandoned ones."""
-        taken, count = [], 0
+        taken: list[Pending] = []
+        count = 0
         while self._pending:
             images, future = self._pending[0]
             if taken and count + len(images) > self.max_batch_size:
@@ -178,17 +179,18 @@ class BatchingScorer:
         try:  # every image of one batch goes through the same model, even if a reload lands meanwhile
             model = self.store.current
         except Exception as exc:  # noqa: BLE001 - NotReadyError or worse: every waiting request gets it
-            self._deliver(batch, model=None, scores=None, error=exc)
+            self._fail(batch, exc)
             return
         parts = [images for images, _ in batch]
         count = sum(map(len, parts))
         loop = asyncio.get_running_loop()
         if count * model.seconds_per_image <= self.inline_max_s:
             try:
-                scores, error = self._infer(model, parts), None
+                scores = self._infer(model, parts)
             except Exception as exc:  # noqa: BLE001 - the daemon lives on; these requests get the failure
-                scores, error = None, exc
-            self._deliver(batch, model, scores, error)
+                self._fail(batch, exc)
+            else:
+                self._deliver(batch, model, scores)
             return
         self._running += 1
         done = loop.run_in_executor(self.executor, self._infer, model, parts)
@@ -197,22 +199,27 @@ class BatchingScorer:
     def _finish(self, batch: list[Pending], model: LoadedModel, done: asyncio.Future) -> None:
         self._running -= 1
         error = done.exception()
-        self._deliver(batch, model, done.result() if error is None else None, error)
+        if error is not None:
+            self._fail(batch, error)
+        else:
+            self._deliver(batch, model, done.result())
         if self._pending:
             self._flush()
 
     @staticmethod
-    def _deliver(
-        batch: list[Pending], model: LoadedModel | None, scores: np.ndarray | None, error: BaseException | None
-    ) -> None:
+    def _deliver(batch: list[Pending], model: LoadedModel, scores: np.ndarray) -> None:
         """Hand each request its share of the batch's scores (Python floats: what the replies are made of, and
-        one conversion per batch instead of numpy calls per request), or the batch's failure."""
-        values = scores.tolist() if error is None else None
+        one conversion per batch instead of numpy calls per request)."""
+        values = scores.tolist()
         offset = 0
         for images, future in batch:
             if not future.done():
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result((values[offset : offset + len(images)], model))
+                future.set_result((values[offset : offset + len(images)], model))
             offset += len(images)
+
+    @staticmethod
+    def _fail(batch: list[Pending], error: BaseException) -> None:
+        """Every request of the batch still waiting gets the batch's failure."""
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)

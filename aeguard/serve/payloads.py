@@ -18,7 +18,7 @@ from aeguard.data.contract import Preprocessing
 from aeguard.data.images import decode_each, decode_image
 from aeguard.errors import ImageError, ImageTooLargeError, PayloadTooLargeError, RequestError
 
-OIP_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype(np.uint8)}
+OIP_DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype(np.uint8)}
 OIP_OUTPUTS = ("score", "is_anomaly")  # what a reply holds unless the request names its outputs
 OIP_MAP_OUTPUT = "anomaly_map"  # [N, H, W] FP32, only when asked for by name: maps are large
 
@@ -293,7 +293,8 @@ def oip_plan(request: InferRequest, input_name: str, shape: tuple[int, int, int]
 
     outputs = tuple((name, as_binary(name)) for name in (requested or OIP_OUTPUTS))
     echo = {"id": request.id} if request.id is not None else {}
-    return OipPlan(tuple(dims), datatype, size, outputs, echo, channels_last)
+    n, c, h, w = dims  # four, checked above
+    return OipPlan((n, c, h, w), datatype, size, outputs, echo, channels_last)
 
 
 def oip_pixels(plan: OipPlan, request: InferRequest | None, binary: bytes | memoryview | None) -> np.ndarray:

@@ -41,6 +41,10 @@ class ErrorMap(nn.Module):
     convolution of draem's SSIM loss was a quarter of a training step. Without it (the exported graphs, whose
     numbers bundles were checked with) the convolution stays."""
 
+    kernel: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    rows: torch.Tensor | None
+    columns: torch.Tensor | None
+
     def __init__(self, config: dict, channels: int, size: tuple[int, int] | None = None):
         super().__init__()
         self.function = config["function"]

@@ -8,6 +8,7 @@ k-sparse: only the k largest units survive) and in how they train (see objective
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -19,7 +20,7 @@ from aeguard.train.draem import PADDINGS, SEGMENTER_INPUTS, Draem, Padding, Segm
 from aeguard.train.padding import GridPadding
 
 # Hidden-layer activations by name (the default and why: aeguard/config.py).
-ACTIVATIONS = {"relu": nn.ReLU, "leaky-relu": lambda: nn.LeakyReLU(0.2)}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky-relu": lambda: nn.LeakyReLU(0.2)}
 
 
 def activation_layer(name: str) -> nn.Module:
@@ -41,6 +42,8 @@ class Autoencoder(nn.Module):
     forward() is the deterministic reconstruction every runtime computes (the mean code for a VAE);
     code_statistics() gives the training objective what it needs beyond that.
     """
+
+    shape: tuple[int, int, int]  # (C, H, W) of the images, set by each architecture
 
     def __init__(
         self,

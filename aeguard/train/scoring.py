@@ -25,6 +25,7 @@ held-out normal images (stored in the graph). The error map stays the reconstruc
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -92,6 +93,10 @@ class ScoringGraph(nn.Module):
             # rows: reconstruction, rotation; columns: mean, std on the held-out normal images (set_standardisation)
             self.register_buffer("standardisation", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
 
+    @property
+    def autoencoders(self) -> list[Autoencoder]:
+        return cast(list[Autoencoder], list(self.members))
+
     @torch.no_grad()
     def set_reference_codes(self, images: torch.Tensor, seed: int = 0, batch_size: int = 1024) -> int:
         """Store every member's codes of (at most MAX_REFERENCE_CODES of) the training images; returns the count."""
@@ -100,7 +105,7 @@ class ScoringGraph(nn.Module):
             images = images[keep.sort().values]
         codes = [
             torch.cat([member.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-            for member in self.members
+            for member in self.autoencoders
         ]
         self.reference_codes = torch.stack(codes).float()
         return len(images)
@@ -135,7 +140,7 @@ class ScoringGraph(nn.Module):
 
     def reconstruction_score(self, images: torch.Tensor):
         maps, reconstructions, extras, distances, first_code = [], [], [], [], None
-        for index, member in enumerate(self.members):
+        for index, member in enumerate(self.autoencoders):
             code, log_var = member.code_statistics(images)
             reconstruction = member.decode(code)
             maps.append(self.error_map(images, reconstruction))
