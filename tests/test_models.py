@@ -17,6 +17,19 @@ def test_output_matches_input_shape_for_any_size(kind, size):
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_draem_restores_and_segments_every_small_size(channels):
+    # below 17 px the restorer halves once and the segmenter twice: sizes it could not halve evenly crashed
+    for height in range(4, 41):
+        for width in (height, height + 3):
+            model = build_model(default_config("draem", channels, height, width)).eval()
+            x = torch.rand(2, channels, height, width)
+            with torch.no_grad():
+                restored = model(x)
+                logits = model.defect_logits(x, restored)
+            assert restored.shape == x.shape and logits.shape == (2, 1, height, width), (height, width)
+
+
 def test_config_widths_are_honoured():
     config = default_config("dense", 1, 28, 28) | {"hidden": [256, 64], "latent": 8}
     model = build_model(config)

@@ -135,11 +135,13 @@ class Draem(nn.Module):
     ):
         super().__init__()
         self.shape = (channels, height, width)
-        edge = "replicate" if padding == "replicate" else "constant"
-        self.padding = GridPadding(height, width, len(conv_channels), edge)
-        self.restorer = Restorer(channels, conv_channels, code_channels, padding)
         # None: a bundle from before the key, whose segmenter followed the restorer it was given
         stages = segmenter_stages or draem_segmenter_stages(len(conv_channels))
+        edge = "replicate" if padding == "replicate" else "constant"
+        # both networks halve the image stage by stage, so it is padded for the deeper of the two (the segmenter,
+        # two stages, below 17 px; a size it could not halve evenly was a crash there, so no bundle changes)
+        self.padding = GridPadding(height, width, max(len(conv_channels), stages), edge)
+        self.restorer = Restorer(channels, conv_channels, code_channels, padding)
         self.segmenter = Segmenter(channels, SEGMENTER_CHANNELS[:stages], padding, segmenter_input)
         self.latent = code_channels  # the code output: the spatial code averaged over its grid
 
