@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from aeguard.data.contract import Crop, Orientation, Preprocessing, looks_colour
-from aeguard.data.images import image_size, load_image
+from aeguard.data.images import image_size, load_image, load_mask
 from aeguard.data.sources import folder_eval_set, folder_training_data
 from aeguard.errors import BundleError, UsageError
 from aeguard.scoring.scorer import Scorer
@@ -133,6 +133,41 @@ def test_a_mask_is_used_only_when_it_is_the_size_of_its_upright_image(tmp_path):
     assert len(problems) == 1 and "002_mask.png is 9x8 (width x height) but its image is 8x8" in problems[0]
     _, stored = folder_eval_set(root, Preprocessing(1, 8, 8, orientation=Orientation.STORED))
     assert len(stored) == 2 and "003_mask.png is 4x8 (width x height) but its image is 8x4" in stored[0]
+
+
+def test_a_mask_marks_a_defect_wherever_it_is_not_zero_whatever_its_encoding(tmp_path):
+    """MVTec AD's masks are 0/255; VisA's and numpy's are 0/1 or class numbers, which a threshold at half of 255
+    would read as empty masks, their defect pixels counted as normal."""
+    region = np.zeros((8, 8), bool)
+    region[2:5, 1:4] = True
+    classes = np.where(region, 2, 0).astype(np.uint8)
+    classes[2, 1] = 1  # two classes of defect in one mask
+    encodings = {
+        "0-255": Image.fromarray(np.where(region, 255, 0).astype(np.uint8)),
+        "0-1": Image.fromarray(region.astype(np.uint8)),
+        "classes": Image.fromarray(classes),
+        "bilevel": Image.fromarray(region),  # mode "1"
+        "red on black": Image.fromarray(np.stack([region * 200, region * 0, region * 0], axis=2).astype(np.uint8)),
+        "sixteen-bit": Image.fromarray(region.astype(np.uint16) * 7),
+    }
+    root = write_mvtec(tmp_path / "m", np.random.default_rng(3), size=8, masks=False)
+    (root / "ground_truth" / "crack").mkdir(parents=True)
+    for i, mask in enumerate(encodings.values()):
+        image = root / "test" / "crack" / f"{i:03d}.png"
+        save(image, np.full((8, 8), 100, np.uint8))
+        mask.save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png")
+    evaluation, problems = folder_eval_set(root, Preprocessing(1, 8, 8))
+    assert not problems
+    first = evaluation.groups.index("crack")
+    for i, name in enumerate(encodings):
+        assert evaluation.has_mask[first + i] and (evaluation.masks[first + i] == region).all(), name
+    # resized to the model's size as the image is: 0/1 and 0/255 give the same pixels
+    small = Preprocessing(1, 4, 4)
+    path = tmp_path / "mask-0-1.png"
+    encodings["0-1"].save(path)
+    encodings["0-255"].save(tmp_path / "mask-0-255.png")
+    assert load_mask(path, small).shape == (4, 4) and load_mask(path, small).any()
+    assert (load_mask(path, small) == load_mask(tmp_path / "mask-0-255.png", small)).all()
 
 
 def write_mvtec(root, rng, size=16, n_train=12, masks=True):

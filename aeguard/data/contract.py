@@ -19,6 +19,7 @@ from PIL.Image import Transpose
 from aeguard.errors import BundleError, UsageError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+GREY_MODES = ("1", "L", "F", *SIXTEEN_BIT_MODES)  # one plane, read as its values
 
 
 class Color(StrEnum):
@@ -124,12 +125,14 @@ class Preprocessing:
         turn = exif_turn(image) if self.orientation is Orientation.EXIF else None
         return image if turn is None else image.transpose(turn)
 
+    def placed(self, image: Image.Image) -> Image.Image:
+        """The image turned upright and cropped as the model reads it, before any resizing."""
+        image = self.upright(image)
+        return center_crop(image, self.height / self.width) if self.crop is Crop.CENTER else image
+
     def to_array(self, image: Image.Image) -> np.ndarray:
         """A decoded Pillow image -> (channels, height, width) float32 in [0, 1]."""
-        image = self.upright(image)
-        if self.crop is Crop.CENTER:
-            image = center_crop(image, self.height / self.width)
-        planes = _unit_planes(image, self.channels)
+        planes = _unit_planes(self.placed(image), self.channels)
         if planes.size != (self.width, self.height):
             planes = planes.resize((self.width, self.height), Image.Resampling.BILINEAR)
         array = np.asarray(planes, dtype=np.float32)
@@ -140,6 +143,22 @@ class Preprocessing:
         if self.channels == 3 and array.shape[2] == 1:  # a float grey image, repeated on the three channels
             array = np.repeat(array, 3, axis=2)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def to_mask(self, image: Image.Image) -> np.ndarray:
+        """A decoded ground-truth mask -> (height, width) bool, placed and resized as its image is.
+
+        A pixel is a defect wherever the mask is not 0: MVTec AD's masks are 0/255, but VisA's, and those that
+        label tools or numpy write, hold 0/1 or class numbers, which a threshold at half of 255 would read as
+        an empty mask, every defect pixel counted as normal. (anomalib binarises VisA's masks the same way.)"""
+        placed = self.placed(image)
+        if placed.mode in GREY_MODES:
+            values = np.asarray(placed)
+        else:  # colour, palette or alpha: marked wherever any colour channel is
+            values = np.asarray(placed.convert("RGB")).max(axis=2)
+        marked = Image.fromarray(np.where(values != 0, 255, 0).astype(np.uint8), mode="L")
+        if marked.size != (self.width, self.height):
+            marked = marked.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        return np.asarray(marked) > 127
 
 
 QUARTER_TURNS = (Transpose.TRANSPOSE, Transpose.ROTATE_270, Transpose.TRANSVERSE, Transpose.ROTATE_90)

@@ -9,7 +9,7 @@ import glob
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,6 +84,20 @@ def decode_image(
     rather than scored, since a NaN score compares as "not an anomaly"; so are float or 32-bit pixels
     outside the range they are read in (PIXEL_RANGES), which clipping would turn into a different image.
     """
+    return _decode(source, prep.to_array, max_pixels, label)
+
+
+def decode_mask(
+    source: Path | BinaryIO, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None
+) -> np.ndarray:
+    """Decode a ground-truth mask to (height, width) bool under `prep` (Preprocessing.to_mask: a defect wherever
+    the mask is not 0), with decode_image's checks and errors."""
+    return _decode(source, prep.to_mask, max_pixels, label)
+
+
+def _decode(
+    source: Path | BinaryIO, finish: Callable[[Image.Image], np.ndarray], max_pixels: int, label: str | None
+) -> np.ndarray:
     label = label or str(source)
     try:
         with warnings.catch_warnings():
@@ -97,7 +111,7 @@ def decode_image(
                 )
             image.load()
             _check_pixel_range(image, label)
-            return prep.to_array(image)
+            return finish(image)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -147,6 +161,20 @@ def _os_reason(exc: OSError | ValueError) -> str:
 def load_image(path: Path, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file as (channels, height, width) float32; any failure becomes an ImageError naming the file."""
     path = Path(path)
+    _check_file(path)
+    return decode_image(path, prep, max_pixels)
+
+
+def load_mask(path: Path, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one mask file as (height, width) bool (decode_mask); failures as load_image's."""
+    path = Path(path)
+    _check_file(path)
+    return decode_mask(path, prep, max_pixels)
+
+
+def _check_file(path: Path) -> None:
+    """An ImageError unless `path` is a non-empty file that can be read: the messages a folder or a missing,
+    empty or unreadable file deserve, which the decoder's own would not give."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -161,7 +189,6 @@ def load_image(path: Path, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PI
         raise ImageError(f"{path}: is a folder, not an image file")
     if info.st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    return decode_image(path, prep, max_pixels)
 
 
 def decode_each(decode, items, labels) -> list[np.ndarray | str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
 from aeguard.data.contract import Color, Crop, Preprocessing, looks_colour
-from aeguard.data.images import image_size, iter_image_paths, load_images, split_decoded
+from aeguard.data.images import image_size, iter_image_paths, load_images, load_mask, split_decoded
 from aeguard.data.splits import anomaly_labels, as_model_input, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
@@ -182,20 +182,19 @@ def mask_path(folder: Path, defect: str, image: Path) -> Path:
 def read_mask(path: Path, image: Path, prep: Preprocessing) -> np.ndarray | str:
     """A mask image -> (H, W) bool at the model's size (turned, cropped and resized as its image is), or why not.
 
-    A mask must be the size of its image: one of another size (the mask of another picture, or drawn on the
-    photo turned another way than the model reads it) would be resized onto the wrong pixels in silence."""
-    mask_prep = Preprocessing(1, prep.height, prep.width, prep.crop, prep.orientation)
+    A pixel is a defect wherever the mask is not 0 (Preprocessing.to_mask). A mask must be the size of its
+    image: one of another size (the mask of another picture, or drawn on the photo turned another way than the
+    model reads it) would be resized onto the wrong pixels in silence."""
     try:
         mask_size, image_size_ = image_size(path, prep.orientation), image_size(image, prep.orientation)
+        if mask_size != image_size_:
+            return (
+                f"{path} is {mask_size[1]}x{mask_size[0]} (width x height) but its image is "
+                f"{image_size_[1]}x{image_size_[0]}; the mask was not used"
+            )
+        return load_mask(path, prep)
     except ImageError as exc:
         return str(exc)
-    if mask_size != image_size_:
-        return (
-            f"{path} is {mask_size[1]}x{mask_size[0]} (width x height) but its image is "
-            f"{image_size_[1]}x{image_size_[0]}; the mask was not used"
-        )
-    decoded = load_images([path], mask_prep)[0]
-    return decoded if isinstance(decoded, str) else decoded[0] > 0.5
 
 
 def _labelled_set(
