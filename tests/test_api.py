@@ -84,6 +84,7 @@ def test_arrays_of_every_accepted_kind_score_alike(fitted):
     images = discs(8, seed=2)
     expected = fitted.decision_function(images)
     np.testing.assert_allclose(fitted.decision_function(images[:, None]), expected)  # (N, C, H, W)
+    np.testing.assert_allclose(fitted.decision_function(images[..., None]), expected)  # (N, H, W, C), as PIL gives
     np.testing.assert_allclose(fitted.decision_function(images / 255.0), expected, rtol=1e-6)  # floats in [0, 1]
     with pytest.raises(UsageError, match="within \\[0, 1\\]"):
         fitted.decision_function(images.astype(np.float32))  # 0-255 floats: a scaling mistake, refused
@@ -194,3 +195,17 @@ def test_the_photo_recipe_reaches_the_detector_whole():
     assert (params["epochs"], params["batch_size"], params["patience"]) == (50, 16, 10)
     assert detector.config() == recipe
     assert Detector(model="draem").config().train.lr_schedule == "constant"  # the constructor's own defaults
+
+
+def test_channels_last_arrays_are_turned_only_where_their_layout_is_unambiguous():
+    from aeguard.data.splits import as_model_input
+
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)  # (N, H, W, C)
+    np.testing.assert_array_equal(as_model_input(rgb), rgb.transpose(0, 3, 1, 2) / np.float32(255))
+    np.testing.assert_array_equal(as_model_input(rgb, channels=3), as_model_input(rgb))
+    first = rgb.transpose(0, 3, 1, 2)  # already (N, C, H, W): left as it is
+    np.testing.assert_array_equal(as_model_input(first), first / np.float32(255))
+    square = np.zeros((1, 3, 4, 3), np.uint8)  # could be either: read as (N, C, H, W), as before
+    assert as_model_input(square).shape == (1, 3, 4, 3)
+    with pytest.raises(UsageError, match=r"shape \(2, 5, 7, 3\) have no axis of the model.s 1 channel"):
+        as_model_input(rgb, channels=1)

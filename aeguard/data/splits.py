@@ -15,14 +15,21 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
 def as_model_input(images, channels: int | None = None) -> np.ndarray:
     """Images as the model takes them: float32 (N, C, H, W) in [0, 1].
 
-    Takes (N, H, W) (one channel) or (N, C, H, W); uint8 is scaled by 1/255, uint16 by 1/65535, floats must
-    already be finite and within [0, 1]. `channels`, when given, must match.
+    Takes (N, H, W) (one channel), (N, C, H, W), or (N, H, W, C) as Pillow and most image libraries give
+    it, where that is unambiguous: the last axis holds the channels (1 or 3; the model's, when `channels` is
+    given) and the second does not. uint8 is scaled by 1/255, uint16 by 1/65535, floats must already be finite
+    and within [0, 1]. `channels`, when given, must match.
     """
     array = np.asarray(images)
     if array.ndim == 3:
         array = array[:, None]
     if array.ndim != 4:
-        raise UsageError(f"images must be an array of shape (N, H, W) or (N, C, H, W), got shape {array.shape}")
+        raise UsageError(
+            f"images must be an array of shape (N, H, W), (N, C, H, W) or (N, H, W, C), got shape {array.shape}"
+        )
+    counts = (1, 3) if channels is None else (channels,)
+    if array.shape[1] not in counts and array.shape[3] in counts:
+        array = array.transpose(0, 3, 1, 2)  # channels last; the copy below makes it contiguous
     if array.dtype == np.uint8:
         array = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
@@ -34,7 +41,10 @@ def as_model_input(images, channels: int | None = None) -> np.ndarray:
     else:
         raise UsageError(f"images must be uint8, uint16 or float, got {array.dtype}")
     if channels is not None and array.shape[1] != channels:
-        raise UsageError(f"images have {array.shape[1]} channels; the model takes {channels}")
+        raise UsageError(
+            f"images of shape {np.shape(images)} have no axis of the model's {channels} channel(s), "
+            "neither first (N, C, H, W) nor last (N, H, W, C)"
+        )
     return np.ascontiguousarray(array)
 
 
