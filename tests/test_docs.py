@@ -95,3 +95,21 @@ def test_every_cli_example_in_the_docs_names_real_commands_and_flags():
         flags = {word.split("=")[0] for word in words[1:] if word.startswith("--")}
         wrong += [f"{page}: aeguard {words[0]} has no {flag}" for flag in flags - commands[words[0]] - {"--help"}]
     assert wrong == []
+
+
+def test_every_options_help_reaches_the_terminal_whole():
+    """Option help says its default in brackets ("[default: BUNDLE/report]"); rendered as Rich markup, those were
+    taken for tags and dropped from `--help`."""
+    import typer
+    from typer.testing import CliRunner
+
+    from aeguard.cli.main import app
+
+    bracketed = 0
+    for name, command in typer.main.get_command(app).commands.items():
+        shown = " ".join(CliRunner().invoke(app, [name, "--help"], terminal_width=200).output.split())
+        for param in command.params:
+            text = " ".join((getattr(param, "help", None) or "").split())
+            bracketed += "[" in text
+            assert text in shown, f"aeguard {name} --help lost part of {param.opts[0]}'s help: {text!r}"
+    assert bracketed > 10

@@ -12,6 +12,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]"; Rich markup would take those for tags and drop them
     help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve.",
 )
 
