@@ -8,7 +8,7 @@ from PIL import Image
 
 from aeguard.data.contract import Crop, Orientation, Preprocessing, looks_colour
 from aeguard.data.images import image_size, load_image, load_mask
-from aeguard.data.sources import folder_eval_set, folder_training_data
+from aeguard.data.sources import folder_eval_set, folder_training_data, readable_images
 from aeguard.errors import BundleError, UsageError
 from aeguard.scoring.scorer import Scorer
 from tests.bundles import tiny_bundle
@@ -168,6 +168,30 @@ def test_a_mask_marks_a_defect_wherever_it_is_not_zero_whatever_its_encoding(tmp
     encodings["0-255"].save(tmp_path / "mask-0-255.png")
     assert load_mask(path, small).shape == (4, 4) and load_mask(path, small).any()
     assert (load_mask(path, small) == load_mask(tmp_path / "mask-0-255.png", small)).all()
+
+
+def test_a_folder_is_read_into_bytes_one_image_at_a_time_and_into_floats_from_a_16_bit_one_on(tmp_path):
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    paths = [save(tmp_path / f"{i:03d}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(60)]
+    prep = Preprocessing(3, 64, 64)
+    tracemalloc.start()
+    stack, errors = readable_images(paths, prep)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    floats = 60 * 3 * 64 * 64 * 4  # what holding every decoded image as float32 costs
+    assert stack.dtype == np.uint8 and not errors
+    assert peak < 0.5 * floats, peak  # the uint8 stack (a quarter of that) and one image's work
+    np.testing.assert_array_equal(stack / np.float32(255), np.stack([load_image(path, prep) for path in paths]))
+    sixteen = save(tmp_path / "030b.png", rng.integers(0, 65536, (64, 64), dtype=np.uint16))
+    broken = tmp_path / "031b.png"
+    broken.write_bytes(b"not a png")
+    mixed = [*paths[:30], sixteen, broken, *paths[30:]]
+    stack, errors = readable_images(mixed, prep)
+    assert stack.dtype == np.float32 and len(stack) == 61 and len(errors) == 1 and "031b.png" in errors[0]
+    readable = [path for path in mixed if path != broken]
+    np.testing.assert_array_equal(stack, np.stack([load_image(path, prep) for path in readable]))
 
 
 def write_mvtec(root, rng, size=16, n_train=12, masks=True):

@@ -10,7 +10,7 @@ import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
 from aeguard.data.contract import Color, Crop, Preprocessing, looks_colour
-from aeguard.data.images import image_size, iter_image_paths, load_images, load_mask, split_decoded
+from aeguard.data.images import image_size, iter_image_paths, load_images, load_mask
 from aeguard.data.splits import anomaly_labels, as_model_input, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
@@ -156,19 +156,42 @@ def folder_color(paths: list[Path], height: int, width: int) -> Color:
     return Color.GRAYSCALE
 
 
-def compact(images: list[np.ndarray]) -> np.ndarray:
-    """Stack decoded images as uint8 when that loses nothing (8-bit sources), else float32."""
-    bytes_ = [np.rint(image * 255.0).astype(np.uint8) for image in images]
-    if all(np.allclose(b / np.float32(255.0), image, atol=1e-6) for b, image in zip(bytes_, images)):
-        return np.stack(bytes_)
-    return np.stack(images)
+class CompactStack:
+    """Decoded images gathered one at a time: as uint8 while each is exactly 8-bit (a quarter of float32's
+    memory), as float32 from the first that is not (a 16-bit source). Only the stack is held, never a float32
+    copy of every image: 10,000 RGB images of 256 px are 2 GB, not the 8 GB of their floats."""
+
+    def __init__(self, capacity: int, shape: tuple[int, int, int]):
+        self._array: np.ndarray = np.empty((capacity, *shape), np.uint8)
+        self.count = 0
+
+    def add(self, image: np.ndarray) -> None:
+        if self._array.dtype == np.uint8:
+            as_bytes = np.rint(image * 255.0).astype(np.uint8)
+            if np.allclose(as_bytes / np.float32(255.0), image, atol=1e-6):
+                self._array[self.count] = as_bytes
+                self.count += 1
+                return
+            self._array = self._array.astype(np.float32) / np.float32(255.0)  # the decoder's division
+        self._array[self.count] = image
+        self.count += 1
+
+    def array(self) -> np.ndarray:
+        """The images added, in order (a copy only when fewer were added than there was room for)."""
+        return self._array if self.count == len(self._array) else self._array[: self.count].copy()
 
 
 def readable_images(paths: list[Path], prep: Preprocessing) -> tuple[np.ndarray, list[str]]:
-    """Decode what can be decoded; return the stack (see compact) and one message per file that failed."""
-    arrays, errors = split_decoded(load_images(paths, prep))
-    stack = compact(arrays) if arrays else np.zeros((0, *prep.shape), np.uint8)
-    return stack, [error for error in errors if error is not None]
+    """Decode what can be decoded, one file at a time into a CompactStack; return the stack and one message per
+    file that failed."""
+    stack, errors = CompactStack(len(paths), prep.shape), []
+    for path in paths:
+        decoded = load_images([path], prep)[0]
+        if isinstance(decoded, str):
+            errors.append(decoded)
+        else:
+            stack.add(decoded)
+    return stack.array(), errors
 
 
 def is_mvtec(folder: Path) -> bool:
@@ -201,10 +224,11 @@ def _labelled_set(
     groups: list[tuple[str, list[Path]]], prep: Preprocessing, folder: Path, description: str
 ) -> tuple[EvalSet | None, list[str]]:
     """Images of several groups ("good" = normal) as one EvalSet, with the masks found under folder/ground_truth."""
-    images, names, masks, known, problems = [], [], [], [], []
+    images = CompactStack(sum(len(paths) for _, paths in groups), prep.shape)
+    names, masks, known, problems = [], [], [], []
     for group, paths in groups:
-        decoded = load_images(paths, prep)
-        for path, item in zip(paths, decoded):
+        for path in paths:
+            item = load_images([path], prep)[0]
             if isinstance(item, str):
                 problems.append(item)
                 continue
@@ -216,18 +240,18 @@ def _labelled_set(
                     problems.append(f"mask of {path}: {read}")
                 else:
                     mask, have = read, True
-            images.append(item)
+            images.add(item)
             names.append(group)
             masks.append(mask)
             known.append(have)
     is_anomaly = np.array([name != GOOD for name in names], np.int64)
-    if not images or is_anomaly.all() or not is_anomaly.any():
+    if not names or is_anomaly.all() or not is_anomaly.any():
         return None, problems
     any_mask = any(k for k, name in zip(known, names) if name != GOOD)
     counts = ", ".join(f"{group} {names.count(group)}" for group, _ in groups if names.count(group))
     return (
         EvalSet(
-            images=compact(images),
+            images=images.array(),
             is_anomaly=is_anomaly,
             description=f"{description}: {counts}",
             groups=names,
