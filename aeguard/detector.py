@@ -26,6 +26,7 @@ from aeguard.data.sources import (
     TrainingData,
     array_training_data,
     folder_training_data,
+    labelled_folder,
     limit_images,
 )
 from aeguard.data.splits import as_model_input
@@ -244,8 +245,21 @@ class Detector:
         """Per-pixel error maps (N, C, H, W) of the score function: where the image differs from normal."""
         return self._fitted().anomaly_maps(X)
 
-    def evaluate(self, X, y) -> dict:
-        """ROC metrics (AUROC, AUPRC, TPR at 1 % FPR, ...) on labelled images, y = 1 for anomalies; no files."""
+    def evaluate(self, X, y=None) -> dict:
+        """ROC metrics (AUROC, AUPRC, TPR at 1 % FPR, ...) on labelled images, y = 1 for anomalies; no files.
+
+        X may instead be a labelled folder, read as `aeguard evaluate --data` reads it (the MVTec AD layout, or
+        normal/ + anomaly/), with no y: the metrics then add "per_defect" (image AUROC per defect type) and,
+        where masks are given, "localization" (pixel AUROC, AUPRO)."""
+        if isinstance(X, (str, Path)):
+            from aeguard.report.labelled import labelled_metrics
+
+            if y is not None:
+                raise UsageError("a folder's labels come from its layout: pass the folder alone, or images and y")
+            scorer = self._fitted()
+            return labelled_metrics(scorer, labelled_folder(Path(X), scorer.preprocessing)).summary()
+        if y is None:
+            raise UsageError("evaluate(X, y) needs y, the labels (1 for anomalies), when X holds images")
         from aeguard.report.metrics import evaluate_scores
 
         return evaluate_scores(self.decision_function(X), np.asarray(y), self.threshold_)

@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 
 from aeguard import Bundle
 from aeguard.data.sources import mvtec_eval_set
-from aeguard.report.evaluate import anomaly_maps, per_defect_metrics
+from aeguard.report.labelled import anomaly_maps, per_defect_metrics
 from benchmarks.results_io import write_results
 from benchmarks.texture_defects import write_texture_folder
 

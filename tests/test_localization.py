@@ -126,6 +126,52 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
     assert detector.contents_.manifest["score"]["function"] == "segmentation"
 
 
+def test_a_detector_evaluates_an_mvtec_folder_as_aeguard_evaluate_does(tmp_path):
+    """Detector.evaluate(folder) returns the numbers `aeguard evaluate BUNDLE --data DIR` writes: image metrics,
+    per defect type AUROC and, with masks, pixel AUROC and AUPRO."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aeguard import Detector
+    from aeguard.cli.main import app
+    from aeguard.errors import UsageError
+
+    def save(path, image):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.rint(np.moveaxis(image, 0, -1) * 255).astype(np.uint8)).save(path)
+
+    images = striped_texture(60)
+    root = tmp_path / "stripes"
+    for i, image in enumerate(images[:48]):
+        save(root / "train" / "good" / f"{i:03d}.png", image)
+    for i, image in enumerate(images[48:54]):
+        save(root / "test" / "good" / f"{i:03d}.png", image)
+    for i, image in enumerate(images[54:]):
+        spotted, mask = image.copy(), np.zeros((32, 32), np.uint8)
+        spotted[:, 10:16, 12:20], mask[10:16, 12:20] = 1.0, 1  # a 0/1 mask, as numpy writes one
+        save(root / "test" / "spot" / f"{i:03d}.png", spotted)
+        (root / "ground_truth" / "spot").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(root / "ground_truth" / "spot" / f"{i:03d}_mask.png")
+    detector = Detector(model="draem", epochs=4, batch_size=8, seed=0).fit(root)
+    measured = detector.evaluate(root)
+    assert set(measured["per_defect"]) == {"spot"} and measured["per_defect"]["spot"]["n_images"] == 6
+    assert {"pixel_auroc", "aupro"} <= set(measured["localization"])
+    detector.save(tmp_path / "bundle")
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "bundle"), "--data", str(root)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bundle" / "report" / "report.json").read_text())
+    assert measured["auroc"] == pytest.approx(report["metrics"]["auroc"])
+    assert measured["per_defect"]["spot"] == pytest.approx(report["per_defect"]["spot"])
+    assert measured["localization"]["pixel_auroc"] == pytest.approx(report["localization"]["pixel_auroc"])
+    assert measured["localization"]["aupro"] == pytest.approx(report["localization"]["aupro"])
+    with pytest.raises(UsageError, match="labels come from its layout"):
+        detector.evaluate(root, np.zeros(12))
+    with pytest.raises(UsageError, match="needs y"):
+        detector.evaluate(images)
+
+
 def test_a_draem_ensemble_maps_its_members_mean_probability_and_exports_with_parity(tmp_path):
     """--ensemble 2 on draem: the graph's map is the mean of what each member alone maps, its score that map's
     max, and the trained bundle reloads with both members and matches onnxruntime."""

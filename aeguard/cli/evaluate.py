@@ -30,8 +30,8 @@ def evaluate(
 ) -> None:
     """Score a labelled test set with the bundle and write report.json, report.md and plots."""
     from aeguard.data.catalog import get_spec, parse_classes
-    from aeguard.data.sources import dataset_eval_set, folder_eval_set
-    from aeguard.errors import DataNotFoundError, UsageError
+    from aeguard.data.sources import dataset_eval_set, labelled_folder
+    from aeguard.errors import UsageError
 
     try:
         from aeguard.report.evaluate import evaluate_bundle
@@ -43,14 +43,7 @@ def evaluate(
     scorer = Scorer(bundle)
     fitted_on = scorer.manifest.get("data", {})
     if data is not None:
-        eval_set, bad = folder_eval_set(data, scorer.preprocessing)
-        for message in bad:
-            typer.echo(f"warning: skipped {message}", err=True)
-        if eval_set is None:
-            raise DataNotFoundError(
-                f"{data} needs normal/ and anomaly/ subfolders, or the MVTec layout (test/good/ and test/<defect>/), "
-                "that hold both normal and anomalous images"
-            )
+        eval_set = labelled_folder(data, scorer.preprocessing)
     else:
         name = dataset or fitted_on.get("dataset")
         if name is None:

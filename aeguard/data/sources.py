@@ -285,6 +285,20 @@ def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, 
     return _labelled_set(groups, prep, folder, str(folder))
 
 
+def labelled_folder(folder: Path, prep: Preprocessing) -> EvalSet:
+    """folder_eval_set, each file it could not use warned about on stderr (as a training folder's are); a
+    DataNotFoundError when the folder holds no labelled set of normal and anomalous images."""
+    eval_set, problems = folder_eval_set(folder, prep)
+    for message in problems:
+        print(f"warning: skipped {message}", file=sys.stderr)
+    if eval_set is None:
+        raise DataNotFoundError(
+            f"{folder} needs normal/ and anomaly/ subfolders, or the MVTec layout (test/good/ and test/<defect>/), "
+            "that hold both normal and anomalous images"
+        )
+    return eval_set
+
+
 def training_paths(folder: Path) -> list[Path]:
     """MVTec: DIR/train/good. Otherwise every image under DIR except DIR/normal, DIR/anomaly and ground_truth."""
     if is_mvtec(folder):

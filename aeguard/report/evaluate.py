@@ -6,14 +6,12 @@ import io
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from aeguard.bundle import VALIDATION_SCORES_NAME, read_plain_file
 from aeguard.data.sources import EvalSet
-from aeguard.errors import BundleError, ModelOutputError
+from aeguard.errors import BundleError
 from aeguard.report import plots as reports
-from aeguard.report.localization import localization_metrics
-from aeguard.report.metrics import evaluate_scores
+from aeguard.report.labelled import LabelledMetrics, labelled_metrics
 from aeguard.scoring.scorer import Scorer, float_batch
 
 GRID_EXAMPLES_PER_GROUP = 8
@@ -80,12 +78,8 @@ def evaluate_bundle(
         reports.write_report(report_dir, report)
         return report
 
-    scores = scorer.score_many(eval_set.images)
-    if not np.isfinite(scores).all():  # sklearn would fail on them, and a NaN compares as "normal"
-        bad = int(np.count_nonzero(~np.isfinite(scores)))
-        raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
-    truth = eval_set.is_anomaly
-    metrics = evaluate_scores(scores, truth, scorer.threshold)
+    result = labelled_metrics(scorer, eval_set)
+    scores, truth, metrics = result.scores, eval_set.is_anomaly, result.metrics
     report["metrics"] = metrics
     reports.plot_roc(scores, truth, metrics, report_dir / reports.ROC_PLOT)
     reports.plot_histogram(
@@ -109,10 +103,11 @@ def evaluate_bundle(
     )
     report["plots"] += [reports.ROC_PLOT, reports.HISTOGRAM_PLOT, reports.GRID_PLOT]
     report["plots"] += _class_plots(scorer, eval_set, scores, report_dir)
-    if eval_set.groups is not None:
-        report["per_defect"] = per_defect_metrics(scores, eval_set)
-    if eval_set.masks is not None and eval_set.masks[eval_set.has_mask].any():  # an all-empty mask set has no regions
-        report.update(_localization(scorer, eval_set, report_dir, report.get("per_defect")))
+    if result.per_defect is not None:
+        report["per_defect"] = result.per_defect
+    if result.localization is not None:
+        report["localization"] = result.localization
+        _plot_localization(eval_set, result, report_dir)
         report["plots"].append(reports.LOCALIZATION_PLOT)
     if (report_dir / reports.PRIOR_SAMPLES_PLOT).is_file():
         report["plots"].append(reports.PRIOR_SAMPLES_PLOT)
@@ -120,59 +115,21 @@ def evaluate_bundle(
     return report
 
 
-def per_defect_metrics(scores: np.ndarray, eval_set: EvalSet) -> dict:
-    """Image AUROC of each defect type against the normal images."""
-    groups = np.asarray(eval_set.groups)
-    normal = eval_set.is_anomaly == 0
-    out = {}
-    for name in dict.fromkeys(groups[~normal]):
-        chosen = normal | (groups == name)
-        out[str(name)] = {
-            "n_images": int((groups == name).sum()),
-            "auroc": float(roc_auc_score(eval_set.is_anomaly[chosen], scores[chosen])),
-        }
-    return out
-
-
-def anomaly_maps(scorer: Scorer, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """(N, H, W) anomaly maps: the graph's error map, averaged over channels, in batches."""
-    parts = []
-    for start in range(0, len(images), batch_size):
-        error_maps = scorer.score(images[start : start + batch_size], error_maps=True).error_maps
-        assert error_maps is not None  # asked for
-        parts.append(error_maps.mean(axis=1))
-    return np.concatenate(parts) if parts else np.zeros((0, scorer.height, scorer.width), np.float32)
-
-
-def _localization(scorer: Scorer, eval_set: EvalSet, report_dir: Path, per_defect: dict | None) -> dict:
-    """Pixel AUROC and AUPRO over the images whose mask is known, per defect type too; the overlay plot."""
-    assert eval_set.masks is not None and eval_set.has_mask is not None  # the caller checked
-    has_mask = eval_set.has_mask
-    known = np.flatnonzero(has_mask)
-    maps, masks = anomaly_maps(scorer, eval_set.images[known]), eval_set.masks[known]
-    if not np.isfinite(maps).all():
-        raise ModelOutputError("the model's anomaly map holds non-finite values")
-    local = localization_metrics(maps, masks)
-    local["n_without_mask"] = int(((eval_set.is_anomaly == 1) & ~has_mask).sum())
-    if per_defect:
-        groups = np.asarray(eval_set.groups)[known]
-        normal = eval_set.is_anomaly[known] == 0
-        for name, row in per_defect.items():
-            chosen = normal | (groups == name)
-            if (groups == name).any() and masks[groups == name].any():
-                row["pixel_auroc"] = float(roc_auc_score(masks[chosen].ravel(), maps[chosen].ravel()))
+def _plot_localization(eval_set: EvalSet, result: LabelledMetrics, report_dir: Path) -> None:
+    """Anomalous images with a known mask, their map laid over them and the mask outlined."""
+    assert result.masked is not None and result.maps is not None and eval_set.masks is not None
+    known, maps = result.masked, result.maps
     anomalous = [i for i, index in enumerate(known) if eval_set.is_anomaly[index] == 1]
     picks = np.random.default_rng(0).permutation(np.asarray(anomalous, np.int64))[:GRID_EXAMPLES_PER_GROUP]
     names = eval_set.groups or ["anomaly"] * len(eval_set.images)
     reports.plot_localization(
         float_batch(eval_set.images[known[picks]]),
         maps[picks],
-        masks[picks],
+        eval_set.masks[known[picks]],
         [names[known[i]] for i in picks],
         report_dir / reports.LOCALIZATION_PLOT,
         vmax=float(np.quantile(maps, 0.999)),
     )
-    return {"localization": local}
 
 
 def _class_plots(scorer: Scorer, eval_set: EvalSet, scores: np.ndarray, report_dir: Path) -> list[str]:

@@ -1,0 +1,92 @@
+"""The numbers of a labelled set, without files: image metrics, per defect type AUROC, pixel AUROC and AUPRO.
+What `aeguard evaluate` reports (report/evaluate.py draws and writes them) and `Detector.evaluate` returns. No
+torch, no matplotlib."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from aeguard.data.sources import EvalSet
+from aeguard.errors import ModelOutputError
+from aeguard.report.localization import localization_metrics
+from aeguard.report.metrics import evaluate_scores
+from aeguard.scoring.scorer import Scorer
+
+
+@dataclass
+class LabelledMetrics:
+    """What a labelled set measures: per image scores and the ROC metrics, per defect type AUROC (with groups),
+    and pixel AUROC / AUPRO (where masks are known), with the maps of the masked images they came from."""
+
+    scores: np.ndarray
+    metrics: dict
+    per_defect: dict | None = None
+    localization: dict | None = None
+    masked: np.ndarray | None = None  # indices of the images with a known mask
+    maps: np.ndarray | None = None  # their (N, H, W) anomaly maps
+
+    def summary(self) -> dict:
+        """The ROC metrics, with "per_defect" and "localization" where they were measured (no scores or maps)."""
+        measured = {"per_defect": self.per_defect, "localization": self.localization}
+        return {**self.metrics, **{key: value for key, value in measured.items() if value is not None}}
+
+
+def labelled_metrics(scorer: Scorer, eval_set: EvalSet) -> LabelledMetrics:
+    """The numbers of a report, without its files: what `aeguard evaluate` and `Detector.evaluate` return."""
+    scores = scorer.score_many(eval_set.images)
+    if not np.isfinite(scores).all():  # sklearn would fail on them, and a NaN compares as "normal"
+        bad = int(np.count_nonzero(~np.isfinite(scores)))
+        raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
+    result = LabelledMetrics(scores, evaluate_scores(scores, eval_set.is_anomaly, scorer.threshold))
+    if eval_set.groups is not None:
+        result.per_defect = per_defect_metrics(scores, eval_set)
+    if eval_set.masks is not None and eval_set.masks[eval_set.has_mask].any():  # an all-empty mask set has no regions
+        _localize(scorer, eval_set, result)
+    return result
+
+
+def _localize(scorer: Scorer, eval_set: EvalSet, result: LabelledMetrics) -> None:
+    """Pixel AUROC and AUPRO over the images whose mask is known, per defect type too."""
+    assert eval_set.masks is not None and eval_set.has_mask is not None  # the caller checked
+    has_mask = eval_set.has_mask
+    known = np.flatnonzero(has_mask)
+    maps, masks = anomaly_maps(scorer, eval_set.images[known]), eval_set.masks[known]
+    if not np.isfinite(maps).all():
+        raise ModelOutputError("the model's anomaly map holds non-finite values")
+    local = localization_metrics(maps, masks)
+    local["n_without_mask"] = int(((eval_set.is_anomaly == 1) & ~has_mask).sum())
+    if result.per_defect:
+        groups = np.asarray(eval_set.groups)[known]
+        normal = eval_set.is_anomaly[known] == 0
+        for name, row in result.per_defect.items():
+            chosen = normal | (groups == name)
+            if (groups == name).any() and masks[groups == name].any():
+                row["pixel_auroc"] = float(roc_auc_score(masks[chosen].ravel(), maps[chosen].ravel()))
+    result.localization, result.masked, result.maps = local, known, maps
+
+
+def per_defect_metrics(scores: np.ndarray, eval_set: EvalSet) -> dict:
+    """Image AUROC of each defect type against the normal images."""
+    groups = np.asarray(eval_set.groups)
+    normal = eval_set.is_anomaly == 0
+    out = {}
+    for name in dict.fromkeys(groups[~normal]):
+        chosen = normal | (groups == name)
+        out[str(name)] = {
+            "n_images": int((groups == name).sum()),
+            "auroc": float(roc_auc_score(eval_set.is_anomaly[chosen], scores[chosen])),
+        }
+    return out
+
+
+def anomaly_maps(scorer: Scorer, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, H, W) anomaly maps: the graph's error map, averaged over channels, in batches."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        error_maps = scorer.score(images[start : start + batch_size], error_maps=True).error_maps
+        assert error_maps is not None  # asked for
+        parts.append(error_maps.mean(axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, scorer.height, scorer.width), np.float32)
