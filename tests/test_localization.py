@@ -312,3 +312,30 @@ def test_draem_segmenter_reads_the_difference_only_when_its_config_says_and_expo
     export_onnx(graph, (3, 30, 29), tmp_path / "model.onnx")
     parity = parity_max_abs_diff(graph, tmp_path / "model.onnx", np.random.default_rng(0).random((3, 3, 30, 29)))
     assert parity["max_abs_diff"] < 1e-5 and parity["error_map_max_abs_diff"] < 1e-5
+
+
+def test_evaluate_runs_the_graph_once_per_batch_for_scores_and_maps_together(tmp_path):
+    from aeguard.report.labelled import anomaly_maps, scores_and_maps
+    from aeguard.scoring.scorer import Scorer
+    from tests.bundles import tiny_bundle
+
+    scorer = Scorer(tiny_bundle(tmp_path / "b", size=(8, 8), channels=3))
+    images = np.random.default_rng(0).integers(0, 256, (10, 3, 8, 8), dtype=np.uint8)
+    keep = np.zeros(10, bool)
+    keep[[1, 2, 7]] = True
+    expected_scores, expected_maps = scorer.score_many(images), anomaly_maps(scorer, images[keep])
+
+    class Counting:
+        def __init__(self, session):
+            self.session, self.calls = session, 0
+
+        def run(self, names, feeds):
+            self.calls += 1
+            return self.session.run(names, feeds)
+
+    scorer.session = counting = Counting(scorer.session)
+    scores, maps = scores_and_maps(scorer, images, keep, batch_size=4)
+    assert counting.calls == 3  # ceil(10 / 4) batches, not a second pass for the maps
+    np.testing.assert_array_equal(scores, expected_scores)
+    assert maps.shape == (3, 8, 8)
+    np.testing.assert_array_equal(maps, expected_maps)

@@ -36,24 +36,25 @@ class LabelledMetrics:
 
 def labelled_metrics(scorer: Scorer, eval_set: EvalSet) -> LabelledMetrics:
     """The numbers of a report, without its files: what `aeguard evaluate` and `Detector.evaluate` return."""
-    scores = scorer.score_many(eval_set.images)
+    localize = eval_set.masks is not None and bool(eval_set.masks[eval_set.has_mask].any())  # else no regions
+    scores, maps = scores_and_maps(scorer, eval_set.images, eval_set.has_mask if localize else None)
     if not np.isfinite(scores).all():  # sklearn would fail on them, and a NaN compares as "normal"
         bad = int(np.count_nonzero(~np.isfinite(scores)))
         raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
     result = LabelledMetrics(scores, evaluate_scores(scores, eval_set.is_anomaly, scorer.threshold))
     if eval_set.groups is not None:
         result.per_defect = per_defect_metrics(scores, eval_set)
-    if eval_set.masks is not None and eval_set.masks[eval_set.has_mask].any():  # an all-empty mask set has no regions
-        _localize(scorer, eval_set, result)
+    if maps is not None:
+        _localize(eval_set, result, maps)
     return result
 
 
-def _localize(scorer: Scorer, eval_set: EvalSet, result: LabelledMetrics) -> None:
-    """Pixel AUROC and AUPRO over the images whose mask is known, per defect type too."""
+def _localize(eval_set: EvalSet, result: LabelledMetrics, maps: np.ndarray) -> None:
+    """Pixel AUROC and AUPRO over the images whose mask is known (`maps` are theirs), per defect type too."""
     assert eval_set.masks is not None and eval_set.has_mask is not None  # the caller checked
     has_mask = eval_set.has_mask
     known = np.flatnonzero(has_mask)
-    maps, masks = anomaly_maps(scorer, eval_set.images[known]), eval_set.masks[known]
+    masks = eval_set.masks[known]
     if not np.isfinite(maps).all():
         raise ModelOutputError("the model's anomaly map holds non-finite values")
     local = localization_metrics(maps, masks)
@@ -84,9 +85,24 @@ def per_defect_metrics(scores: np.ndarray, eval_set: EvalSet) -> dict:
 
 def anomaly_maps(scorer: Scorer, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, H, W) anomaly maps: the graph's error map, averaged over channels, in batches."""
-    parts = []
+    maps = scores_and_maps(scorer, images, np.ones(len(images), bool), batch_size)[1]
+    assert maps is not None  # asked for every image
+    return maps
+
+
+def scores_and_maps(
+    scorer: Scorer, images: np.ndarray, keep: np.ndarray | None, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every image's score and, for the images `keep` marks, their (N, H, W) anomaly maps, in one pass of the
+    graph (a second pass for the maps made evaluate run the model twice over each masked image)."""
+    if keep is None:
+        return scorer.score_many(images), None
+    scores, maps = [], []
     for start in range(0, len(images), batch_size):
-        error_maps = scorer.score(images[start : start + batch_size], error_maps=True).error_maps
-        assert error_maps is not None  # asked for
-        parts.append(error_maps.mean(axis=1))
-    return np.concatenate(parts) if parts else np.zeros((0, scorer.height, scorer.width), np.float32)
+        chosen = keep[start : start + batch_size]
+        batch = scorer.score(images[start : start + batch_size], error_maps=bool(chosen.any()))
+        scores.append(batch.scores)
+        if batch.error_maps is not None:
+            maps.append(batch.error_maps[chosen].mean(axis=1))
+    empty = np.zeros((0, scorer.height, scorer.width), np.float32)
+    return (np.concatenate(scores) if scores else np.zeros(0, np.float32)), (np.concatenate(maps) if maps else empty)

@@ -220,13 +220,17 @@ class Scorer:
     def width(self) -> int:
         return self.preprocessing.width
 
-    def check_batch(self, batch: np.ndarray) -> np.ndarray:
+    def check_shape(self, batch: np.ndarray) -> np.ndarray:
+        """The batch as an array, refused unless it is (N, C, H, W) of the model's C, H and W."""
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
             raise UsageError(
                 f"expected a batch of shape (N, {self.channels}, {self.height}, {self.width}), got {batch.shape}"
             )
-        return float_batch(batch)
+        return batch
+
+    def check_batch(self, batch: np.ndarray) -> np.ndarray:
+        return float_batch(self.check_shape(batch))
 
     def score(self, batch: np.ndarray, error_maps: bool = False, reconstructions: bool = False) -> ScoreBatch:
         """Score one batch; ask for error maps / reconstructions only when needed (they cost copies)."""
@@ -250,8 +254,9 @@ class Scorer:
         return ScoreBatch(results[SCORE_OUTPUT], results.get(ERROR_MAP_OUTPUT), results.get(RECONSTRUCTION_OUTPUT))
 
     def score_many(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """Scores of a large in-memory array, in batches to keep memory flat."""
-        return score_array(self.session, self.check_batch(images), batch_size)
+        """Scores of a large in-memory array, in batches to keep memory flat (uint8 images are scaled batch by
+        batch, never all at once)."""
+        return score_array(self.session, self.check_shape(images), batch_size)
 
     @property
     def has_codes(self) -> bool:
@@ -259,7 +264,7 @@ class Scorer:
 
     def codes(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Latent codes (N, latent) of bundles that export them (those from aeguard 0.2 on)."""
-        return score_array(self.session, self.check_batch(images), batch_size, output=CODE_OUTPUT)
+        return score_array(self.session, self.check_shape(images), batch_size, output=CODE_OUTPUT)
 
     def decision_function(self, images, batch_size: int = 512) -> np.ndarray:
         """Scores of images given as an array: (N, H, W) or (N, C, H, W), uint8 or float in [0, 1]."""
