@@ -128,4 +128,4 @@ def train_rotation_head(
     best_epoch = min(history, key=lambda row: row["val_score"])["epoch"]
     record = {"epochs": epochs, "best_epoch": best_epoch, "device": str(where), "history": history}
     # the standard layout again, so the weights saved and exported are laid out as every other model's
-    return head.to("cpu", memory_format=torch.contiguous_format).eval(), record  # type: ignore[call-overload]
+    return head.to("cpu", memory_format=torch.contiguous_format).eval(), record
