@@ -64,7 +64,8 @@ RECIPE_NOTES = {
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
     "another draw of the same recipe",
     "default-seed2": "the default with `--seed 2`: a third draw",
-    "default-seed3": "the default with `--seed 3`: a fourth draw",
+    "default-seed3": "the default with `--seed 3`: a fourth draw (its fits ran beside test runs on the same cores, "
+    "so their times are not the recipe's; the commits between its rows change no 128 px fit)",
     "default-seed4": "the default with `--seed 4`: a fifth draw",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
