@@ -197,6 +197,19 @@ class Detector:
                 Path(X), self.image_size, config.val_fraction, config.train.seed, self.color, self.crop
             )
         else:
+            # a folder's options: an array is taken as it is, so asking to resize, recolour or crop it would be
+            # ignored in silence
+            asked = {
+                "image_size": self.image_size,
+                "color": self.color,
+                "crop": None if self.crop == "none" else self.crop,
+            }
+            if any(value is not None for value in asked.values()):
+                named = ", ".join(f"{name}={value!r}" for name, value in asked.items() if value is not None)
+                raise UsageError(
+                    f"{named} apply to a folder of images; an array is fitted at its own size and channels "
+                    "(resize or convert it first, or pass its folder)"
+                )
             data = array_training_data(X, config.val_fraction, config.train.seed)
         self.fit_training_data(limit_images(data, config.max_images, config.val_fraction))
         return self

@@ -103,6 +103,8 @@ def test_arrays_of_every_accepted_kind_score_alike(fitted):
         ({"score": "elbo"}, "needs a variational model"),
         ({"epochs": 0}, "epochs must be a positive integer"),
         ({"target_fpr": 1.5}, "target_fpr must lie in"),
+        ({"image_size": "16"}, "image_size='16' apply to a folder of images; an array is fitted at its own size"),
+        ({"color": "rgb", "crop": "center"}, "color='rgb', crop='center' apply to a folder"),
     ],
 )
 def test_bad_parameters_are_refused_at_fit_with_their_name(params, words):
