@@ -1,7 +1,7 @@
 """`Detector`: an autoencoder anomaly detector in the shape scikit-learn and PyOD users know.
 
     det = Detector(model="conv", noise="erase", noise_level=0.25, score="blur", epochs=20, seed=0)
-    det.fit(X_normal)            # (N, H, W) / (N, C, H, W), uint8 or float in [0, 1], or a folder of images
+    det.fit(X_normal)            # an array, uint8 or float in [0, 1] (as_model_input's layouts), or a folder
     det.decision_function(X)     # scores, higher = more anomalous
     det.predict(X)               # bool, score > det.threshold_
     det.save("runs/x")           # the checksummed bundle `aeguard fit` writes
@@ -186,7 +186,8 @@ class Detector:
         )
 
     def fit(self, X, y=None) -> Detector:
-        """Train on normal images: an array (N, H, W) or (N, C, H, W), uint8 or float in [0, 1], or a folder.
+        """Train on normal images: an array (N, H, W), (N, C, H, W) or (N, H, W, C), uint8 or float in [0, 1],
+        or a folder.
 
         A share (val_fraction) is held out for early stopping and to set the threshold; no anomalies are needed
         (`y` is ignored, as in PyOD). Nothing is written to disk.

@@ -267,7 +267,7 @@ class Scorer:
         return score_array(self.session, self.check_shape(images), batch_size, output=CODE_OUTPUT)
 
     def decision_function(self, images, batch_size: int = 512) -> np.ndarray:
-        """Scores of images given as an array: (N, H, W) or (N, C, H, W), uint8 or float in [0, 1]."""
+        """Scores of images given as an array: (N, H, W), (N, C, H, W) or (N, H, W, C), uint8 or float in [0, 1]."""
         return self.score_many(as_model_input(images, self.channels), batch_size)
 
     def predict(self, images, batch_size: int = 512) -> np.ndarray:
