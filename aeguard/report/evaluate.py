@@ -117,8 +117,8 @@ def evaluate_bundle(
 
 def _plot_localization(eval_set: EvalSet, result: LabelledMetrics, report_dir: Path) -> None:
     """Anomalous images with a known mask, their map laid over them and the mask outlined."""
-    assert result.masked is not None and result.maps is not None and eval_set.masks is not None
-    known, maps = result.masked, result.maps
+    assert result.maps is not None and eval_set.masks is not None and eval_set.has_mask is not None
+    known, maps = np.flatnonzero(eval_set.has_mask), result.maps
     anomalous = [i for i, index in enumerate(known) if eval_set.is_anomaly[index] == 1]
     picks = np.random.default_rng(0).permutation(np.asarray(anomalous, np.int64))[:GRID_EXAMPLES_PER_GROUP]
     names = eval_set.groups or ["anomaly"] * len(eval_set.images)

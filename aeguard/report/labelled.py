@@ -25,8 +25,7 @@ class LabelledMetrics:
     metrics: dict
     per_defect: dict | None = None
     localization: dict | None = None
-    masked: np.ndarray | None = None  # indices of the images with a known mask
-    maps: np.ndarray | None = None  # their (N, H, W) anomaly maps
+    maps: np.ndarray | None = None  # (N, H, W) anomaly maps of the images with a known mask, in order
 
     def summary(self) -> dict:
         """The ROC metrics, with "per_defect" and "localization" where they were measured (no scores or maps)."""
@@ -66,7 +65,7 @@ def _localize(eval_set: EvalSet, result: LabelledMetrics, maps: np.ndarray) -> N
             chosen = normal | (groups == name)
             if (groups == name).any() and masks[groups == name].any():
                 row["pixel_auroc"] = float(roc_auc_score(masks[chosen].ravel(), maps[chosen].ravel()))
-    result.localization, result.masked, result.maps = local, known, maps
+    result.localization, result.maps = local, maps
 
 
 def per_defect_metrics(scores: np.ndarray, eval_set: EvalSet) -> dict:
