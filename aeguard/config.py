@@ -186,6 +186,7 @@ def _number(
 
 LR_SCHEDULES = ("constant", "cosine")
 AUGMENTS = ("none", "flip")  # aeguard/train/augment.py
+PRECISIONS = ("auto", "fp32", "bf16")  # the networks' arithmetic while training: aeguard/train/precision.py
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class TrainConfig:
     augment: str = "none"  # or "flip": each training image mirrored at random (aeguard/train/augment.py)
     device: str = "auto"  # auto (CUDA when torch sees it), cpu, cuda or cuda:N
     seed: int = 0  # the split, initialisation, batch order and corruption
+    precision: str = "auto"  # or fp32, bf16; auto: bf16 autocast where measured faster (train/precision.py)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
@@ -209,6 +211,8 @@ class TrainConfig:
             )
         if self.augment not in AUGMENTS:
             raise ConfigError("augment", f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.device, str) or (
             self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
         ):

@@ -66,6 +66,7 @@ class Detector:
         lr_schedule: str = "constant",
         augment: str = "none",
         device: str = "auto",
+        precision: str = "auto",
         seed: int = 0,
         val_fraction: float = 0.1,
         target_fpr: float = 0.01,
@@ -89,6 +90,7 @@ class Detector:
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.lr_schedule, self.augment = lr_schedule, augment
         self.device, self.seed, self.val_fraction, self.target_fpr = device, seed, val_fraction, target_fpr
+        self.precision = precision
         self.max_images, self.image_size, self.verbose = max_images, image_size, verbose
         self.color, self.crop = color, crop  # for folders: grayscale or rgb [the images' own]; none or center
 
@@ -128,6 +130,7 @@ class Detector:
             lr_schedule=train.lr_schedule,
             augment=train.augment,
             device=train.device,
+            precision=train.precision,
             seed=train.seed,
             val_fraction=config.val_fraction,
             target_fpr=config.target_fpr,
@@ -161,6 +164,7 @@ class Detector:
             augment=self.augment,
             device=self.device,
             seed=self.seed,
+            precision=self.precision,
         )
         return DetectorConfig(
             model=choice(Model, "model", self.model),

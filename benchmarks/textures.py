@@ -44,6 +44,10 @@ RECIPES = {
     "default-seed3": ["--seed", "3"],  # a fourth and fifth draw, to narrow the mean
     "default-seed4": ["--seed", "4"],
     "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
+    # bf16 autocast with channels-last tensors (aeguard/train/precision.py), three draws
+    "draem-bf16": ["--precision", "bf16"],
+    "draem-bf16-seed1": ["--precision", "bf16", "--seed", "1"],
+    "draem-bf16-seed2": ["--precision", "bf16", "--seed", "2"],
     "draem-difference": [],  # with RECIPE_SETTINGS' setting: setting_trial_difference
     "draem-difference-seed1": ["--seed", "1"],
     "draem-difference-seed2": ["--seed", "2"],

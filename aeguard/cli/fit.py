@@ -174,6 +174,12 @@ def fit(
         f"(default {DEFAULTS.train.augment}; {PHOTO.train.augment} for draem).",
     ),
     device: str = typer.Option(DEFAULTS.train.device, help="auto (CUDA when present), cpu or cuda."),
+    precision: str = typer.Option(
+        DEFAULTS.train.precision,
+        help="The networks' arithmetic while training: fp32, bf16 (autocast; weights and losses stay fp32), or "
+        "auto: bf16 for draem on a CPU with native bf16 (AMX or AVX512-BF16), where it trains 1.4x faster, "
+        "fp32 elsewhere.",
+    ),
     devices: int = typer.Option(
         1,
         min=1,
@@ -239,6 +245,7 @@ def fit(
                 augment=augment,
                 device=device,
                 seed=seed,
+                precision=precision,
             ),
             val_fraction=val_fraction,
             target_fpr=target_fpr,

@@ -69,6 +69,7 @@ def _training_record(config: TrainConfig, result: TrainResult) -> dict:
     return {
         "config": dataclasses.asdict(config),
         "device": result.device,
+        "precision": result.precision,  # what config.precision resolved to on this device
         "torch_version": torch.__version__,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,

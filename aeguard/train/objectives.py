@@ -14,6 +14,7 @@ from aeguard.config import NOISE_KINDS, parse_noise  # noqa: F401 - re-exported
 from aeguard.errors import UsageError
 from aeguard.train.error_maps import ErrorMap
 from aeguard.train.models import Autoencoder
+from aeguard.train.precision import full_precision
 from aeguard.train.synthetic import paste_defects
 
 
@@ -122,10 +123,12 @@ class DraemObjective(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         defective, masks = paste_defects(images, generator)
-        restored = self.model(defective)
+        restored = self.model(defective)  # the networks in whatever precision the caller runs them
         logits = self.model.defect_logits(defective, restored)
-        restoration = F.mse_loss(restored, images) + self.ssim(images, restored).mean()
-        return restoration + focal_loss(logits, masks)
+        with full_precision(images.device):  # the SSIM of bf16 images would be noise (train/precision.py)
+            restored, logits = restored.float(), logits.float()
+            restoration = F.mse_loss(restored, images) + self.ssim(images, restored).mean()
+            return restoration + focal_loss(logits, masks)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.loss(images, self.generator)

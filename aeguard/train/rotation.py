@@ -22,18 +22,12 @@ import torch
 from torch import nn
 
 from aeguard.train.loop import as_float, resolve_device
+from aeguard.train.precision import training_memory_format
 
 ROTATIONS = 4
 BATCH_IMAGES = 64  # images per step; every one goes in four times, rotated
 LEARNING_RATE = 1e-3
 EVAL_BATCH = 500
-
-
-def training_memory_format(device: torch.device) -> torch.memory_format:
-    """Channels-last on the CPU: oneDNN's convolutions run the training step 1.31-1.38x faster that way on 2
-    cores (benchmarks/results/rotation_step.md), the same function up to float rounding. Untimed on CUDA, so
-    left as it is there."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def rotations(images: torch.Tensor) -> torch.Tensor:

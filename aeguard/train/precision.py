@@ -1,0 +1,66 @@
+"""How a training step runs on its device: the arithmetic (fp32 or bf16 autocast) and the tensors' memory layout.
+
+Both are chosen where they were measured to be faster at no loss of quality, and left alone elsewhere:
+- draem on a CPU with native bf16 (AMX or AVX512-BF16, as oneDNN uses them) trains in bf16 autocast with
+  channels-last tensors: 1.4-1.5x the fp32 step of the texture model (benchmarks/results/precision_step.md),
+  and the texture benchmark's figures held (benchmarks/results/textures.md, the draem-bf16 rows);
+- draem on any other CPU keeps fp32 (bf16 without those units is emulated, and slower) but still channels-last;
+- on CUDA everything stays fp32 and contiguous: bf16 autocast was slower for the small models at 28 px
+  (benchmarks/results/cuda_step_variants.md); the 128 and 256 px draem variants are timed by
+  `benchmarks/cuda_step_variants.py --models draem` on a GPU;
+- the MNIST models keep fp32 and the contiguous layout on every device, as the one-class benchmark measured them.
+
+Only the networks run under autocast: the losses are computed in fp32 (the SSIM loss subtracts squared means,
+which bf16's 8-bit mantissa would cancel to noise), the weights and optimiser state stay fp32, and the
+validation loss that early stopping watches is computed in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16). The probes are private to torch,
+    so a torch without them counts as no."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def _is_draem(model: nn.Module) -> bool:
+    from aeguard.train.draem import Draem
+
+    return isinstance(model, Draem)
+
+
+def resolve_precision(requested: str, device: torch.device, model: nn.Module) -> Literal["fp32", "bf16"]:
+    """The arithmetic a training run uses: `requested` unless it is auto, which picks as the module doc says."""
+    if requested in ("fp32", "bf16"):
+        return "bf16" if requested == "bf16" else "fp32"
+    return "bf16" if device.type == "cpu" and _is_draem(model) and native_cpu_bf16() else "fp32"
+
+
+def training_memory_format(device: torch.device, model: nn.Module | None = None) -> torch.memory_format:
+    """Channels-last for convolutions on the CPU, where oneDNN runs them faster that way (the rotation
+    classifier's step 1.31-1.38x, benchmarks/results/rotation_step.md; draem's 1.16x in fp32,
+    precision_step.md); the same function up to float rounding. With a model given, only for draem: the MNIST
+    models keep the layout their benchmark was measured with. Untimed on CUDA, so left as it is there."""
+    if device.type != "cpu" or (model is not None and not _is_draem(model)):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a network's forward pass runs in: bf16 autocast, or nothing."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a loss is computed in: autocast off, whatever encloses it."""
+    return torch.autocast(device_type=device.type, enabled=False)
