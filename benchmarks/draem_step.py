@@ -29,6 +29,7 @@ from aeguard.train import draem
 from aeguard.train.error_maps import ErrorMap
 from aeguard.train.models import build_model
 from aeguard.train.objectives import DraemObjective
+from aeguard.train.precision import autocast
 from benchmarks.results_io import StealMeter, current_commit, write_results
 
 SHAPE = (3, 128, 128)
@@ -39,23 +40,39 @@ def convolution_head(conv, x):
     return conv(x)
 
 
-def variant(replaced: bool = False, padding: str = "zeros"):
-    """One training step of a fresh model, as a closure: replaced=True is the code before the SSIM change."""
+def variant(
+    replaced: bool = False,
+    padding: str = "zeros",
+    shape: tuple[int, int, int] = SHAPE,
+    device: str = "cpu",
+    precision: str = "fp32",
+    memory: torch.memory_format = torch.contiguous_format,
+):
+    """One training step of a fresh model, as a closure: replaced=True is the code before the SSIM change;
+    precision and memory are the arithmetic and layout of the step as aeguard's loop runs it
+    (benchmarks/precision_step.py). The step waits for the device, so that it can be timed."""
     torch.manual_seed(0)
-    model = build_model({**default_config("draem", *SHAPE), "conv_padding": padding})
+    where = torch.device(device)
+    model = build_model({**default_config("draem", *shape), "conv_padding": padding})
+    model.to(where, memory_format=memory)  # type: ignore[call-overload]
     objective = DraemObjective(model)
     if replaced:
-        objective.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, SHAPE[0])  # the depthwise convolution
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        objective.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, shape[0])  # the depthwise convolution
+    objective.to(where)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=where.type == "cuda")  # as the loop's
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(BATCH, *SHAPE, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(BATCH, *shape, generator=torch.Generator().manual_seed(1)).to(where)
+    images = images.contiguous(memory_format=memory)
 
     def step() -> None:
         with mock.patch.object(draem, "pointwise", convolution_head) if replaced else contextlib.nullcontext():
-            loss = objective.loss(images, generator)
+            with autocast(precision, where):
+                loss = objective.loss(images, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if where.type == "cuda":
+            torch.cuda.synchronize()
 
     return step
 

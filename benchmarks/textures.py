@@ -44,6 +44,7 @@ RECIPES = {
     "default-seed3": ["--seed", "3"],  # a fourth and fifth draw, to narrow the mean
     "default-seed4": ["--seed", "4"],
     "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
+    "default-cuda": ["--device", "cuda"],  # the default's time on a GPU (benchmarks/gpu_checks.sh)
     # bf16 autocast with channels-last tensors (aeguard/train/precision.py), three draws
     "draem-bf16": ["--precision", "bf16"],
     "draem-bf16-seed1": ["--precision", "bf16", "--seed", "1"],
@@ -71,6 +72,12 @@ RECIPE_NOTES = {
     "default-seed3": "the default with `--seed 3`: a fourth draw (its fits ran beside test runs on the same cores, "
     "so their times are not the recipe's; the commits between its rows change no 128 px fit)",
     "default-seed4": "the default with `--seed 4`: a fifth draw",
+    "default-cuda": "the default with `--device cuda`: its time on a GPU (benchmarks/gpu_checks.sh); fp32, as "
+    "`--precision auto` trains on CUDA",
+    "draem-bf16": "the default with `--precision bf16`: the networks in bf16 autocast with channels-last tensors "
+    "(losses, weights and validation in fp32; aeguard/train/precision.py)",
+    "draem-bf16-seed1": "draem-bf16 with `--seed 1`: another draw of it",
+    "draem-bf16-seed2": "draem-bf16 with `--seed 2`: a third draw",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
@@ -95,6 +102,7 @@ NAME = "textures"
 DRAWS = {
     "the default recipe": ("default", "default-seed1", "default-seed2", "default-seed3", "default-seed4"),
     "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
+    "the bf16 trial": ("draem-bf16", "draem-bf16-seed1", "draem-bf16-seed2"),
     "the difference trial": ("draem-difference", "draem-difference-seed1", "draem-difference-seed2"),
 }
 

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from aeguard.data.catalog import load_split
 from aeguard.data.splits import anomaly_labels, to_model_input
 from aeguard.scoring.scorer import Scorer
+from tests.test_precision import disc_folder
 
 FIT_ARGS = [
     "fit",
@@ -82,3 +83,15 @@ def test_devices_flag_spawns_the_same_job_as_torchrun(torchrun_job, tmp_path):
     assert spawned["files"]["model.onnx"]["sha256"] == launched["files"]["model.onnx"]["sha256"]
     assert spawned["threshold"] == launched["threshold"]
     assert np.isfinite(spawned["metrics"]["auroc"])
+
+
+def test_draem_trains_in_two_processes_without_layout_warnings(tmp_path):
+    """draem trains channels-last on one CPU process; under DistributedDataParallel it keeps the standard layout,
+    since DDP wants every gradient laid out as its parameter and warned at every step about draem's 1 x 1 head."""
+    folder = disc_folder(tmp_path / "images")
+    out = tmp_path / "bundle"
+    args = ["fit", "--data", str(folder), "--epochs", "2", "--device", "cpu", "--devices", "2", "--out", str(out)]
+    done = run([sys.executable, "-m", "aeguard.cli.main", *args], tmp_path)
+    assert "bundle written" in done.stderr
+    assert "strides" not in done.stderr, done.stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["training"]["processes"] == 2

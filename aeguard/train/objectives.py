@@ -118,7 +118,9 @@ class DraemObjective(nn.Module):
     def __init__(self, model, seed: int = 0):
         super().__init__()
         self.model = model
-        self.ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, model.shape[0], size=model.shape[1:])
+        ssim = ErrorMap({"function": "ssim", "sigma": 1.5}, model.shape[0], size=model.shape[1:])
+        # its band matrices where the model is: the loop builds the objective after moving the model there
+        self.ssim = ssim.to(next(model.parameters()).device)
         self.generator = torch.Generator().manual_seed(seed)
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
