@@ -49,6 +49,8 @@ RECIPES = {
     "draem-bf16": ["--precision", "bf16"],
     "draem-bf16-seed1": ["--precision", "bf16", "--seed", "1"],
     "draem-bf16-seed2": ["--precision", "bf16", "--seed", "2"],
+    "draem-bf16-seed3": ["--precision", "bf16", "--seed", "3"],
+    "draem-bf16-seed4": ["--precision", "bf16", "--seed", "4"],
     "draem-difference": [],  # with RECIPE_SETTINGS' setting: setting_trial_difference
     "draem-difference-seed1": ["--seed", "1"],
     "draem-difference-seed2": ["--seed", "2"],
@@ -78,6 +80,8 @@ RECIPE_NOTES = {
     "(losses, weights and validation in fp32; aeguard/train/precision.py)",
     "draem-bf16-seed1": "draem-bf16 with `--seed 1`: another draw of it",
     "draem-bf16-seed2": "draem-bf16 with `--seed 2`: a third draw",
+    "draem-bf16-seed3": "draem-bf16 with `--seed 3`: a fourth draw",
+    "draem-bf16-seed4": "draem-bf16 with `--seed 4`: a fifth draw",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
@@ -102,7 +106,7 @@ NAME = "textures"
 DRAWS = {
     "the default recipe": ("default", "default-seed1", "default-seed2", "default-seed3", "default-seed4"),
     "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
-    "the bf16 trial": ("draem-bf16", "draem-bf16-seed1", "draem-bf16-seed2"),
+    "the bf16 trial": tuple(["draem-bf16"] + [f"draem-bf16-seed{seed}" for seed in range(1, 5)]),
     "the difference trial": ("draem-difference", "draem-difference-seed1", "draem-difference-seed2"),
 }
 

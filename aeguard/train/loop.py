@@ -169,7 +169,7 @@ def train(
             batch = augmented(
                 as_float(train_x[order[index * step : (index + 1) * step]]), config.augment, augment_generator
             )
-            with autocast(precision, device):  # the networks only: the objective computes its loss in fp32
+            with autocast(precision, device):  # the forward pass; the objective computes its loss in fp32
                 loss = network(batch.contiguous(memory_format=memory))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,9 +10,10 @@ Both are chosen where they were measured to be faster at no loss of quality, and
   `benchmarks/cuda_step_variants.py --models draem` on a GPU;
 - the MNIST models keep fp32 and the contiguous layout on every device, as the one-class benchmark measured them.
 
-Only the networks run under autocast: the losses are computed in fp32 (the SSIM loss subtracts squared means,
-which bf16's 8-bit mantissa would cancel to noise), the weights and optimiser state stay fp32, and the
-validation loss that early stopping watches is computed in fp32.
+The forward pass runs under autocast (the networks, and the colour mix of draem's synthetic defects, an einsum,
+which autocast also takes to bf16); the losses are computed in fp32 (the SSIM loss subtracts squared means,
+which bf16's 8-bit mantissa would cancel to noise); the weights and optimiser state stay fp32; and the
+validation loss that early stopping watches is computed in fp32 throughout.
 """
 
 from __future__ import annotations
