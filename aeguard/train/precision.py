@@ -4,10 +4,11 @@ Both are chosen where they were measured to be faster at no loss of quality, and
 - draem on a CPU with native bf16 (AMX or AVX512-BF16, as oneDNN uses them) trains in bf16 autocast with
   channels-last tensors: 1.4-1.5x the fp32 step of the texture model (benchmarks/results/precision_step.md),
   and the texture benchmark's figures held (benchmarks/results/textures.md, the draem-bf16 rows);
-- draem on any other CPU keeps fp32 (bf16 without those units is emulated, and slower) but still channels-last;
+- draem on any other CPU keeps fp32 (bf16 without those units is emulated, and slower) but still channels-last
+  (in one process: the loop keeps the standard layout under DistributedDataParallel);
 - on CUDA everything stays fp32 and contiguous: bf16 autocast was slower for the small models at 28 px
-  (benchmarks/results/cuda_step_variants.md); the 128 and 256 px draem variants are timed by
-  `benchmarks/cuda_step_variants.py --models draem` on a GPU;
+  (benchmarks/results/cuda_step_variants.md); draem's variants at 128 and 256 px are timed by
+  `python -m benchmarks.precision_step --device cuda` (in benchmarks/gpu_checks.sh), not yet run on a GPU;
 - the MNIST models keep fp32 and the contiguous layout on every device, as the one-class benchmark measured them.
 
 The forward pass runs under autocast (the networks, and the colour mix of draem's synthetic defects, an einsum,
@@ -24,6 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from aeguard.train.draem import Draem
+
 
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16). The probes are private to torch,
@@ -32,17 +35,11 @@ def native_cpu_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
-def _is_draem(model: nn.Module) -> bool:
-    from aeguard.train.draem import Draem
-
-    return isinstance(model, Draem)
-
-
 def resolve_precision(requested: str, device: torch.device, model: nn.Module) -> Literal["fp32", "bf16"]:
     """The arithmetic a training run uses: `requested` unless it is auto, which picks as the module doc says."""
     if requested in ("fp32", "bf16"):
         return "bf16" if requested == "bf16" else "fp32"
-    return "bf16" if device.type == "cpu" and _is_draem(model) and native_cpu_bf16() else "fp32"
+    return "bf16" if device.type == "cpu" and isinstance(model, Draem) and native_cpu_bf16() else "fp32"
 
 
 def training_memory_format(device: torch.device, model: nn.Module | None = None) -> torch.memory_format:
@@ -50,7 +47,7 @@ def training_memory_format(device: torch.device, model: nn.Module | None = None)
     classifier's step 1.31-1.38x, benchmarks/results/rotation_step.md; draem's 1.16x in fp32,
     precision_step.md); the same function up to float rounding. With a model given, only for draem: the MNIST
     models keep the layout their benchmark was measured with. Untimed on CUDA, so left as it is there."""
-    if device.type != "cpu" or (model is not None and not _is_draem(model)):
+    if device.type != "cpu" or (model is not None and not isinstance(model, Draem)):
         return torch.contiguous_format
     return torch.channels_last
 
