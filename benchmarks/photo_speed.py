@@ -1,8 +1,9 @@
 """Speed at real image sizes: training and batch scoring at 28 px grey, 128 and 256 px colour.
 
 Training: aeguard's loop (images held as uint8 on the device, scaled per batch, validation and best-weights
-copy every epoch) against a bare PyTorch loop of the same model and objective on float32 tensors, interleaved,
-best run of each. Models: the conv autoencoder at 28 px (MNIST's), draem at 128 and 256 px (the --data default).
+copy every epoch) against a bare PyTorch loop of the same model and objective on float32 tensors, in the
+precision and layout the loop picks (bf16 autocast and channels-last for draem on a CPU with native bf16),
+interleaved, best run of each. Models: the conv autoencoder at 28 px (MNIST's), draem at 128 and 256 px (the --data default).
 
 Scoring: `aeguard score`'s engine end to end (paths -> decode -> ONNX -> CSV) against its two limits, measured
 in the same run: (a) decoding alone in the engine's process pool, (b) onnxruntime alone on decoded batches.
@@ -25,6 +26,7 @@ from aeguard.data.images import load_image
 from aeguard.scoring.scorer import Scorer
 from aeguard.train.models import default_config
 from aeguard.train.objectives import objective_for
+from aeguard.train.precision import autocast, resolve_precision, training_memory_format
 from benchmarks.results_io import StealMeter, write_results
 from benchmarks.score_folder import decode_rate, engine_rate, onnxruntime_rate
 from benchmarks.texture_defects import photo
@@ -54,7 +56,11 @@ def crops(size: int, channels: int, count: int, seed: int = 0) -> np.ndarray:
 
 
 def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: torch.device) -> None:
-    """Forward, backward and step of the same objective on float32 tensors, nothing else."""
+    """Forward, backward and step of the same objective on float32 tensors, nothing else; in the precision and
+    memory layout aeguard's loop picks for the model (aeguard/train/precision.py), so that the two loops differ
+    in their bookkeeping only."""
+    precision, memory = resolve_precision("auto", device, model), training_memory_format(device, model)
+    model.to(memory_format=memory)
     objective = objective_for(model, default_training())
     x = torch.from_numpy(images.astype(np.float32) / 255.0).to(device)
     optimizer = torch.optim.Adam(objective.parameters(), lr=1e-3)
@@ -62,7 +68,8 @@ def bare_loop(model, images: np.ndarray, epochs: int, batch_size: int, device: t
     for _ in range(epochs):
         order = torch.randperm(len(x))
         for start in range(0, len(x), batch_size):
-            loss = objective(x[order[start : start + batch_size]])
+            with autocast(precision, device):
+                loss = objective(x[order[start : start + batch_size]].contiguous(memory_format=memory))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
