@@ -67,7 +67,9 @@ DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
 RECIPE_NOTES = {
     "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16, the learning "
-    "rate falling along half a cosine, every convolution padded by repeating the edge pixels",
+    "rate falling along half a cosine, every convolution padded by repeating the edge pixels; these rows trained "
+    "in fp32, before `--precision auto` (on a CPU with native bf16 the same command now trains as draem-bf16 "
+    "does; elsewhere as these rows did)",
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
     "another draw of the same recipe",
     "default-seed2": "the default with `--seed 2`: a third draw",
@@ -76,8 +78,10 @@ RECIPE_NOTES = {
     "default-seed4": "the default with `--seed 4`: a fifth draw",
     "default-cuda": "the default with `--device cuda`: its time on a GPU (benchmarks/gpu_checks.sh); fp32, as "
     "`--precision auto` trains on CUDA",
-    "draem-bf16": "the default with `--precision bf16`: the networks in bf16 autocast with channels-last tensors "
-    "(losses, weights and validation in fp32; aeguard/train/precision.py)",
+    "draem-bf16": "the default with `--precision bf16`: the forward pass in bf16 autocast with channels-last "
+    "tensors (losses, weights and validation in fp32; aeguard/train/precision.py), what `--precision auto` picks "
+    "for draem on a CPU with native bf16 such as this one (brick's fits of seeds 0 and 1 ran beside test runs on "
+    "the same cores, so their times are not the recipe's)",
     "draem-bf16-seed1": "draem-bf16 with `--seed 1`: another draw of it",
     "draem-bf16-seed2": "draem-bf16 with `--seed 2`: a third draw",
     "draem-bf16-seed3": "draem-bf16 with `--seed 3`: a fourth draw",
@@ -104,9 +108,16 @@ RECIPE_NOTES = {
 NAME = "textures"
 # Draws of one recipe: another seed, or earlier code with the same numbers to float rounding.
 DRAWS = {
-    "the default recipe": ("default", "default-seed1", "default-seed2", "default-seed3", "default-seed4"),
+    # what `aeguard fit --data DIR` trains on a CPU with native bf16 (`--precision auto`), as on this machine
+    "the default recipe in bf16": tuple(["draem-bf16"] + [f"draem-bf16-seed{seed}" for seed in range(1, 5)]),
+    "the default recipe in fp32 (on other CPUs, and before --precision auto)": (
+        "default",
+        "default-seed1",
+        "default-seed2",
+        "default-seed3",
+        "default-seed4",
+    ),
     "the zero-padded recipe before it": ("draem-zeros", "draem-zeros-seed1", "draem-zeros-8296c14"),
-    "the bf16 trial": tuple(["draem-bf16"] + [f"draem-bf16-seed{seed}" for seed in range(1, 5)]),
     "the difference trial": ("draem-difference", "draem-difference-seed1", "draem-difference-seed2"),
 }
 
