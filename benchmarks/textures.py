@@ -51,6 +51,8 @@ RECIPES = {
     "draem-bf16-seed2": ["--precision", "bf16", "--seed", "2"],
     "draem-bf16-seed3": ["--precision", "bf16", "--seed", "3"],
     "draem-bf16-seed4": ["--precision", "bf16", "--seed", "4"],
+    # fp32 on the machine the bf16 draws ran on: their fit time against the same machine's
+    "draem-fp32": ["--precision", "fp32"],
     "draem-difference": [],  # with RECIPE_SETTINGS' setting: setting_trial_difference
     "draem-difference-seed1": ["--seed", "1"],
     "draem-difference-seed2": ["--seed", "2"],
@@ -86,6 +88,8 @@ RECIPE_NOTES = {
     "draem-bf16-seed2": "draem-bf16 with `--seed 2`: a third draw",
     "draem-bf16-seed3": "draem-bf16 with `--seed 3`: a fourth draw",
     "draem-bf16-seed4": "draem-bf16 with `--seed 4`: a fifth draw",
+    "draem-fp32": "the default with `--precision fp32`, on the machine (and in the session) the draem-bf16 draws ran "
+    "on: the fit time of fp32 there, against draem-bf16's",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
