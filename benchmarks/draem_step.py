@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from unittest import mock
 
 import torch
@@ -84,18 +85,24 @@ COMPARISONS = {
 }
 
 
-def measure(threads: int, steps: int, compare: str) -> dict:
-    torch.set_num_threads(threads)
-    before, now = COMPARISONS[compare]
-    runs = {"before": variant(**before), "now": variant(**now)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
+def interleaved_steps(runs: dict[str, Callable[[], None]], steps: int, warm_ups: int = 1) -> dict[str, list[float]]:
+    """Each run's step times, the runs taking turns step by step so that all see the same machine."""
     for run in runs.values():
-        run()  # warm-up
+        for _ in range(warm_ups):  # oneDNN's and cuDNN's kernel choice
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(steps):
         for name, run in runs.items():
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
+    return times
+
+
+def measure(threads: int, steps: int, compare: str) -> dict:
+    torch.set_num_threads(threads)
+    before, now = COMPARISONS[compare]
+    times = interleaved_steps({"before": variant(**before), "now": variant(**now)}, steps)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"threads": threads, "steps": steps, "median_s": medians, "speedup": medians["before"] / medians["now"]}
 

@@ -3,7 +3,8 @@
 Training: aeguard's loop (images held as uint8 on the device, scaled per batch, validation and best-weights
 copy every epoch) against a bare PyTorch loop of the same model and objective on float32 tensors, in the
 precision and layout the loop picks (bf16 autocast and channels-last for draem on a CPU with native bf16),
-interleaved, best run of each. Models: the conv autoencoder at 28 px (MNIST's), draem at 128 and 256 px (the --data default).
+interleaved, best run of each. Models: the conv autoencoder at 28 px (MNIST's), draem at 128 and 256 px (the
+--data default).
 
 Scoring: `aeguard score`'s engine end to end (paths -> decode -> ONNX -> CSV) against its two limits, measured
 in the same run: (a) decoding alone in the engine's process pool, (b) onnxruntime alone on decoded batches.

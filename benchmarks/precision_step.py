@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from aeguard.train.precision import native_cpu_bf16
-from benchmarks.draem_step import BATCH, variant
+from benchmarks.draem_step import BATCH, interleaved_steps, variant
 from benchmarks.results_io import StealMeter, current_commit, write_results
 
 VARIANTS = {
@@ -38,15 +37,7 @@ def measure(size: int, device: str, steps: int) -> dict:
         name: variant(padding="replicate", shape=(3, size, size), device=device, precision=arithmetic, memory=memory)
         for name, (arithmetic, memory) in VARIANTS.items()
     }
-    for run in runs.values():
-        run()  # warm-up: oneDNN's and cuDNN's kernel choice
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(steps):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
+    times = interleaved_steps(runs, steps, warm_ups=2)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
         "size": size,
