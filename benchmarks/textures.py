@@ -88,8 +88,8 @@ RECIPE_NOTES = {
     "draem-bf16-seed2": "draem-bf16 with `--seed 2`: a third draw",
     "draem-bf16-seed3": "draem-bf16 with `--seed 3`: a fourth draw",
     "draem-bf16-seed4": "draem-bf16 with `--seed 4`: a fifth draw",
-    "draem-fp32": "the default with `--precision fp32`, on the machine (and in the session) the draem-bf16 draws ran "
-    "on: the fit time of fp32 there, against draem-bf16's",
+    "draem-fp32": "the default with `--precision fp32` (channels-last tensors, as draem trains on any CPU now), on "
+    "the machine and in the session the draem-bf16 draws ran on: fp32's fit time there, against draem-bf16's",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",

@@ -177,8 +177,8 @@ def fit(
     precision: str = typer.Option(
         DEFAULTS.train.precision,
         help="The networks' arithmetic while training: fp32, bf16 (autocast; weights and losses stay fp32), or "
-        "auto: bf16 for draem on a CPU with native bf16 (AMX or AVX512-BF16), where its step runs 1.4-1.5x "
-        "faster with the same benchmark figures, fp32 elsewhere.",
+        "auto: bf16 for draem on a CPU with native bf16 (AMX or AVX512-BF16), where it trains faster with the "
+        "same benchmark figures, fp32 elsewhere.",
     ),
     devices: int = typer.Option(
         1,

@@ -2,10 +2,11 @@
 
 Both are chosen where they were measured to be faster at no loss of quality, and left alone elsewhere:
 - draem on a CPU with native bf16 (AMX or AVX512-BF16, as oneDNN uses them) trains in bf16 autocast with
-  channels-last tensors: 1.39x (128 px) and 1.51x (256 px) the fp32 step of the texture model
-  (benchmarks/results/precision_step.md), and over five draws of the texture benchmark its figures held
+  channels-last tensors: 1.39x (128 px) and 1.51x (256 px) the fp32 standard-layout step of the texture
+  model, 1.19x / 1.22x the fp32 channels-last one (benchmarks/results/precision_step.md; a whole fit
+  1.14-1.15x), and over five draws of the texture benchmark its figures held
   (image / pixel AUROC / AUPRO 0.980 / 0.997 / 0.983 against fp32's 0.980 / 0.997 / 0.985; textures.md);
-- draem on any other CPU keeps fp32 (bf16 without those units is emulated, and slower) but still channels-last
+- draem on any other CPU keeps fp32 (bf16 without those units is emulated: not timed here) but still channels-last
   (in one process: the loop keeps the standard layout under DistributedDataParallel);
 - on CUDA everything stays fp32 and contiguous: bf16 autocast was slower for the small models at 28 px
   (benchmarks/results/cuda_step_variants.md); draem's variants at 128 and 256 px are timed by
