@@ -1,5 +1,5 @@
-"""Training precision and layout (aeguard/train/precision.py): what auto picks, that only the networks run in
-bf16, and that a bf16 fit leaves the fp32, standard-layout weights every bundle is exported from."""
+"""Training precision and layout (aeguard/train/precision.py): what auto picks, that the losses stay fp32 inside
+an autocast region, and that a bf16 fit leaves the fp32, standard-layout weights every bundle is exported from."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def test_channels_last_only_for_draem_on_the_cpu():
     assert training_memory_format(CPU, build_model(default_config("conv", 1, 28, 28))) == torch.contiguous_format
     assert training_memory_format(CUDA, draem()) == torch.contiguous_format
     assert training_memory_format(CPU) == torch.channels_last  # no model: the rotation classifier's rule
+    assert training_memory_format(CPU, draem(), distributed=True) == torch.contiguous_format
 
 
 def test_an_unknown_precision_is_refused_naming_the_choices():

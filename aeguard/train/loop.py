@@ -128,9 +128,7 @@ def train(
     device = resolve_device(config.device)
     seed_everything(config.seed)
     precision = resolve_precision(config.precision, device, model)
-    # not under DistributedDataParallel, which wants each gradient laid out as its parameter: draem's 1 x 1 head
-    # (a view in draem.pointwise) gets standard strides, and DDP warns at every step
-    memory = torch.contiguous_format if distributed.enabled else training_memory_format(device, model)
+    memory = training_memory_format(device, model, distributed.enabled)
     # Module.to takes memory_format at run time; torch's type stubs do not list it
     model.to(device, memory_format=memory)  # type: ignore[call-overload]
     # The whole normal set lives on the device: no loader, no per-item Python work. Folders of 8-bit images

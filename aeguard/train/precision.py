@@ -39,17 +39,21 @@ def native_cpu_bf16() -> bool:
 
 def resolve_precision(requested: str, device: torch.device, model: nn.Module) -> Literal["fp32", "bf16"]:
     """The arithmetic a training run uses: `requested` unless it is auto, which picks as the module doc says."""
-    if requested in ("fp32", "bf16"):
-        return "bf16" if requested == "bf16" else "fp32"
-    return "bf16" if device.type == "cpu" and isinstance(model, Draem) and native_cpu_bf16() else "fp32"
+    if requested == "auto":
+        requested = "bf16" if device.type == "cpu" and isinstance(model, Draem) and native_cpu_bf16() else "fp32"
+    return "bf16" if requested == "bf16" else "fp32"
 
 
-def training_memory_format(device: torch.device, model: nn.Module | None = None) -> torch.memory_format:
+def training_memory_format(
+    device: torch.device, model: nn.Module | None = None, distributed: bool = False
+) -> torch.memory_format:
     """Channels-last for convolutions on the CPU, where oneDNN runs them faster that way (the rotation
-    classifier's step 1.31-1.38x, benchmarks/results/rotation_step.md; draem's 1.16x in fp32,
+    classifier's step 1.31-1.38x, benchmarks/results/rotation_step.md; draem's 1.17-1.23x in fp32,
     precision_step.md); the same function up to float rounding. With a model given, only for draem: the MNIST
-    models keep the layout their benchmark was measured with. Untimed on CUDA, so left as it is there."""
-    if device.type != "cpu" or (model is not None and not isinstance(model, Draem)):
+    models keep the layout their benchmark was measured with. Untimed on CUDA, so left as it is there. Not
+    under DistributedDataParallel, which wants each gradient laid out as its parameter: draem's 1 x 1 head (a
+    view in draem.pointwise) gets standard strides, and DDP warned at every step."""
+    if device.type != "cpu" or distributed or (model is not None and not isinstance(model, Draem)):
         return torch.contiguous_format
     return torch.channels_last
 
