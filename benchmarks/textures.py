@@ -15,7 +15,7 @@ at the end, the figure to quote, as one fit is one draw.
 
 Results go to benchmarks/results/textures.json / .md after every run; a run already there is not repeated.
 
-    python -m benchmarks.textures                       # every texture and recipe (about an hour on 2 cores)
+    python -m benchmarks.textures                       # every texture and CPU recipe (hours on 2 cores)
     python -m benchmarks.textures --textures brick --recipes default --fresh
 """
 
@@ -45,7 +45,7 @@ RECIPES = {
     "default-seed4": ["--seed", "4"],
     "draem-x2": ["--ensemble", "2"],  # two members (seeds 0 and 1), their maps averaged: fit_trial_ensemble
     "default-cuda": ["--device", "cuda"],  # the default's time on a GPU (benchmarks/gpu_checks.sh)
-    # bf16 autocast with channels-last tensors (aeguard/train/precision.py), three draws
+    # bf16 autocast with channels-last tensors (aeguard/train/precision.py), five draws
     "draem-bf16": ["--precision", "bf16"],
     "draem-bf16-seed1": ["--precision", "bf16", "--seed", "1"],
     "draem-bf16-seed2": ["--precision", "bf16", "--seed", "2"],
@@ -66,6 +66,7 @@ RECIPE_SETTINGS: dict[str, dict[str, float | str]] = {
     "draem-difference-seed2": DIFFERENCE,
 }
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
+GPU_RECIPES = ("default-cuda",)  # run when named (benchmarks/gpu_checks.sh), not by default: they need a GPU
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
 RECIPE_NOTES = {
     "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16, the learning "
@@ -244,7 +245,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--textures", default=",".join(DEFAULT_TEXTURES))
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--recipes", default=",".join(name for name in RECIPES if name not in GPU_RECIPES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="Where folders and bundles go [a temporary folder].")
     parser.add_argument("--fresh", action="store_true", help="Forget earlier results.")
