@@ -71,8 +71,8 @@ GPU_RECIPES = ("default-cuda",)  # run when named (benchmarks/gpu_checks.sh), no
 RECIPE_NOTES = {
     "default": "`aeguard fit --data DIR`: the draem model, 50 epochs (at most) of batches of 16, the learning "
     "rate falling along half a cosine, every convolution padded by repeating the edge pixels; these rows trained "
-    "in fp32, before `--precision auto` (on a CPU with native bf16 the same command now trains as draem-bf16 "
-    "does; elsewhere as these rows did)",
+    "in fp32 and the standard layout, before `--precision auto` (on a CPU with native bf16 the same command now "
+    "trains as draem-bf16 does; on other CPUs in fp32 with channels-last tensors, as draem-fp32 did)",
     "default-seed1": "the default with `--seed 1` (split, initialisation, batch order and synthetic defects): "
     "another draw of the same recipe",
     "default-seed2": "the default with `--seed 2`: a third draw",
