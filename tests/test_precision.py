@@ -34,7 +34,7 @@ def test_auto_is_bf16_only_for_draem_on_a_cpu_that_computes_bf16_natively(monkey
     assert resolve_precision("auto", CPU, draem()) == "bf16"
     assert resolve_precision("auto", CPU, conv) == "fp32"  # the MNIST models as their benchmark measured them
     assert resolve_precision("auto", CUDA, draem()) == "fp32"  # bf16 was slower there (cuda_step_variants)
-    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)  # bf16 would be emulated: not timed, so fp32
     assert resolve_precision("auto", CPU, draem()) == "fp32"
     for asked in ("fp32", "bf16"):  # an explicit choice is taken as it is, on any device and model
         assert {resolve_precision(asked, device, model) for device in (CPU, CUDA) for model in (conv, draem())} == {
