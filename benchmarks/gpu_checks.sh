@@ -4,11 +4,11 @@
 #
 #   bash benchmarks/gpu_checks.sh
 #
-# 1. the precision tests and a one-epoch draem fit on CUDA: a crash shows here, in seconds;
+# 1. the precision tests and a short (6-epoch, 96-image) draem fit on CUDA: a crash shows here, in seconds;
 # 2. draem's training step in fp32 / bf16 autocast x contiguous / channels-last at 128 and 256 px
 #    (benchmarks/precision_step.py --device cuda): whether `--precision auto` should pick bf16 there too;
 # 3. the texture benchmark's default fit on CUDA for each texture (recipe default-cuda): its time, against the
-#    7.5-8.3 min of a 2-core CPU, and its figures.
+#    2-core CPU fits in benchmarks/results/textures.md, and its figures.
 # Results go to benchmarks/results (and to $OUT where the device tool sets it, to come back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ nvidia-smi -L
 "$PY" -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 'onnxruntime', onnxruntime.__version__)" || exit 1
 
-echo "== 1. tests and a one-epoch CUDA fit"
+echo "== 1. tests and a short CUDA fit"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_loop.py || echo "(tests failed)"
 work=$(mktemp -d)
 "$PY" -c "from pathlib import Path; from benchmarks.texture_defects import write_texture_folder; \
@@ -35,7 +35,7 @@ write_texture_folder('brick', Path('$work/brick'), seed=0)" || exit 1
   >/tmp/aeguard-gpu-smoke.log 2>&1
 status=$?
 tail -n 12 /tmp/aeguard-gpu-smoke.log
-# 6: the tiny fit collapsed, which it may: it trained and exported on CUDA, which is what this step asks
+# 6: the short fit collapsed, which it may: it still trained on CUDA (the export, then, was not reached)
 [ $status -eq 0 ] || [ $status -eq 6 ] || { echo "the CUDA fit failed ($status): see aeguard-gpu-smoke.log"; exit 1; }
 
 echo "== 2. training step variants"
