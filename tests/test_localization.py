@@ -128,7 +128,8 @@ def test_draem_trains_exports_with_parity_and_maps_its_defects(tmp_path):
 
 def test_a_detector_evaluates_an_mvtec_folder_as_aeguard_evaluate_does(tmp_path):
     """Detector.evaluate(folder) returns the numbers `aeguard evaluate BUNDLE --data DIR` writes: image metrics,
-    per defect type AUROC and, with masks, pixel AUROC and AUPRO."""
+    per defect type AUROC and, with masks, pixel AUROC and AUPRO; a test image it cannot read is left out of
+    both, and the report lists it."""
     import json
 
     from PIL import Image
@@ -159,9 +160,15 @@ def test_a_detector_evaluates_an_mvtec_folder_as_aeguard_evaluate_does(tmp_path)
     assert set(measured["per_defect"]) == {"spot"} and measured["per_defect"]["spot"]["n_images"] == 6
     assert {"pixel_auroc", "aupro"} <= set(measured["localization"])
     detector.save(tmp_path / "bundle")
+    (root / "test" / "spot" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # left out, and said so
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "bundle"), "--data", str(root)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "bundle" / "report" / "report.json").read_text())
+    assert len(report["not_used"]) == 1 and "truncated.png" in report["not_used"][0]
+    assert (
+        "left out: 1 file (an image that cannot be read is in no figure"
+        in (tmp_path / "bundle" / "report" / "report.md").read_text()
+    )
     assert measured["auroc"] == pytest.approx(report["metrics"]["auroc"])
     assert measured["per_defect"]["spot"] == pytest.approx(report["per_defect"]["spot"])
     assert measured["localization"]["pixel_auroc"] == pytest.approx(report["localization"]["pixel_auroc"])

@@ -229,6 +229,22 @@ def test_mvtec_layout_is_read_with_its_masks(tmp_path):
     assert evaluation.has_mask.tolist() == [True] * 8 + [False]  # spot/002 has no mask: left out of pixel metrics
 
 
+def test_test_files_that_cannot_be_used_are_warned_about_at_fit_and_listed_in_the_report(tmp_path, capsys):
+    """fit --data evaluates on DIR/test: an unreadable test image or a mask of the wrong size changes what the
+    report's figures are of, so it is said at fit (as a training image's is) and listed in report.json/.md."""
+    root = write_mvtec(tmp_path / "bottle", np.random.default_rng(0))
+    (root / "test" / "crack" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    save(root / "ground_truth" / "crack" / "001_mask.png", np.full((16, 17), 255, np.uint8))
+    data = folder_training_data(root, None, 0.25, seed=0)
+    warned = capsys.readouterr().err
+    assert "broken.png: not a recognised image format" in warned
+    assert "001_mask.png is 17x16 (width x height) but its image is 16x16" in warned
+    assert len(data.evaluation.not_used) == 2 and data.evaluation.groups.count("crack") == 3
+
+    assert any("broken.png" in message for message in data.evaluation.not_used)
+    # the report lists them: test_localization.py's test_a_detector_evaluates_an_mvtec_folder_as_...
+
+
 def test_the_normal_anomaly_layout_still_works_and_takes_masks(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(4):

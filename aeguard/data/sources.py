@@ -31,6 +31,7 @@ class EvalSet:
     groups: list[str] | None = None  # per image: "good" or its defect type (MVTec layout), for per-type results
     masks: np.ndarray | None = None  # (N, H, W) bool ground truth, all False for normal images
     has_mask: np.ndarray | None = None  # (N,) bool: the image's mask is known (normal ones always)
+    not_used: list[str] = field(default_factory=list)  # files of the folder left out of it, each with why
 
 
 @dataclass
@@ -257,6 +258,7 @@ def _labelled_set(
             groups=names,
             masks=np.stack(masks) if any_mask else None,
             has_mask=np.array(known) if any_mask else None,
+            not_used=list(problems),
         ),
         problems,
     )
@@ -285,12 +287,16 @@ def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, 
     return _labelled_set(groups, prep, folder, str(folder))
 
 
+def warn_skipped(messages: list[str]) -> None:
+    for message in messages:
+        print(f"warning: skipped {message}", file=sys.stderr)
+
+
 def labelled_folder(folder: Path, prep: Preprocessing) -> EvalSet:
     """folder_eval_set, each file it could not use warned about on stderr (as a training folder's are); a
     DataNotFoundError when the folder holds no labelled set of normal and anomalous images."""
     eval_set, problems = folder_eval_set(folder, prep)
-    for message in problems:
-        print(f"warning: skipped {message}", file=sys.stderr)
+    warn_skipped(problems)
     if eval_set is None:
         raise DataNotFoundError(
             f"{folder} needs normal/ and anomaly/ subfolders, or the MVTec layout (test/good/ and test/<defect>/), "
@@ -361,12 +367,12 @@ def folder_training_data(
         raise DataNotFoundError(f"no training images under {folder} ({where})")
     prep = folder_preprocessing(paths, image_size_text, color, crop)
     images, skipped = readable_images(paths, prep)
-    for message in skipped:
-        print(f"warning: skipped {message}", file=sys.stderr)
+    warn_skipped(skipped)
     if len(images) < 2:
         raise DataNotFoundError(f"{folder} has {len(images)} readable training images; at least 2 are needed")
     fit_images, val_images = train_validation_split(images, val_fraction, seed)
     evaluation, bad_eval = folder_eval_set(folder, prep)
+    warn_skipped(bad_eval)  # the report lists them too: its figures are of the files that could be read
     return TrainingData(
         train=fit_images,
         validation=val_images,

@@ -78,6 +78,8 @@ def evaluate_bundle(
         reports.write_report(report_dir, report)
         return report
 
+    if eval_set.not_used:
+        report["not_used"] = eval_set.not_used
     result = labelled_metrics(scorer, eval_set)
     scores, truth, metrics = result.scores, eval_set.is_anomaly, result.metrics
     report["metrics"] = metrics

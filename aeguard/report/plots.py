@@ -193,6 +193,9 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+NOT_USED_LISTED = 20  # report.md lists this many of the files an evaluation left out; report.json lists all
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# aeguard report: {report['model_name']}", ""]
     lines += [
@@ -204,6 +207,16 @@ def render_markdown(report: dict) -> str:
     ]
     if report.get("parity"):
         lines.append(f"- torch vs onnxruntime max |score difference|: {report['parity']['max_abs_diff']:.3g}")
+    not_used = report.get("not_used") or []
+    if not_used:
+        files = f"{len(not_used)} file" + "s" * (len(not_used) != 1)
+        lines.append(
+            f"- left out: {files} (an image that cannot be read is in no figure; an image whose mask cannot be "
+            "used is in the image figures, not the pixel ones):"
+        )
+        lines += [f"  - {message}" for message in not_used[:NOT_USED_LISTED]]
+        if len(not_used) > NOT_USED_LISTED:
+            lines.append(f"  - and {len(not_used) - NOT_USED_LISTED} more, listed in report.json")
     metrics = report.get("metrics")
     if metrics:
         lines += ["", "## Metrics (anomaly = positive class)", "", "| metric | value |", "| --- | --- |"]
