@@ -161,6 +161,7 @@ def test_a_detector_evaluates_an_mvtec_folder_as_aeguard_evaluate_does(tmp_path)
     assert {"pixel_auroc", "aupro"} <= set(measured["localization"])
     detector.save(tmp_path / "bundle")
     (root / "test" / "spot" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # left out, and said so
+    assert "not_used" not in measured and "truncated.png: not a recognised" in detector.evaluate(root)["not_used"][0]
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "bundle"), "--data", str(root)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "bundle" / "report" / "report.json").read_text())

@@ -78,8 +78,6 @@ def evaluate_bundle(
         reports.write_report(report_dir, report)
         return report
 
-    if eval_set.not_used:
-        report["not_used"] = eval_set.not_used
     result = labelled_metrics(scorer, eval_set)
     scores, truth, metrics = result.scores, eval_set.is_anomaly, result.metrics
     report["metrics"] = metrics
@@ -105,6 +103,8 @@ def evaluate_bundle(
     )
     report["plots"] += [reports.ROC_PLOT, reports.HISTOGRAM_PLOT, reports.GRID_PLOT]
     report["plots"] += _class_plots(scorer, eval_set, scores, report_dir)
+    if result.not_used:
+        report["not_used"] = result.not_used
     if result.per_defect is not None:
         report["per_defect"] = result.per_defect
     if result.localization is not None:

@@ -26,10 +26,12 @@ class LabelledMetrics:
     per_defect: dict | None = None
     localization: dict | None = None
     maps: np.ndarray | None = None  # (N, H, W) anomaly maps of the images with a known mask, in order
+    not_used: list[str] | None = None  # the folder's files these figures leave out, each with why
 
     def summary(self) -> dict:
-        """The ROC metrics, with "per_defect" and "localization" where they were measured (no scores or maps)."""
-        measured = {"per_defect": self.per_defect, "localization": self.localization}
+        """The ROC metrics, with "per_defect", "localization" and "not_used" where there are any (no scores or
+        maps)."""
+        measured = {"per_defect": self.per_defect, "localization": self.localization, "not_used": self.not_used}
         return {**self.metrics, **{key: value for key, value in measured.items() if value is not None}}
 
 
@@ -41,6 +43,7 @@ def labelled_metrics(scorer: Scorer, eval_set: EvalSet) -> LabelledMetrics:
         bad = int(np.count_nonzero(~np.isfinite(scores)))
         raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
     result = LabelledMetrics(scores, evaluate_scores(scores, eval_set.is_anomaly, scorer.threshold))
+    result.not_used = list(eval_set.not_used) or None
     if eval_set.groups is not None:
         result.per_defect = per_defect_metrics(scores, eval_set)
     if maps is not None:
