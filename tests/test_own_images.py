@@ -245,6 +245,19 @@ def test_test_files_that_cannot_be_used_are_warned_about_at_fit_and_listed_in_th
     # the report lists them: test_localization.py's test_a_detector_evaluates_an_mvtec_folder_as_...
 
 
+def test_a_test_folder_is_never_trained_on_even_without_train_good(tmp_path):
+    """DIR/test/ is evaluated as an MVTec test set whenever it is there; with the training images in DIR/train/
+    rather than DIR/train/good/, its anomalies were trained on as normal images, then scored by the model that
+    had learned them."""
+    root = write_mvtec(tmp_path / "bottle", np.random.default_rng(0))
+    for path in (root / "train" / "good").iterdir():
+        path.rename(root / "train" / path.name)
+    (root / "train" / "good").rmdir()
+    data = folder_training_data(root, None, 0.25, seed=0)
+    assert data.source["layout"] == "folder" and len(data.train) + len(data.validation) == 12  # train/ alone
+    assert data.evaluation.groups == ["good"] * 3 + ["crack"] * 3 + ["spot"] * 3
+
+
 def test_the_normal_anomaly_layout_still_works_and_takes_masks(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(4):

@@ -18,6 +18,7 @@ NORMAL_SUBDIR = "normal"
 ANOMALY_SUBDIR = "anomaly"
 GOOD = "good"  # MVTec AD: DIR/train/good, DIR/test/good, DIR/test/<defect>, DIR/ground_truth/<defect>/<name>_mask.png
 MASK_SUFFIX = "_mask"
+TEST_SUBDIR = "test"
 
 
 @dataclass
@@ -266,7 +267,7 @@ def _labelled_set(
 
 def mvtec_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
     """DIR/test/good and DIR/test/<defect>/, with masks from DIR/ground_truth/<defect>/<name>_mask.png."""
-    test = Path(folder) / "test"
+    test = Path(folder) / TEST_SUBDIR
     if not test.is_dir():
         return None, []
     kinds = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -278,7 +279,7 @@ def mvtec_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, l
 def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
     """The evaluation set of a folder: MVTec layout (DIR/test/...), or DIR/normal and DIR/anomaly (masks, when
     there are any, in DIR/ground_truth/anomaly/<name>_mask.png)."""
-    if is_mvtec(folder) or (Path(folder) / "test").is_dir():
+    if is_mvtec(folder) or (Path(folder) / TEST_SUBDIR).is_dir():
         return mvtec_eval_set(folder, prep)
     normal_dir, anomaly_dir = Path(folder) / NORMAL_SUBDIR, Path(folder) / ANOMALY_SUBDIR
     if not (normal_dir.is_dir() and anomaly_dir.is_dir()):
@@ -306,10 +307,12 @@ def labelled_folder(folder: Path, prep: Preprocessing) -> EvalSet:
 
 
 def training_paths(folder: Path) -> list[Path]:
-    """MVTec: DIR/train/good. Otherwise every image under DIR except DIR/normal, DIR/anomaly and ground_truth."""
+    """MVTec: DIR/train/good. Otherwise every image under DIR except the evaluation's: DIR/normal, DIR/anomaly,
+    DIR/ground_truth and DIR/test, which folder_eval_set reads as an MVTec test set whenever it is there (a
+    folder with train/ but no train/good/ once trained on its own test anomalies as normal images)."""
     if is_mvtec(folder):
         return list(iter_image_paths([folder / "train" / GOOD]))
-    excluded = [folder / NORMAL_SUBDIR, folder / ANOMALY_SUBDIR, folder / "ground_truth"]
+    excluded = [folder / NORMAL_SUBDIR, folder / ANOMALY_SUBDIR, folder / "ground_truth", folder / TEST_SUBDIR]
     return list(iter_image_paths([folder], exclude=excluded))
 
 
@@ -362,7 +365,9 @@ def folder_training_data(
     paths = training_paths(folder)
     if not paths:
         where = (
-            "in train/good/" if is_mvtec(folder) else f"outside its {NORMAL_SUBDIR}/ and {ANOMALY_SUBDIR}/ subfolders"
+            "in train/good/"
+            if is_mvtec(folder)
+            else f"outside its {NORMAL_SUBDIR}/, {ANOMALY_SUBDIR}/, {TEST_SUBDIR}/ and ground_truth/ subfolders"
         )
         raise DataNotFoundError(f"no training images under {folder} ({where})")
     prep = folder_preprocessing(paths, image_size_text, color, crop)
