@@ -78,7 +78,8 @@ def fit(
     data: Path | None = typer.Option(
         None,
         help="A folder of your own normal images instead of --dataset: the MVTec AD layout (DIR/train/good, "
-        "DIR/test/<defect>, DIR/ground_truth) or any images, DIR/normal and DIR/anomaly kept for evaluation.",
+        "DIR/test/<defect>, DIR/ground_truth) or any images, DIR/normal, DIR/anomaly and DIR/test kept for "
+        "evaluation.",
         file_okay=False,
     ),
     data_dir: Path | None = typer.Option(
