@@ -29,7 +29,6 @@ from aeguard.data.sources import (
     labelled_folder,
     limit_images,
 )
-from aeguard.data.splits import as_model_input
 from aeguard.errors import UsageError
 from aeguard.scoring.scorer import Scorer
 
@@ -290,7 +289,7 @@ class Detector:
         scorer = self._fitted()
         evaluation = None
         if X is not None:
-            images, truth = as_model_input(X, scorer.channels), np.asarray(y).astype(np.int64)
+            images, truth = scorer.model_input(X), np.asarray(y).astype(np.int64)
             if truth.shape != (len(images),):
                 raise UsageError(f"y must hold one label per image: {len(images)} images, y of shape {truth.shape}")
             evaluation = EvalSet(images, truth, f"{len(images)} labelled images ({int(truth.sum())} anomalous)")

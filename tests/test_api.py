@@ -211,3 +211,7 @@ def test_channels_last_arrays_are_turned_only_where_their_layout_is_unambiguous(
     assert as_model_input(square).shape == (1, 3, 4, 3)
     with pytest.raises(UsageError, match=r"shape \(2, 5, 7, 3\) have no axis of the model.s 1 channel"):
         as_model_input(rgb, channels=1)
+    # a size that does not fit is named as the caller passed it, not as it was turned
+    with pytest.raises(UsageError, match=r"shape \(2, 5, 7, 3\) do not fit this model: expected \(N, 3, 5, 6\) or"):
+        as_model_input(rgb, channels=3, size=(5, 6))
+    assert as_model_input(rgb, channels=3, size=(5, 7)).shape == (2, 3, 5, 7)

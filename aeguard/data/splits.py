@@ -12,13 +12,14 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[:, None, :, :]
 
 
-def as_model_input(images, channels: int | None = None) -> np.ndarray:
+def as_model_input(images, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Images as the model takes them: float32 (N, C, H, W) in [0, 1].
 
     Takes (N, H, W) (one channel), (N, C, H, W), or (N, H, W, C) as Pillow and most image libraries give
     it, where that is unambiguous: the last axis holds the channels (1 or 3; the model's, when `channels` is
     given) and the second does not. uint8 is scaled by 1/255, uint16 by 1/65535, floats must already be finite
-    and within [0, 1]. `channels`, when given, must match.
+    and within [0, 1]. `channels` and `size` (height, width), when given, must match; the error names the shape
+    the caller passed, not the one it was turned into.
     """
     array = np.asarray(images)
     if array.ndim == 3:
@@ -44,6 +45,12 @@ def as_model_input(images, channels: int | None = None) -> np.ndarray:
         raise UsageError(
             f"images of shape {np.shape(images)} have no axis of the model's {channels} channel(s), "
             "neither first (N, C, H, W) nor last (N, H, W, C)"
+        )
+    if size is not None and array.shape[2:] != tuple(size):
+        c, (h, w) = array.shape[1], size
+        raise UsageError(
+            f"images of shape {np.shape(images)} do not fit this model: expected (N, {c}, {h}, {w}) "
+            f"or (N, {h}, {w}, {c})" + (f" (or (N, {h}, {w}))" if c == 1 else "")
         )
     return np.ascontiguousarray(array)
 

@@ -229,6 +229,10 @@ class Scorer:
             )
         return batch
 
+    def model_input(self, images) -> np.ndarray:
+        """A caller's array in any layout as_model_input reads, as this model's (N, C, H, W) float32 batch."""
+        return as_model_input(images, self.channels, (self.height, self.width))
+
     def check_batch(self, batch: np.ndarray) -> np.ndarray:
         return float_batch(self.check_shape(batch))
 
@@ -268,7 +272,7 @@ class Scorer:
 
     def decision_function(self, images, batch_size: int = 512) -> np.ndarray:
         """Scores of images given as an array: (N, H, W), (N, C, H, W) or (N, H, W, C), uint8 or float in [0, 1]."""
-        return self.score_many(as_model_input(images, self.channels), batch_size)
+        return self.score_many(self.model_input(images), batch_size)
 
     def predict(self, images, batch_size: int = 512) -> np.ndarray:
         """True where the score is above the threshold; a non-finite score raises (it is no verdict)."""
@@ -282,7 +286,7 @@ class Scorer:
 
     def anomaly_maps(self, images) -> np.ndarray:
         """Per-pixel error maps (N, C, H, W) of the bundle's score function."""
-        maps = self.score(as_model_input(images, self.channels), error_maps=True).error_maps
+        maps = self.score(self.model_input(images), error_maps=True).error_maps
         assert maps is not None  # score() raises for a graph without them
         return maps
 
