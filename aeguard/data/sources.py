@@ -10,7 +10,7 @@ import numpy as np
 
 from aeguard.data.catalog import get_spec, load_split, parse_classes
 from aeguard.data.contract import Color, Crop, Preprocessing, looks_colour
-from aeguard.data.images import image_size, iter_image_paths, load_images, load_mask
+from aeguard.data.images import IMAGE_SUFFIXES, image_size, iter_image_paths, load_images, load_mask
 from aeguard.data.splits import anomaly_labels, as_model_input, to_model_input, train_validation_split
 from aeguard.errors import DataNotFoundError, ImageError, UsageError
 
@@ -273,7 +273,12 @@ def mvtec_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, l
     kinds = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
     kinds = [GOOD] * (GOOD in kinds) + [k for k in kinds if k != GOOD]
     groups = [(kind, list(iter_image_paths([test / kind]))) for kind in kinds]
-    return _labelled_set(groups, prep, folder, f"{folder} (MVTec layout)")
+    eval_set, problems = _labelled_set(groups, prep, folder, f"{folder} (MVTec layout)")
+    loose = sorted(p for p in test.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    unlabelled = [f"{path}: not in test/{GOOD}/ or a test/<defect>/ folder, so it has no label" for path in loose]
+    if eval_set is not None:
+        eval_set.not_used = unlabelled + eval_set.not_used
+    return eval_set, unlabelled + problems
 
 
 def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
