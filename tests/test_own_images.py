@@ -243,9 +243,11 @@ def test_test_files_that_cannot_be_used_are_warned_about_at_fit_and_listed_in_th
 
     assert any("broken.png" in message for message in data.evaluation.not_used)
     save(root / "test" / "loose.png", np.zeros((16, 16), np.uint8))  # in no group: it has no label
+    save(root / "ground_truth" / "spot" / "002.png", np.zeros((16, 16), np.uint8))  # named as no image's mask
     evaluation, problems = folder_eval_set(root, data.preprocessing)
     assert problems[0].endswith("loose.png: not in test/good/ or a test/<defect>/ folder, so it has no label")
-    assert evaluation.not_used == problems and len(problems) == 3
+    assert problems[-1].endswith("spot/002.png: the mask of no image in spot/ (a mask is named <image name>_mask.png)")
+    assert evaluation.not_used == problems and len(problems) == 4
     # the report lists them: test_localization.py's test_a_detector_evaluates_an_mvtec_folder_as_...
 
 

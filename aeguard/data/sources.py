@@ -222,6 +222,24 @@ def read_mask(path: Path, image: Path, prep: Preprocessing) -> np.ndarray | str:
         return str(exc)
 
 
+def orphan_masks(folder: Path, groups: list[tuple[str, list[Path]]]) -> list[str]:
+    """The files under ground_truth/<group>/ that are no image's mask: a naming that does not follow
+    <image name>_mask.png (another data set's, or a renamed image) would otherwise leave every mask unused, with
+    nothing but a count of anomalous images without a mask to show for it."""
+    messages = []
+    for group, paths in groups:
+        where = Path(folder) / "ground_truth" / group
+        if group == GOOD or not where.is_dir():
+            continue
+        expected = {mask_path(folder, group, path).name for path in paths}
+        for mask in sorted(where.iterdir()):
+            if mask.name not in expected and not mask.name.startswith(".") and not mask.is_dir():
+                messages.append(
+                    f"{mask}: the mask of no image in {group}/ (a mask is named <image name>{MASK_SUFFIX}.png)"
+                )
+    return messages
+
+
 def _labelled_set(
     groups: list[tuple[str, list[Path]]], prep: Preprocessing, folder: Path, description: str
 ) -> tuple[EvalSet | None, list[str]]:
@@ -246,6 +264,7 @@ def _labelled_set(
             names.append(group)
             masks.append(mask)
             known.append(have)
+    problems += orphan_masks(folder, groups)
     is_anomaly = np.array([name != GOOD for name in names], np.int64)
     if not names or is_anomaly.all() or not is_anomaly.any():
         return None, problems
