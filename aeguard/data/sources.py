@@ -241,11 +241,16 @@ def orphan_masks(folder: Path, groups: list[tuple[str, list[Path]]]) -> list[str
 
 
 def _labelled_set(
-    groups: list[tuple[str, list[Path]]], prep: Preprocessing, folder: Path, description: str
+    groups: list[tuple[str, list[Path]]],
+    prep: Preprocessing,
+    folder: Path,
+    description: str,
+    problems: list[str] | None = None,
 ) -> tuple[EvalSet | None, list[str]]:
-    """Images of several groups ("good" = normal) as one EvalSet, with the masks found under folder/ground_truth."""
+    """Images of several groups ("good" = normal) as one EvalSet, with the masks found under folder/ground_truth,
+    and the list of the files it could not use (after `problems`, the caller's)."""
     images = CompactStack(sum(len(paths) for _, paths in groups), prep.shape)
-    names, masks, known, problems = [], [], [], []
+    names, masks, known, problems = [], [], [], list(problems or [])
     for group, paths in groups:
         for path in paths:
             item = load_images([path], prep)[0]
@@ -292,12 +297,9 @@ def mvtec_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, l
     kinds = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
     kinds = [GOOD] * (GOOD in kinds) + [k for k in kinds if k != GOOD]
     groups = [(kind, list(iter_image_paths([test / kind]))) for kind in kinds]
-    eval_set, problems = _labelled_set(groups, prep, folder, f"{folder} (MVTec layout)")
     loose = sorted(p for p in test.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     unlabelled = [f"{path}: not in test/{GOOD}/ or a test/<defect>/ folder, so it has no label" for path in loose]
-    if eval_set is not None:
-        eval_set.not_used = unlabelled + eval_set.not_used
-    return eval_set, unlabelled + problems
+    return _labelled_set(groups, prep, folder, f"{folder} (MVTec layout)", unlabelled)
 
 
 def folder_eval_set(folder: Path, prep: Preprocessing) -> tuple[EvalSet | None, list[str]]:
