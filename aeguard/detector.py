@@ -320,5 +320,5 @@ class Detector:
         result = evaluate_bundle(Scorer(staging), evaluation, staging / REPORT_DIR, bundle_label=out)
         if result["metrics"] is None:
             return manifest
-        extra = {key: result[key] for key in ("per_defect", "localization") if key in result}
+        extra = {key: result[key] for key in ("per_defect", "localization", "threshold_warning") if key in result}
         return {**manifest, "metrics": result["metrics"], **extra}

@@ -45,3 +45,49 @@ def test_metrics_on_a_hand_checked_example():
 def test_metrics_need_both_classes():
     with pytest.raises(UsageError, match="both normal and anomalous"):
         evaluate_scores(np.ones(3), np.zeros(3), 0.5)
+
+
+def test_the_threshold_check_warns_only_when_the_target_rate_cannot_explain_the_false_alarms():
+    from aeguard.report.labelled import threshold_check
+
+    def metrics(n_normal, false_alarms):
+        return {"n_normal": n_normal, "confusion_matrix": {"fp": false_alarms}}
+
+    # the texture benchmark's brick, calibrated on crops of the photo its training crops came from
+    assert "flags 35 of the 60 normal test images (58%), where it was set to flag 1%" in threshold_check(
+        metrics(60, 35), 0.01
+    )
+    assert threshold_check(metrics(60, 2), 0.01) is None  # 2 of 60 happens to a 1 % threshold one time in eight
+    assert threshold_check(metrics(60, 0), 0.01) is None
+    assert threshold_check(metrics(1000, 15), 0.01) is None  # 1.5 %: within chance of 1 % on 1000 images
+    assert threshold_check(metrics(1000, 25), 0.01) is not None  # 2.5 %: not (a binomial tail of about 1e-4)
+    assert threshold_check(metrics(60, 9), 0.05) is None and threshold_check(metrics(60, 12), 0.05) is not None
+
+
+def test_an_evaluation_whose_normal_images_are_flagged_carries_the_threshold_warning(tmp_path):
+    from aeguard.data.sources import EvalSet
+    from aeguard.report.labelled import labelled_metrics
+    from aeguard.report.plots import render_markdown
+    from aeguard.scoring.scorer import Scorer
+    from tests.bundles import tiny_bundle
+
+    scorer = Scorer(tiny_bundle(tmp_path / "b", (8, 8), threshold=0.1))  # score: mean squared distance from 0.5
+    anomalies = np.zeros((20, 1, 8, 8), np.float32)  # score 0.25: flagged
+    like_training = np.full((20, 1, 8, 8), 0.5, np.float32)  # score 0: not flagged
+    truth = np.array([0] * 20 + [1] * 20)
+    calm = labelled_metrics(scorer, EvalSet(np.concatenate([like_training, anomalies]), truth, "calm"))
+    assert calm.threshold_warning is None and "threshold_warning" not in calm.summary()
+    shifted = np.full((20, 1, 8, 8), 0.05, np.float32)  # normal, but scored as the anomalies are
+    flagged = labelled_metrics(scorer, EvalSet(np.concatenate([shifted, anomalies]), truth, "shifted"))
+    assert "flags 20 of the 20 normal test images" in flagged.summary()["threshold_warning"]
+    report = {
+        "model_name": "tiny",
+        "bundle": "b",
+        "evaluation": "shifted",
+        "threshold": 0.1,
+        "calibration": scorer.manifest["calibration"],
+        "threshold_warning": flagged.threshold_warning,
+        "metrics": None,
+        "plots": [],
+    }
+    assert f"- **warning**: {flagged.threshold_warning}" in render_markdown(report)

@@ -264,6 +264,34 @@ def test_a_test_folder_is_never_trained_on_even_without_train_good(tmp_path):
     assert data.evaluation.groups == ["good"] * 3 + ["crack"] * 3 + ["spot"] * 3
 
 
+def test_validation_good_is_the_held_out_set_and_every_training_image_is_trained_on(tmp_path, capsys):
+    """MVTec AD 2's DIR/validation/good/ sets the threshold instead of a random share of the training images,
+    in either layout; an empty one is an error, not a silent fall back to the random share."""
+    from aeguard.errors import DataNotFoundError
+
+    root = write_mvtec(tmp_path / "bottle", np.random.default_rng(0))
+    for i in range(5):
+        save(root / "validation" / "good" / f"{i:03d}.png", np.full((16, 16), 40 + i, np.uint8))
+    data = folder_training_data(root, None, 0.25, seed=0)
+    assert len(data.train) == 12 and len(data.validation) == 5 and data.source["validation"] == "validation/good"
+    assert sorted(data.validation[:, 0, 0, 0].tolist()) == [40, 41, 42, 43, 44]
+    assert "threshold is set on the 5 images of" in capsys.readouterr().err
+    held_out = folder_training_data(write_mvtec(tmp_path / "plain", np.random.default_rng(0)), None, 0.25, seed=0)
+    assert (len(held_out.train), len(held_out.validation), held_out.source["validation"]) == (9, 3, "held out")
+
+    for path in (root / "train" / "good").iterdir():  # any folder: validation/good is not trained on there either
+        path.rename(root / path.name)
+    for folder in (root / "train" / "good", root / "train"):
+        folder.rmdir()
+    data = folder_training_data(root, None, 0.25, seed=0)
+    assert (len(data.train), len(data.validation), data.source["layout"]) == (12, 5, "folder")
+
+    for path in (root / "validation" / "good").iterdir():
+        path.unlink()
+    with pytest.raises(DataNotFoundError, match="validation/good holds no readable images"):
+        folder_training_data(root, None, 0.25, seed=0)
+
+
 def test_the_normal_anomaly_layout_still_works_and_takes_masks(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(4):

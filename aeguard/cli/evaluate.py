@@ -80,3 +80,5 @@ def evaluate(
         typer.echo(f"{'pixel_auroc':>18}: {local['pixel_auroc']:.4f}")
         typer.echo(f"{'aupro':>18}: {local['aupro']:.4f} (FPR up to {local['aupro_max_fpr']})")
     typer.echo(f"report: {Path(report_dir or bundle / 'report') / 'report.md'}")
+    if report.get("threshold_warning"):
+        typer.echo(f"warning: {report['threshold_warning']}", err=True)

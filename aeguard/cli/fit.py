@@ -301,3 +301,5 @@ def fit(
     if local:
         print(f"pixel AUROC: {local['pixel_auroc']:.4f}   AUPRO: {local['aupro']:.4f}")
     print(f"report:    {out / 'report' / 'report.md'}")
+    if metrics and manifest.get("threshold_warning"):
+        print(f"warning: {manifest['threshold_warning']}", file=sys.stderr)

@@ -19,6 +19,9 @@ ANOMALY_SUBDIR = "anomaly"
 GOOD = "good"  # MVTec AD: DIR/train/good, DIR/test/good, DIR/test/<defect>, DIR/ground_truth/<defect>/<name>_mask.png
 MASK_SUFFIX = "_mask"
 TEST_SUBDIR = "test"
+# MVTec AD 2's name for normal images kept apart to set the threshold on: when DIR/validation/good is there, it is
+# the held-out set, and every training image is trained on
+VALIDATION_SUBDIR = "validation"
 
 
 @dataclass
@@ -339,7 +342,38 @@ def training_paths(folder: Path) -> list[Path]:
     if is_mvtec(folder):
         return list(iter_image_paths([folder / "train" / GOOD]))
     excluded = [folder / NORMAL_SUBDIR, folder / ANOMALY_SUBDIR, folder / "ground_truth", folder / TEST_SUBDIR]
-    return list(iter_image_paths([folder], exclude=excluded))
+    return list(iter_image_paths([folder], exclude=[*excluded, validation_folder(folder)]))
+
+
+def validation_folder(folder: Path) -> Path:
+    return Path(folder) / VALIDATION_SUBDIR / GOOD
+
+
+def held_out_images(
+    folder: Path, images: np.ndarray, prep: Preprocessing, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) normal images: DIR/validation/good when it is there, and then every training image is
+    trained on; otherwise a seeded random `val_fraction` of the training images.
+
+    The held-out images set the threshold, so they must be as new to the model as the images it will score. A
+    random share of crops of the same few photos, or of frames of one video, is not: on the texture benchmark
+    the model had seen every pixel of its held-out crops in other crops, and the threshold they set flagged
+    more than half of the normal test crops (benchmarks/results/textures.md)."""
+    where = validation_folder(folder)
+    if not where.is_dir():
+        return train_validation_split(images, val_fraction, seed)
+    held_out, skipped = readable_images(list(iter_image_paths([where])), prep)
+    warn_skipped(skipped)
+    if len(held_out) == 0:
+        raise DataNotFoundError(
+            f"{where} holds no readable images; put normal images there to set the threshold on, or remove it to "
+            "hold out a share of the training images instead"
+        )
+    print(
+        f"note: the threshold is set on the {len(held_out)} images of {where}; every training image is trained on",
+        file=sys.stderr,
+    )
+    return images[np.random.default_rng(seed).permutation(len(images))], held_out
 
 
 # The default model size's longest side: a folder of camera photos (4000 x 3000) trained at its own size
@@ -401,7 +435,7 @@ def folder_training_data(
     warn_skipped(skipped)
     if len(images) < 2:
         raise DataNotFoundError(f"{folder} has {len(images)} readable training images; at least 2 are needed")
-    fit_images, val_images = train_validation_split(images, val_fraction, seed)
+    fit_images, val_images = held_out_images(folder, images, prep, val_fraction, seed)
     evaluation, bad_eval = folder_eval_set(folder, prep)
     warn_skipped(bad_eval)  # the report lists them too: its figures are of the files that could be read
     return TrainingData(
@@ -414,6 +448,7 @@ def folder_training_data(
             "color": prep.color.value,
             "n_train": int(len(fit_images)),
             "n_validation": int(len(val_images)),
+            "validation": f"{VALIDATION_SUBDIR}/{GOOD}" if validation_folder(folder).is_dir() else "held out",
             "n_skipped": len(skipped) + len(bad_eval),
         },
         skipped=skipped + bad_eval,

@@ -105,6 +105,8 @@ def evaluate_bundle(
     report["plots"] += _class_plots(scorer, eval_set, scores, report_dir)
     if result.not_used:
         report["not_used"] = result.not_used
+    if result.threshold_warning:
+        report["threshold_warning"] = result.threshold_warning
     if result.per_defect is not None:
         report["per_defect"] = result.per_defect
     if result.localization is not None:

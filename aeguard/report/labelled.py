@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
 from aeguard.data.sources import EvalSet
@@ -27,11 +28,17 @@ class LabelledMetrics:
     localization: dict | None = None
     maps: np.ndarray | None = None  # (N, H, W) anomaly maps of the images with a known mask, in order
     not_used: list[str] | None = None  # the folder's files these figures leave out, each with why
+    threshold_warning: str | None = None  # why the threshold does not hold on these normal images (threshold_check)
 
     def summary(self) -> dict:
-        """The ROC metrics, with "per_defect", "localization" and "not_used" where there are any (no scores or
-        maps)."""
-        measured = {"per_defect": self.per_defect, "localization": self.localization, "not_used": self.not_used}
+        """The ROC metrics, with "per_defect", "localization", "not_used" and "threshold_warning" where there are
+        any (no scores or maps)."""
+        measured = {
+            "per_defect": self.per_defect,
+            "localization": self.localization,
+            "not_used": self.not_used,
+            "threshold_warning": self.threshold_warning,
+        }
         return {**self.metrics, **{key: value for key, value in measured.items() if value is not None}}
 
 
@@ -44,11 +51,36 @@ def labelled_metrics(scorer: Scorer, eval_set: EvalSet) -> LabelledMetrics:
         raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
     result = LabelledMetrics(scores, evaluate_scores(scores, eval_set.is_anomaly, scorer.threshold))
     result.not_used = list(eval_set.not_used) or None
+    result.threshold_warning = threshold_check(result.metrics, scorer.manifest["calibration"]["target_fpr"])
     if eval_set.groups is not None:
         result.per_defect = per_defect_metrics(scores, eval_set)
     if maps is not None:
         _localize(eval_set, result, maps)
     return result
+
+
+# The threshold check fails when so many normal test images are flagged that a threshold whose false-positive rate
+# were the calibration's target would flag that many with less than this probability: one in a thousand evaluations
+# of a well-calibrated threshold warns, where a rule on the rate alone would warn on small test sets by chance.
+THRESHOLD_CHECK_P = 1e-3
+
+
+def threshold_check(metrics: dict, target_fpr: float) -> str | None:
+    """Why the threshold does not hold on these normal images, or None.
+
+    The threshold is the quantile of the held-out normal images' scores that leaves `target_fpr` above it. When
+    the normal test images are flagged far more often (a binomial tail below THRESHOLD_CHECK_P), the held-out
+    images were not like them: most often they were likelier to look like the training images (crops of the
+    same photos, frames of one video), which scores them lower than any new image."""
+    n, false_alarms = metrics["n_normal"], metrics["confusion_matrix"]["fp"]
+    if n == 0 or false_alarms == 0 or binom.sf(false_alarms - 1, n, target_fpr) >= THRESHOLD_CHECK_P:
+        return None
+    return (
+        f"the threshold flags {false_alarms} of the {n} normal test images ({false_alarms / n:.0%}), where it was "
+        f"set to flag {target_fpr:.0%}: the held-out images it was set on were likelier than these to look like the "
+        "training images (crops of the same photos, frames of one video, one day's lighting). Set it on normal "
+        "images as new to the model as those it will score: for a folder, DIR/validation/good/ (docs/own-images.md)"
+    )
 
 
 def _localize(eval_set: EvalSet, result: LabelledMetrics, maps: np.ndarray) -> None:

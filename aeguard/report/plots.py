@@ -207,6 +207,8 @@ def render_markdown(report: dict) -> str:
     ]
     if report.get("parity"):
         lines.append(f"- torch vs onnxruntime max |score difference|: {report['parity']['max_abs_diff']:.3g}")
+    if report.get("threshold_warning"):
+        lines.append(f"- **warning**: {report['threshold_warning']}")
     not_used = report.get("not_used") or []
     if not_used:
         files = f"{len(not_used)} file" + "s" * (len(not_used) != 1)
