@@ -140,9 +140,21 @@ def save(array: np.ndarray, path: Path, colour: bool) -> None:
 
 
 def write_texture_folder(
-    name: str, out: Path, size: int = 128, n_train: int = 400, n_good: int = 60, per_defect: int = 20, seed: int = 0
+    name: str,
+    out: Path,
+    size: int = 128,
+    n_train: int = 400,
+    n_good: int = 60,
+    per_defect: int = 20,
+    seed: int = 0,
+    n_validation: int = 0,
 ) -> dict:
-    """Write DIR/train/good, DIR/test/{good,<kind>}, DIR/ground_truth/<kind>/<name>_mask.png; return counts."""
+    """Write DIR/train/good, DIR/test/{good,<kind>}, DIR/ground_truth/<kind>/<name>_mask.png; return counts.
+
+    With `n_validation`, also DIR/validation/good: normal crops to set the threshold on, drawn after the others
+    (the training and test images are the same as without them) from the test region, so that the model has
+    never seen their pixels; training crops of one photo overlap each other, and a share held out of them is
+    no new image."""
     rng = np.random.default_rng(seed)
     image = photo(name)
     colour = TEXTURES[name][1]
@@ -159,7 +171,16 @@ def write_texture_folder(
             save(defective, out / "test" / kind / f"{index:04d}.png", colour)
             mask_image = np.repeat(mask[:, :, None].astype(np.float32), 3, axis=2)
             save(mask_image, out / "ground_truth" / kind / f"{index:04d}_mask.png", False)
-    return {"texture": name, "colour": colour, "train": n_train, "good": n_good, "per_defect": per_defect}
+    for index, crop in enumerate(crops(image, size, n_validation, test_rows, rng)):
+        save(crop, out / "validation" / "good" / f"{index:04d}.png", colour)
+    return {
+        "texture": name,
+        "colour": colour,
+        "train": n_train,
+        "good": n_good,
+        "per_defect": per_defect,
+        "validation": n_validation,
+    }
 
 
 def main() -> None:
@@ -168,8 +189,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation", type=int, default=0, help="Normal crops for DIR/validation/good [none].")
     args = parser.parse_args()
-    print(write_texture_folder(args.texture, args.out, args.size, seed=args.seed))
+    print(write_texture_folder(args.texture, args.out, args.size, seed=args.seed, n_validation=args.validation))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ RECIPES = {
     "draem-bf16-seed4": ["--precision", "bf16", "--seed", "4"],
     # fp32 on the machine the bf16 draws ran on: their fit time against the same machine's
     "draem-fp32": ["--precision", "fp32"],
+    # where the threshold lands on test/good: set on a share held out of train/good (as every recipe above), or
+    # on DIR/validation/good, crops the model never saw (FOLDER_VALIDATION)
+    "threshold-heldout": [],
+    "threshold-validation": [],
     "draem-difference": [],  # with RECIPE_SETTINGS' setting: setting_trial_difference
     "draem-difference-seed1": ["--seed", "1"],
     "draem-difference-seed2": ["--seed", "2"],
@@ -65,6 +69,9 @@ RECIPE_SETTINGS: dict[str, dict[str, float | str]] = {
     "draem-difference-seed1": DIFFERENCE,
     "draem-difference-seed2": DIFFERENCE,
 }
+# recipes fitted on the texture's folder with this many DIR/validation/good crops (texture_defects.py); the
+# training and test images are those of every other recipe
+FOLDER_VALIDATION = {"threshold-validation": 40}
 DEFAULT_TEXTURES = ("brick", "ihc", "retina")
 GPU_RECIPES = ("default-cuda",)  # run when named (benchmarks/gpu_checks.sh), not by default: they need a GPU
 # Rows of earlier code, kept so the table shows what each change did; each row records its commit.
@@ -91,6 +98,12 @@ RECIPE_NOTES = {
     "draem-bf16-seed4": "draem-bf16 with `--seed 4`: a fifth draw",
     "draem-fp32": "the default with `--precision fp32` (channels-last tensors, as draem trains on any CPU now), on "
     "the machine and in the session the draem-bf16 draws ran on: fp32's fit time there, against draem-bf16's",
+    "threshold-heldout": "`aeguard fit --data DIR` as it runs on this machine (draem-bf16's command, seed 0), "
+    "its threshold set on 10 % of train/good held out, as in every row above: crops of the region of the photo "
+    "the training crops overlap, so pixels the model had seen",
+    "threshold-validation": "the same command on the same training and test images, with DIR/validation/good: "
+    "40 normal crops of the test region, which the model never saw, that set the threshold instead, all 400 "
+    "training crops trained on",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
@@ -128,9 +141,10 @@ DRAWS = {
 
 
 def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
-    folder = work / texture
+    n_validation = FOLDER_VALIDATION.get(recipe, 0)
+    folder = work / (f"{texture}-validation{n_validation}" if n_validation else texture)
     if not folder.exists():
-        write_texture_folder(texture, folder, seed=seed)
+        write_texture_folder(texture, folder, seed=seed, n_validation=n_validation)
     out = work / f"{texture}-{recipe}"
     command = ["aeguard", "fit", "--data", str(folder), "--out", str(out), "--force", *RECIPES[recipe]]
     settings = RECIPE_SETTINGS.get(recipe, {})
@@ -155,6 +169,10 @@ def run_one(texture: str, recipe: str, work: Path, seed: int) -> dict:
         "pixel_auroc": local.get("pixel_auroc"),
         "aupro": local.get("aupro"),
         "per_defect": report.get("per_defect"),
+        # the threshold on test/good: the share of normal test images it flags, against the rate it was set for
+        "threshold_fpr": report["metrics"]["fpr_at_threshold"],
+        "target_fpr": report["calibration"]["target_fpr"],
+        "held_out": f"{manifest['data']['n_validation']} ({manifest['data'].get('validation', 'held out')})",
         "fit_seconds": seconds,
         "epochs_run": manifest["training"]["epochs_run"],
         "device": manifest["training"]["device"],
@@ -195,6 +213,23 @@ def draws_table(rows: list[dict], fmt, recipe: str, names: tuple[str, ...]) -> l
     return lines
 
 
+def threshold_table(rows: list[dict], fmt) -> list[str]:
+    """The rows that recorded where their threshold landed: the share of test/good it flags (rows from before
+    this column did not record it)."""
+    chosen = [row for row in rows if row.get("threshold_fpr") is not None]
+    if not chosen:
+        return []
+    lines = ["", "The threshold on the normal test images (what `fit` sets from normal images alone):", ""]
+    lines += ["| texture | recipe | set on | normal test images flagged | aimed for | image AUROC |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for row in chosen:
+        lines.append(
+            f"| {row['texture']} | {row['recipe']} | {row['held_out']} | {row['threshold_fpr']:.1%} | "
+            f"{row['target_fpr']:.0%} | {fmt(row['image_auroc'])} |"
+        )
+    return lines
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Own-images benchmark: textures from real photographs",
@@ -231,6 +266,7 @@ def markdown(results: dict) -> str:
         )
     for recipe, names in DRAWS.items():
         lines += draws_table(results["rows"], fmt, recipe, names)
+    lines += threshold_table(results["rows"], fmt)
     lines += ["", "Image AUROC per defect type:", "", "| texture | recipe | scratch | hole | foreign | stain |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for row in results["rows"]:
