@@ -1,4 +1,4 @@
-"""The scoring path (runtime, batch scoring, evaluation, the score/evaluate commands) never imports torch;
+"""The scoring path (runtime, batch scoring, evaluation, the score/evaluate/calibrate commands) never imports torch;
 the decoding workers import neither onnxruntime nor matplotlib."""
 
 import subprocess
@@ -16,7 +16,8 @@ def test_scoring_never_imports_torch(mnist_bundle, data_dir, tmp_path):
         runner = CliRunner()
         for args in (["dump-images", {str(tmp_path / "p")!r}, "--count", "20"],
                      ["score", {str(mnist_bundle)!r}, {str(tmp_path / "p")!r}, "-o", {str(tmp_path / "s.csv")!r}],
-                     ["evaluate", {str(mnist_bundle)!r}, "--report-dir", {str(tmp_path / "r")!r}]):
+                     ["evaluate", {str(mnist_bundle)!r}, "--report-dir", {str(tmp_path / "r")!r}],
+                     ["calibrate", {str(mnist_bundle)!r}, {str(tmp_path / "p")!r}, "-o", {str(tmp_path / "c")!r}]):
             result = runner.invoke(app, args)
             assert result.exit_code == 0, result.output
         loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))

@@ -6,14 +6,14 @@ import typer
 
 from aeguard import __version__
 
-from . import dump_images, evaluate, fit, score, serve
+from . import calibrate, dump_images, evaluate, fit, score, serve
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say "[default: ...]"; Rich markup would take those for tags and drop them
-    help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve.",
+    help="Anomaly detection from autoencoder reconstruction error: fit, evaluate, calibrate, score, serve.",
 )
 
 
@@ -29,11 +29,12 @@ def main_options(
         False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Anomaly detection from autoencoder reconstruction error: fit, evaluate, score, serve."""
+    """Anomaly detection from autoencoder reconstruction error: fit, evaluate, calibrate, score, serve."""
 
 
 app.command()(fit.fit)
 app.command()(evaluate.evaluate)
+app.command()(calibrate.calibrate)
 app.command()(score.score)
 app.command("dump-images")(dump_images.dump_images)
 app.command()(serve.serve)

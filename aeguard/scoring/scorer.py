@@ -6,7 +6,7 @@ Imports onnxruntime and numpy only; the CLI's score/evaluate and the daemon buil
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
@@ -325,3 +325,43 @@ class Bundle:
     def scorer(self, intra_op_threads: int = 0) -> Scorer:
         """The torch-free scorer: decision_function / predict / anomaly_maps on arrays, score on model inputs."""
         return Scorer(self.path, intra_op_threads=intra_op_threads)
+
+    def calibrate(
+        self,
+        normal,
+        target_fpr: float = 0.01,
+        out: str | Path | None = None,
+        force: bool = False,
+        on_skip: Callable[[str], None] = lambda message: None,
+    ) -> Bundle:
+        """Set the threshold again from normal images, as new to the model as those it will score: an array (in
+        decision_function's layouts) or image files, folders and glob patterns (a str, a Path, or a list of
+        them; unreadable files are left out, each message passed to `on_skip`). Writes the bundle to `out`
+        (default: in place, atomically) with the threshold that flags `target_fpr` of them, and returns it
+        loaded (aeguard.scoring.calibrate). An `out` that already holds files is replaced only with `force`."""
+        from aeguard.bundle import check_out
+        from aeguard.scoring.calibrate import recalibrate, score_normal_images
+
+        if not 0.0 <= target_fpr < 1.0:  # before any image is scored
+            raise UsageError(f"--target-fpr must lie in [0, 1), got {target_fpr}")
+
+        destination = Path(out) if out is not None else self.path
+        if destination.resolve() != self.path.resolve():
+            check_out(destination, force)
+        scorer = self.scorer()
+        if isinstance(normal, (str, Path)) or (
+            isinstance(normal, list) and all(isinstance(n, (str, Path)) for n in normal)
+        ):
+            inputs = [normal] if isinstance(normal, (str, Path)) else list(normal)
+            scores, _ = score_normal_images(scorer, inputs, on_skip)
+            source = f"{len(scores)} images of {' '.join(map(str, inputs))} (Bundle.calibrate)"
+        else:
+            scores = scorer.decision_function(normal)
+            if not np.isfinite(scores).all():
+                raise ModelOutputError(
+                    f"the model gave {int(np.count_nonzero(~np.isfinite(scores)))} of {len(scores)} normal images a "
+                    "non-finite score; no threshold can be set"
+                )
+            source = f"an array of {len(scores)} images (Bundle.calibrate)"
+        recalibrate(self.path, scores, target_fpr, destination, source)
+        return Bundle.load(destination)

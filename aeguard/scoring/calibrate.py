@@ -1,0 +1,81 @@
+"""Set a bundle's threshold again from normal images, without training: `aeguard calibrate` and
+`Bundle.calibrate`. numpy, onnxruntime and Pillow only, as scoring is.
+
+`fit` sets the threshold on images held out of the training set. When those were too like the training
+images (crops of the same photos, frames of one video), the threshold flags far more new normal images
+than it was set for; evaluations say so (report/labelled.py: threshold_check). This sets it again on normal
+images as new to the model as the production images, and keeps everything else of the bundle.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from aeguard.bundle import VALIDATION_SCORES_NAME, BundleContents, bundle_file, read_manifest, read_plain_file
+from aeguard.data.images import iter_image_paths, load_images
+from aeguard.errors import DataNotFoundError, ModelOutputError
+from aeguard.scoring.results import NON_FINITE_SCORE
+from aeguard.scoring.scorer import Scorer
+from aeguard.scoring.threshold import calibration_summary
+
+# Manifest entries measured at the old threshold (precision, recall, the confusion matrix, the warning): a
+# recalibrated bundle drops them, with its report, rather than carry figures of a threshold it no longer has.
+THRESHOLD_BOUND = ("metrics", "per_defect", "localization", "threshold_warning")
+BATCH = 64
+
+
+def score_normal_images(
+    scorer: Scorer, inputs: Iterable[str | Path], on_skip=lambda message: None
+) -> tuple[np.ndarray, int]:
+    """The scores of every readable image of `inputs` (files, folders, globs), and how many were skipped.
+
+    An unreadable image is reported through `on_skip` and left out: a threshold is a quantile of what was
+    read. A non-finite score is refused, as no quantile can be taken of it."""
+    inputs = list(inputs)
+    paths = list(iter_image_paths(inputs))
+    scores: list[float] = []
+    skipped = 0
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start : start + BATCH]
+        results, _ = scorer.score_decoded(load_images(chunk, scorer.preprocessing))
+        for path, result in zip(chunk, results):
+            if result.error == NON_FINITE_SCORE:
+                raise ModelOutputError(f"{path}: the model gives it a non-finite score; no threshold can be set")
+            if result.score is None:
+                skipped += 1
+                on_skip(result.error)
+            else:
+                scores.append(result.score)
+    if not scores:
+        raise DataNotFoundError(f"no readable normal images in {', '.join(map(str, inputs))}")
+    return np.asarray(scores, np.float32), skipped
+
+
+def recalibrate(bundle_dir: Path, normal_scores: np.ndarray, target_fpr: float, out: Path, source: str) -> dict:
+    """Write the bundle at `bundle_dir` to `out` (it may be the same folder: replaced atomically, as a fit
+    replaces one) with the threshold that flags `target_fpr` of `normal_scores`; return the new manifest.
+
+    The model and weights are copied byte for byte (the checksums are verified first); validation_scores.npy
+    becomes these scores, the calibration records `source`, and the entries measured at the old threshold
+    are dropped with the report folder."""
+    bundle_dir, out = Path(bundle_dir), Path(out)
+    manifest = read_manifest(bundle_dir)
+    scores = np.asarray(normal_scores, np.float32)
+    files = {name: read_plain_file(bundle_file(bundle_dir, name)) for name in manifest["files"]}
+    buffer = io.BytesIO()
+    np.save(buffer, scores, allow_pickle=False)
+    files[VALIDATION_SCORES_NAME] = buffer.getvalue()
+    calibration = {**calibration_summary(scores, target_fpr), "images": source}
+    kept = {key: value for key, value in manifest.items() if key not in (*THRESHOLD_BOUND, "files", "schema_version")}
+    recalibrated = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "previous_threshold": manifest.get("threshold"),
+        "previous_calibration": {key: manifest.get("calibration", {}).get(key) for key in ("target_fpr", "images")},
+    }
+    new = {**kept, "threshold": calibration["threshold"], "calibration": calibration, "metrics": None}
+    return BundleContents({**new, "recalibrated": recalibrated}, files).write(out, force=True)
