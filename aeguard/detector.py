@@ -234,16 +234,32 @@ class Detector:
         trained = train_members(config, data, on_batch, on_epoch, log)
         if trained is None:
             return False
-        self.contents_ = export_contents(config, trained, data, log)
+        self._adopt(export_contents(config, trained, data, log))
         self.models_ = trained.members  # the torch modules, for analysis (benchmarks/score_variants.py)
         manifest = self.contents_.manifest
-        self.threshold_ = float(manifest["threshold"])
-        self.calibration_ = manifest["calibration"]
         self.training_ = manifest["training"]  # device, epochs run, best epoch, init seed, per member
         self.history_ = [member["history"] for member in [manifest["training"], *manifest["training"]["members"]]]
         self.input_shape_ = tuple(data.input_shape)
-        self.scorer_ = Scorer.from_contents(self.contents_)
         return True
+
+    def calibrate(self, X, target_fpr: float | None = None) -> Detector:
+        """Set threshold_ again from normal images X (an array, as decision_function takes), as new to the model
+        as those it will score: the score that flags `target_fpr` (default: the fit's) of them. The model is
+        unchanged; save() writes the new threshold. Returns the detector (aeguard calibrate, for a saved bundle)."""
+        from aeguard.scoring.calibrate import recalibrated
+
+        scorer = self._fitted()
+        target = self.calibration_["target_fpr"] if target_fpr is None else target_fpr
+        scores = scorer.decision_function(X)
+        self._adopt(recalibrated(self.contents_, scores, target, f"an array of {len(scores)} images (calibrate)"))
+        return self
+
+    def _adopt(self, contents) -> None:
+        """Take `contents` as this detector's bundle: its threshold, calibration and scorer."""
+        self.contents_ = contents
+        self.threshold_ = float(contents.manifest["threshold"])
+        self.calibration_ = contents.manifest["calibration"]
+        self.scorer_ = Scorer.from_contents(contents)
 
     def _fitted(self) -> Scorer:
         if not hasattr(self, "scorer_"):

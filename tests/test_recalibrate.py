@@ -80,3 +80,21 @@ def test_the_command_reads_folders_skips_what_it_cannot_read_and_says_what_chang
     assert few.exit_code == 0 and "1.0% of 1 normal image is less than one image" in few.output
     empty = CliRunner().invoke(app, ["calibrate", str(path), str(tmp_path / "missing")])
     assert empty.exit_code == 3 and "no readable normal images" in empty.output
+
+
+def test_a_fitted_detector_is_calibrated_in_memory_and_saves_the_new_threshold(tmp_path):
+    from aeguard import Detector
+    from tests.test_api import discs
+
+    detector = Detector(model="dense", epochs=3, batch_size=16, seed=0, device="cpu").fit(discs(60))
+    fitted_threshold = detector.threshold_
+    new_normal = discs(200, seed=1)
+    assert detector.calibrate(new_normal, target_fpr=0.05) is detector
+    scores = detector.decision_function(new_normal)
+    assert detector.predict(new_normal).sum() == 10 and detector.threshold_ != fitted_threshold
+    assert detector.threshold_ == pytest.approx(np.sort(scores)[-11])
+    assert detector.calibration_["n_normal_validation"] == 200 and detector.calibration_["target_fpr"] == 0.05
+    detector.save(tmp_path / "b")
+    saved = Bundle.load(tmp_path / "b")
+    assert saved.threshold == pytest.approx(detector.threshold_)
+    assert saved.manifest["recalibrated"]["previous_threshold"] == pytest.approx(fitted_threshold)

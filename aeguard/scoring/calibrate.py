@@ -56,26 +56,45 @@ def score_normal_images(
     return np.asarray(scores, np.float32), skipped
 
 
-def recalibrate(bundle_dir: Path, normal_scores: np.ndarray, target_fpr: float, out: Path, source: str) -> dict:
-    """Write the bundle at `bundle_dir` to `out` (it may be the same folder: replaced atomically, as a fit
-    replaces one) with the threshold that flags `target_fpr` of `normal_scores`; return the new manifest.
+def checked_scores(scores, what: str) -> np.ndarray:
+    """float32 scores, refused when one is not finite: no quantile can be taken of it."""
+    scores = np.asarray(scores, np.float32)
+    if not np.isfinite(scores).all():
+        bad = int(np.count_nonzero(~np.isfinite(scores)))
+        raise ModelOutputError(
+            f"the model gave {bad} of {len(scores)} {what} a non-finite score; no threshold can be set"
+        )
+    if scores.size == 0:
+        raise DataNotFoundError(f"no {what} to set a threshold on")
+    return scores
 
-    The model and weights are copied byte for byte (the checksums are verified first); validation_scores.npy
-    becomes these scores, the calibration records `source`, and the entries measured at the old threshold
-    are dropped with the report folder."""
-    bundle_dir, out = Path(bundle_dir), Path(out)
-    manifest = read_manifest(bundle_dir)
-    scores = np.asarray(normal_scores, np.float32)
-    files = {name: read_plain_file(bundle_file(bundle_dir, name)) for name in manifest["files"]}
+
+def recalibrated(contents: BundleContents, normal_scores: np.ndarray, target_fpr: float, source: str) -> BundleContents:
+    """The same bundle with the threshold that flags `target_fpr` of `normal_scores`: the model and weights
+    unchanged, validation_scores.npy these scores, a calibration that records `source`, and without the
+    entries measured at the old threshold (THRESHOLD_BOUND)."""
+    scores = checked_scores(normal_scores, "normal images")
     buffer = io.BytesIO()
     np.save(buffer, scores, allow_pickle=False)
-    files[VALIDATION_SCORES_NAME] = buffer.getvalue()
     calibration = {**calibration_summary(scores, target_fpr), "images": source}
+    manifest = contents.manifest
     kept = {key: value for key, value in manifest.items() if key not in (*THRESHOLD_BOUND, "files", "schema_version")}
-    recalibrated = {
+    history = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "previous_threshold": manifest.get("threshold"),
         "previous_calibration": {key: manifest.get("calibration", {}).get(key) for key in ("target_fpr", "images")},
     }
     new = {**kept, "threshold": calibration["threshold"], "calibration": calibration, "metrics": None}
-    return BundleContents({**new, "recalibrated": recalibrated}, files).write(out, force=True)
+    return BundleContents(
+        {**new, "recalibrated": history}, {**contents.files, VALIDATION_SCORES_NAME: buffer.getvalue()}
+    )
+
+
+def recalibrate(bundle_dir: Path, normal_scores: np.ndarray, target_fpr: float, out: Path, source: str) -> dict:
+    """Write the bundle at `bundle_dir` to `out`, recalibrated (it may be the same folder: replaced atomically,
+    as a fit replaces one, its report folder dropped with the figures of the old threshold); return the new
+    manifest. The files are read through their verified checksums and copied byte for byte."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    files = {name: read_plain_file(bundle_file(bundle_dir, name)) for name in manifest["files"]}
+    return recalibrated(BundleContents(manifest, files), normal_scores, target_fpr, source).write(Path(out), force=True)

@@ -357,11 +357,6 @@ class Bundle:
             source = f"{len(scores)} images of {' '.join(map(str, inputs))} (Bundle.calibrate)"
         else:
             scores = scorer.decision_function(normal)
-            if not np.isfinite(scores).all():
-                raise ModelOutputError(
-                    f"the model gave {int(np.count_nonzero(~np.isfinite(scores)))} of {len(scores)} normal images a "
-                    "non-finite score; no threshold can be set"
-                )
             source = f"an array of {len(scores)} images (Bundle.calibrate)"
         recalibrate(self.path, scores, target_fpr, destination, source)
         return Bundle.load(destination)
