@@ -362,6 +362,12 @@ def test_the_texture_benchmark_writes_an_mvtec_folder_with_a_colour_only_stain(t
     stained = turn_hue(surface, 1.0)
     assert np.abs(stained - surface).max() > 0.05
     np.testing.assert_allclose(luma(stained), luma(surface), atol=0.02)
+    # validation crops come after every other draw: the training and test images stay the same
+    write_texture_folder("ihc", tmp_path / "v", size=32, n_train=4, n_good=3, per_defect=2, n_validation=2)
+    for name in ("train/good/0003.png", "test/good/0002.png", "test/stain/0001.png"):
+        assert (tmp_path / "v" / name).read_bytes() == (tmp_path / "ihc" / name).read_bytes()
+    held = folder_training_data(tmp_path / "v", None, 0.25, seed=0)
+    assert (len(held.train), len(held.validation), held.source["validation"]) == (4, 2, "validation/good")
 
 
 def test_without_image_size_large_photos_train_at_most_256_across_and_small_ones_at_their_own_size(tmp_path, capsys):
