@@ -70,16 +70,17 @@ def threshold_check(metrics: dict, target_fpr: float) -> str | None:
 
     The threshold is the quantile of the held-out normal images' scores that leaves `target_fpr` above it. When
     the normal test images are flagged far more often (a binomial tail below THRESHOLD_CHECK_P), the held-out
-    images were not like them: most often they were likelier to look like the training images (crops of the
-    same photos, frames of one video), which scores them lower than any new image."""
+    images were not like them: for instance likelier to look like the training images (crops of the same
+    photos, frames of one video), or taken under other conditions than the test images."""
     n, false_alarms = metrics["n_normal"], metrics["confusion_matrix"]["fp"]
     if n == 0 or false_alarms == 0 or binom.sf(false_alarms - 1, n, target_fpr) >= THRESHOLD_CHECK_P:
         return None
     return (
         f"the threshold flags {false_alarms} of the {n} normal test images ({false_alarms / n:.0%}), where it was "
-        f"set to flag {target_fpr:.0%}: the held-out images it was set on were likelier than these to look like the "
-        "training images (crops of the same photos, frames of one video, one day's lighting). Set it on normal "
-        "images as new to the model as those it will score: for a folder, DIR/validation/good/ (docs/own-images.md)"
+        f"set to flag {target_fpr:.0%}: the held-out normal images it was set on are not like these (for instance "
+        "nearer to the training images, as crops of the same photos or frames of one video are, or taken on "
+        "another day). Set it on normal images taken as those it will score: `aeguard calibrate BUNDLE IMAGES`, "
+        "or DIR/validation/good/ for the next fit (docs/own-images.md)"
     )
 
 
