@@ -10,50 +10,18 @@ images as new to the model as the production images, and keeps everything else o
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from aeguard.bundle import VALIDATION_SCORES_NAME, BundleContents, bundle_file, read_manifest, read_plain_file
-from aeguard.data.images import iter_image_paths, load_images
 from aeguard.errors import DataNotFoundError, ModelOutputError
-from aeguard.scoring.results import NON_FINITE_SCORE
-from aeguard.scoring.scorer import Scorer
 from aeguard.scoring.threshold import calibration_summary
 
 # Manifest entries measured at the old threshold (precision, recall, the confusion matrix, the warning): a
 # recalibrated bundle drops them, with its report, rather than carry figures of a threshold it no longer has.
 THRESHOLD_BOUND = ("metrics", "per_defect", "localization", "threshold_warning")
-BATCH = 64
-
-
-def score_normal_images(
-    scorer: Scorer, inputs: Iterable[str | Path], on_skip=lambda message: None
-) -> tuple[np.ndarray, int]:
-    """The scores of every readable image of `inputs` (files, folders, globs), and how many were skipped.
-
-    An unreadable image is reported through `on_skip` and left out: a threshold is a quantile of what was
-    read. A non-finite score is refused, as no quantile can be taken of it."""
-    inputs = list(inputs)
-    paths = list(iter_image_paths(inputs))
-    scores: list[float] = []
-    skipped = 0
-    for start in range(0, len(paths), BATCH):
-        chunk = paths[start : start + BATCH]
-        results, _ = scorer.score_decoded(load_images(chunk, scorer.preprocessing))
-        for path, result in zip(chunk, results):
-            if result.error == NON_FINITE_SCORE:
-                raise ModelOutputError(f"{path}: the model gives it a non-finite score; no threshold can be set")
-            if result.score is None:
-                skipped += 1
-                on_skip(result.error)
-            else:
-                scores.append(result.score)
-    if not scores:
-        raise DataNotFoundError(f"no readable normal images in {', '.join(map(str, inputs))}")
-    return np.asarray(scores, np.float32), skipped
 
 
 def checked_scores(scores, what: str) -> np.ndarray:

@@ -16,9 +16,9 @@ import onnxruntime as ort
 
 from aeguard.bundle import MANIFEST_NAME, MODEL_NAME, bundle_file, read_manifest, read_plain_file
 from aeguard.data.contract import Preprocessing
-from aeguard.data.images import split_decoded
+from aeguard.data.images import iter_image_paths, load_images, split_decoded
 from aeguard.data.splits import as_model_input
-from aeguard.errors import BundleError, ModelOutputError, UsageError
+from aeguard.errors import BundleError, DataNotFoundError, ModelOutputError, UsageError
 from aeguard.scoring.providers import (
     CPU,
     check_provider_parity,
@@ -26,12 +26,13 @@ from aeguard.scoring.providers import (
     execution_providers,
     probe_images,
 )
-from aeguard.scoring.results import ItemResult, is_anomalous, item_results
+from aeguard.scoring.results import NON_FINITE_SCORE, ItemResult, is_anomalous, item_results
 
 SCORE_OUTPUT = "score"
 ERROR_MAP_OUTPUT = "error_map"
 RECONSTRUCTION_OUTPUT = "reconstruction"
 CODE_OUTPUT = "code"  # the (first) model's latent code, for the latent-space plot
+FILE_BATCH = 64  # images decoded and scored at a time by score_files
 
 
 @dataclass
@@ -307,6 +308,28 @@ class Scorer:
         per_item = [next(maps) if maps is not None and error is None else None for error in errors]
         return self.results(errors, batch.scores), per_item
 
+    def score_files(
+        self, inputs: Sequence[str | Path], on_skip: Callable[[str], None] = lambda message: None
+    ) -> np.ndarray:
+        """The scores of every readable image of `inputs` (files, folders, glob patterns), in order, for a
+        caller that needs numbers and no rows (calibration): an unreadable image is passed to `on_skip` and left
+        out; a non-finite score, or no readable image at all, is an error."""
+        paths = list(iter_image_paths(inputs))
+        scores: list[float] = []
+        for start in range(0, len(paths), FILE_BATCH):
+            chunk = paths[start : start + FILE_BATCH]
+            results, _ = self.score_decoded(load_images(chunk, self.preprocessing))
+            for path, result in zip(chunk, results):
+                if result.error == NON_FINITE_SCORE:
+                    raise ModelOutputError(f"{path}: {NON_FINITE_SCORE}")
+                if result.score is None:
+                    on_skip(str(result.error))
+                else:
+                    scores.append(result.score)
+        if not scores:
+            raise DataNotFoundError(f"no readable images in {', '.join(map(str, inputs))}")
+        return np.asarray(scores, np.float32)
+
 
 class Bundle:
     """A bundle folder, opened and verified (schema, file names, checksums): `Bundle.load(path).scorer()`."""
@@ -340,7 +363,7 @@ class Bundle:
         (default: in place, atomically) with the threshold that flags `target_fpr` of them, and returns it
         loaded (aeguard.scoring.calibrate). An `out` that already holds files is replaced only with `force`."""
         from aeguard.bundle import check_out
-        from aeguard.scoring.calibrate import recalibrate, score_normal_images
+        from aeguard.scoring.calibrate import recalibrate
 
         if not 0.0 <= target_fpr < 1.0:  # before any image is scored
             raise UsageError(f"--target-fpr must lie in [0, 1), got {target_fpr}")
@@ -353,7 +376,7 @@ class Bundle:
             isinstance(normal, list) and all(isinstance(n, (str, Path)) for n in normal)
         ):
             inputs = [normal] if isinstance(normal, (str, Path)) else list(normal)
-            scores, _ = score_normal_images(scorer, inputs, on_skip)
+            scores = scorer.score_files(inputs, on_skip)
             source = f"{len(scores)} images of {' '.join(map(str, inputs))} (Bundle.calibrate)"
         else:
             scores = scorer.decision_function(normal)
