@@ -98,12 +98,14 @@ RECIPE_NOTES = {
     "draem-bf16-seed4": "draem-bf16 with `--seed 4`: a fifth draw",
     "draem-fp32": "the default with `--precision fp32` (channels-last tensors, as draem trains on any CPU now), on "
     "the machine and in the session the draem-bf16 draws ran on: fp32's fit time there, against draem-bf16's",
-    "threshold-heldout": "`aeguard fit --data DIR` as it runs on this machine (draem-bf16's command, seed 0), "
-    "its threshold set on 10 % of train/good held out, as in every row above: crops of the region of the photo "
-    "the training crops overlap, so pixels the model had seen",
+    "threshold-heldout": "`aeguard fit --data DIR` as it runs on this machine (draem-bf16's command and seed, "
+    "and its figures), its threshold set on 10 % of train/good held out, as in every row above: crops of the "
+    "region of the photo the training crops cover, overlapping them (ihc's fit ran beside other fits on the "
+    "same cores, so its time is not the recipe's)",
     "threshold-validation": "the same command on the same training and test images, with DIR/validation/good: "
-    "40 normal crops of the test region, which the model never saw, that set the threshold instead, all 400 "
-    "training crops trained on",
+    "40 normal crops of the test region, which the model never trained on, that set the threshold and stop "
+    "the training instead (brick stopped after 41 epochs), all 400 training crops trained on (ihc's and "
+    "retina's fits ran beside test runs on the same cores, so their times are not the recipe's)",
     "draem-zeros": "the default before its convolutions padded by repeating edge pixels: zero padding "
     '(commit 6419e8c; aeguard.config.DRAEM_CONV_PADDING = "zeros")',
     "draem-zeros-seed1": "draem-zeros with `--seed 1`: another draw of it (commit 28f74fe)",
