@@ -243,8 +243,8 @@ class Detector:
         return True
 
     def calibrate(self, X, target_fpr: float | None = None) -> Detector:
-        """Set threshold_ again from normal images X (an array, as decision_function takes), as new to the model
-        as those it will score: the score that flags `target_fpr` (default: the fit's) of them. The model is
+        """Set threshold_ again from normal images X (an array, as decision_function takes), taken as the images
+        it will score are: the score that flags `target_fpr` (default: the fit's) of them. The model is
         unchanged; save() writes the new threshold. Returns the detector (aeguard calibrate, for a saved bundle)."""
         from aeguard.scoring.calibrate import recalibrated
 

@@ -19,7 +19,7 @@ DEFAULT_TARGET_FPR = DetectorConfig().target_fpr  # fit's default, stated once i
 def calibrate(
     bundle: Path = typer.Argument(..., help="Bundle folder written by `aeguard fit`."),
     inputs: list[str] = typer.Argument(
-        ..., help="Normal images, as new to the model as those it will score: files, folders and glob patterns."
+        ..., help="Normal images, taken as those the bundle will score are: files, folders and glob patterns."
     ),
     target_fpr: float = typer.Option(
         DEFAULT_TARGET_FPR, help="Share of these normal images the threshold flags (the false-positive rate)."

@@ -1,10 +1,11 @@
 """Set a bundle's threshold again from normal images, without training: `aeguard calibrate` and
 `Bundle.calibrate`. numpy, onnxruntime and Pillow only, as scoring is.
 
-`fit` sets the threshold on images held out of the training set. When those were too like the training
-images (crops of the same photos, frames of one video), the threshold flags far more new normal images
-than it was set for; evaluations say so (report/labelled.py: threshold_check). This sets it again on normal
-images as new to the model as the production images, and keeps everything else of the bundle.
+`fit` sets the threshold on images held out of the training set. When those are not like the images the
+bundle scores (nearer to the training images, as crops of the same photos or frames of one video are, or
+taken under other conditions), the threshold flags far more normal images than it was set for; evaluations
+say so (report/labelled.py: threshold_check). This sets it again on normal images taken as the production
+images are, and keeps everything else of the bundle.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def recalibrated(contents: BundleContents, normal_scores: np.ndarray, target_fpr
     history = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "previous_threshold": manifest.get("threshold"),
-        "previous_calibration": {key: manifest.get("calibration", {}).get(key) for key in ("target_fpr", "images")},
+        "previous_calibration": {
+            key: manifest.get("calibration", {}).get(key) for key in ("target_fpr", "n_normal_validation", "images")
+        },
     }
     new = {**kept, "threshold": calibration["threshold"], "calibration": calibration, "metrics": None}
     return BundleContents(

@@ -327,7 +327,8 @@ class Scorer:
                 else:
                     scores.append(result.score)
         if not scores:
-            raise DataNotFoundError(f"no readable images in {', '.join(map(str, inputs))}")
+            named = ", ".join(map(str, inputs[:3])) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+            raise DataNotFoundError(f"no readable images in {named}")
         return np.asarray(scores, np.float32)
 
 
@@ -357,7 +358,7 @@ class Bundle:
         force: bool = False,
         on_skip: Callable[[str], None] = lambda message: None,
     ) -> Bundle:
-        """Set the threshold again from normal images, as new to the model as those it will score: an array (in
+        """Set the threshold again from normal images taken as those it will score are: an array (in
         decision_function's layouts) or image files, folders and glob patterns (a str, a Path, or a list of
         them; unreadable files are left out, each message passed to `on_skip`). Writes the bundle to `out`
         (default: in place, atomically) with the threshold that flags `target_fpr` of them, and returns it
