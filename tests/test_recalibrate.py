@@ -98,3 +98,37 @@ def test_a_fitted_detector_is_calibrated_in_memory_and_saves_the_new_threshold(t
     saved = Bundle.load(tmp_path / "b")
     assert saved.threshold == pytest.approx(detector.threshold_)
     assert saved.manifest["recalibrated"]["previous_threshold"] == pytest.approx(fitted_threshold)
+
+
+def test_a_fit_whose_threshold_fails_on_its_test_images_warns_and_calibrate_mends_it(tmp_path):
+    """The story end to end: held-out images unlike the normal test ones (noisier, as another camera's are),
+    the warning at fit, a calibration on images taken as the test ones are, then no warning."""
+    rng = np.random.default_rng(0)
+
+    def save(path, noise, spot=False):
+        pixels = rng.normal(0.4, noise, (16, 16))
+        if spot:
+            pixels[4:8, 4:8] = 1.0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels.clip(0, 1) * 255).astype(np.uint8)).save(path)
+
+    root = tmp_path / "d"
+    for i in range(60):
+        save(root / "train" / "good" / f"{i:03d}.png", 0.02)
+    for i in range(20):
+        save(root / "test" / "good" / f"{i:03d}.png", 0.08)
+        save(root / "test" / "spot" / f"{i:03d}.png", 0.02, spot=True)
+    for i in range(200):
+        save(tmp_path / "today" / f"{i:03d}.png", 0.08)  # normal images taken as the test ones are
+    bundle = tmp_path / "b"
+    runner = CliRunner()
+    fitted = runner.invoke(app, ["fit", "--data", str(root), "--model", "conv", "--epochs", "3", "--out", str(bundle)])
+    assert fitted.exit_code == 0, fitted.output
+    assert "warning: the threshold flags" in fitted.output
+    assert "aeguard calibrate" in json.loads((bundle / "manifest.json").read_text())["threshold_warning"]
+    calibrated = runner.invoke(app, ["calibrate", str(bundle), str(tmp_path / "today")])
+    assert calibrated.exit_code == 0, calibrated.output
+    evaluated = runner.invoke(app, ["evaluate", str(bundle), "--data", str(root)])
+    assert evaluated.exit_code == 0 and "warning" not in evaluated.output
+    report = json.loads((bundle / "report" / "report.json").read_text())
+    assert report["metrics"]["fpr_at_threshold"] <= 0.1 and "threshold_warning" not in report
