@@ -34,6 +34,7 @@ def calibrate(
     The model is unchanged. The report folder and the metrics measured at the old threshold are dropped:
     run `aeguard evaluate` for new ones. A serving daemon reloads the bundle when it changes.
     """
+    from aeguard.data.sources import warn_skipped
     from aeguard.scoring.scorer import Bundle
 
     before = Bundle.load(bundle)
@@ -41,7 +42,7 @@ def calibrate(
 
     def skip(message: str) -> None:
         skipped.append(message)
-        print(f"warning: skipped {message}", file=sys.stderr)
+        warn_skipped([message])  # as fit and evaluate say what they leave out
 
     after = before.calibrate(inputs, target_fpr, out, force, on_skip=skip)
     calibration = after.manifest["calibration"]

@@ -14,6 +14,7 @@ from aeguard.data.sources import EvalSet
 from aeguard.errors import ModelOutputError
 from aeguard.report.localization import localization_metrics
 from aeguard.report.metrics import evaluate_scores
+from aeguard.scoring.results import require_finite
 from aeguard.scoring.scorer import Scorer
 
 
@@ -46,9 +47,7 @@ def labelled_metrics(scorer: Scorer, eval_set: EvalSet) -> LabelledMetrics:
     """The numbers of a report, without its files: what `aeguard evaluate` and `Detector.evaluate` return."""
     localize = eval_set.masks is not None and bool(eval_set.masks[eval_set.has_mask].any())  # else no regions
     scores, maps = scores_and_maps(scorer, eval_set.images, eval_set.has_mask if localize else None)
-    if not np.isfinite(scores).all():  # sklearn would fail on them, and a NaN compares as "normal"
-        bad = int(np.count_nonzero(~np.isfinite(scores)))
-        raise ModelOutputError(f"the model gave {bad} of {len(scores)} evaluation images a non-finite score")
+    require_finite(scores, "evaluation images")  # sklearn would fail on them, and a NaN compares as "normal"
     result = LabelledMetrics(scores, evaluate_scores(scores, eval_set.is_anomaly, scorer.threshold))
     result.not_used = list(eval_set.not_used) or None
     result.threshold_warning = threshold_check(result.metrics, scorer.manifest["calibration"]["target_fpr"])

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from aeguard.bundle import VALIDATION_SCORES_NAME, BundleContents, bundle_file, read_manifest, read_plain_file
-from aeguard.errors import DataNotFoundError, ModelOutputError
+from aeguard.errors import DataNotFoundError
+from aeguard.scoring.results import require_finite
 from aeguard.scoring.threshold import calibration_summary
 
 # Manifest entries measured at the old threshold (precision, recall, the confusion matrix, the warning): a
@@ -27,12 +28,7 @@ THRESHOLD_BOUND = ("metrics", "per_defect", "localization", "threshold_warning")
 
 def checked_scores(scores, what: str) -> np.ndarray:
     """float32 scores, refused when one is not finite: no quantile can be taken of it."""
-    scores = np.asarray(scores, np.float32)
-    if not np.isfinite(scores).all():
-        bad = int(np.count_nonzero(~np.isfinite(scores)))
-        raise ModelOutputError(
-            f"the model gave {bad} of {len(scores)} {what} a non-finite score; no threshold can be set"
-        )
+    scores = require_finite(np.asarray(scores, np.float32), what, "; no threshold can be set")
     if scores.size == 0:
         raise DataNotFoundError(f"no {what} to set a threshold on")
     return scores

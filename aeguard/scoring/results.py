@@ -8,7 +8,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aeguard.errors import ModelOutputError
+
 NON_FINITE_SCORE = "the model gave a non-finite score (NaN or infinity) for this image, so it cannot be judged"
+
+
+def require_finite(scores: np.ndarray, what: str, then: str = "") -> np.ndarray:
+    """`scores`, unless one is NaN or infinite: a ModelOutputError counting them among `what`, then `then`.
+    For the callers that need every score of a batch (a verdict, a metric, a quantile), not one per item."""
+    if not np.isfinite(scores).all():
+        bad = int(np.count_nonzero(~np.isfinite(scores)))
+        raise ModelOutputError(f"the model gave {bad} of {len(scores)} {what} a non-finite score{then}")
+    return scores
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from aeguard.scoring.providers import (
     execution_providers,
     probe_images,
 )
-from aeguard.scoring.results import NON_FINITE_SCORE, ItemResult, is_anomalous, item_results
+from aeguard.scoring.results import NON_FINITE_SCORE, ItemResult, is_anomalous, item_results, require_finite
 
 SCORE_OUTPUT = "score"
 ERROR_MAP_OUTPUT = "error_map"
@@ -277,12 +277,9 @@ class Scorer:
 
     def predict(self, images, batch_size: int = 512) -> np.ndarray:
         """True where the score is above the threshold; a non-finite score raises (it is no verdict)."""
-        scores = self.decision_function(images, batch_size)
-        if not np.isfinite(scores).all():
-            raise ModelOutputError(
-                f"the model gave {int(np.count_nonzero(~np.isfinite(scores)))} of {len(scores)} "
-                "images a non-finite score; score them one by one to find which"
-            )
+        scores = require_finite(
+            self.decision_function(images, batch_size), "images", "; score them one by one to find which"
+        )
         return is_anomalous(scores, self.threshold)
 
     def anomaly_maps(self, images) -> np.ndarray:
